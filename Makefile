@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh machine: `make reproduce` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# Exactly these builds; pyproject.toml only asks for torch>=2.11 so other machines may use theirs.
+TORCH  := torch==2.14.1 torchvision==0.29.1
+# Where this workplace keeps the full CIFAR-10; `make data` links it when data/ has none.
+SHARED_DATA ?= ../shared/data/cifar10.npz
+
+.PHONY: install test reproduce data mini clean
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH) -e '.[test]'
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+# Full CIFAR-10 into data/: keep one that is there, else link this workplace's copy, else
+# `make data DOWNLOAD=1` lets torchvision download it.
+data:
+	@if [ -e data/cifar10.npz ] || [ -d data/cifar-10-batches-py ]; then :; \
+	elif [ -f $(SHARED_DATA) ]; then ln -s "$$(cd "$$(dirname $(SHARED_DATA))" && pwd)/$$(basename $(SHARED_DATA))" data/cifar10.npz && echo "linked data/cifar10.npz -> $(SHARED_DATA)"; \
+	elif [ -n "$(DOWNLOAD)" ]; then $(PY) -m dtlib download data; \
+	else echo "No CIFAR-10 in data/: place cifar10.npz there (see data/README.md) or run 'make data DOWNLOAD=1'."; exit 1; fi
+
+reproduce: install data
+	$(PY) -m dtlib reproduce
+
+# Regenerate data/cifar10-mini.npz (byte-identical) from the full set.
+mini: install data
+	$(PY) scripts/make_mini.py data/cifar10.npz data/cifar10-mini.npz
+
+clean:
+	rm -rf runs .pytest_cache .hypothesis

@@ -1,0 +1,54 @@
+"""Command line: ``python -m dtlib COMMAND [key=value ...]``.
+
+  train key=value ...       train (or load) and evaluate one configuration, print its table
+  evaluate RUN_DIR [k=v]    re-evaluate a finished run (evaluation fields may be overridden)
+  reproduce [key=value]     the default experiment: standard vs DT (K=5), compact CNN, CPU profile
+  download [DATA_DIR]       fetch CIFAR-10 with torchvision into DATA_DIR (default data)
+  fields                    list every config field with its default and meaning
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import fields
+
+from .config import Config, parse_overrides
+from .data import DataError, load_arrays
+from .experiment import default_experiment, evaluate_run, results_table, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(__doc__)
+        return 0
+    cmd, args = argv[0], argv[1:]
+    try:
+        if cmd == "train":
+            res = run(Config(), **parse_overrides(args))
+            print(results_table([res]))
+            print(f"run directory: {res.run_dir}")
+        elif cmd == "evaluate":
+            if not args:
+                raise ValueError("evaluate needs a run directory: python -m dtlib evaluate runs/<hash>.")
+            from .experiment import load_model
+            _, trained = load_model(args[0])
+            res = evaluate_run(args[0], trained.replace(**parse_overrides(args[1:])))
+            print(results_table([res]))
+        elif cmd == "reproduce":
+            print(results_table(default_experiment(**parse_overrides(args))))
+        elif cmd == "download":
+            load_arrays("full", args[0] if args else "data", download=True)
+            print("CIFAR-10 is in place.")
+        elif cmd == "fields":
+            for f in fields(Config):
+                print(f"{f.name:14s} {f.default!r:>22}  [{f.metadata['group']}] {f.metadata['doc']}")
+        else:
+            raise ValueError(f"Unknown command {cmd!r}; run `python -m dtlib --help` for the list.")
+    except (ValueError, DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

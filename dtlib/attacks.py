@@ -1,0 +1,138 @@
+"""Attacks shared by every trainer and by the evaluation. Pixels in [0, 1]; eps and steps in pixel units.
+
+A ``scores_fn`` maps images (B, 3, H, W) in [0, 1] to (B, classes) scores, e.g.
+``lambda x: model.scores(x, "ensemble")``: every attack is fitted against the exact inference mode
+that is evaluated (white-box, adaptive).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .config import NORMS
+from .data import to_float
+
+ScoresFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _check(eps: float, norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"Unknown norm {norm!r}; choose one of {', '.join(NORMS)}.")
+    if not 0 <= eps <= 1:
+        raise ValueError(f"eps={eps} is outside [0, 1] (pixel units; 10/255 = 0.0392).")
+
+
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:
+    return torch.autocast(device_type=device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None)
+
+
+def _l2(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (t.dim() - 1))
+
+
+def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Project each perturbation in ``delta`` (first dim = batch) onto the ``norm`` ball of radius eps."""
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    return delta * (eps / _l2(delta)).clamp(max=1.0)
+
+
+def ascent(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """Steepest-ascent direction of unit ``norm`` size: sign for L-inf, normalised gradient for L2."""
+    return grad.sign() if norm == "linf" else grad / _l2(grad)
+
+
+def perturb(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """x + delta, clamped to valid pixels [0, 1]."""
+    return (x + delta).clamp(0, 1)
+
+
+def random_uap(shape: tuple[int, ...], eps: float, norm: str = "linf",
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random perturbation of the same norm as a UAP (the floor every UAP is read against):
+    uniformly random signs times eps (L-inf), or a Gaussian direction scaled to radius eps (L2)."""
+    _check(eps, norm)
+    if norm == "linf":
+        return eps * (torch.rand(shape, generator=generator) < 0.5).float().mul_(2).sub_(1)
+    d = torch.randn(shape, generator=generator)
+    return d * (eps / _l2(d))
+
+
+def sgd_uap(scores_fn: ScoresFn, images: torch.Tensor, labels: torch.Tensor, *, eps: float,
+            norm: str = "linf", target: int | None = None, epochs: int = 5, batch_size: int = 128,
+            lr: float = 0.1, decay: float = 0.8, beta: float = 12.0, restarts: int = 1, seed: int = 0,
+            amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """SGD-UAP (Shafahi et al., AAAI 2020): minibatch signed-gradient ascent on one perturbation.
+
+    ``images`` (N, 3, H, W), uint8 or floats in [0, 1], are the fitting images (training data);
+    the loss is per-example cross-entropy clamped at ``beta`` (so already-fooled images stop
+    dominating) for an untargeted UAP, or minus the cross-entropy to ``target`` for a targeted one.
+    Each step moves ``lr * eps`` along the ascent direction and projects; the step shrinks by
+    ``decay`` each epoch. Restart 0 starts at zero, later ones at a random point of the ball; the
+    UAP that does best on the fitting images is returned, shape (1, 3, H, W), on images' device."""
+    _check(eps, norm)
+    if target is not None and not 0 <= target < 10:
+        raise ValueError(f"target class {target} is outside 0..9.")
+    device = images.device
+    g = torch.Generator().manual_seed(seed)
+    best, best_score = None, -1.0
+    for r in range(restarts):
+        if r == 0:
+            delta = torch.zeros(1, *images.shape[1:])
+        else:
+            delta = random_uap((1, *images.shape[1:]), eps, norm, g) * torch.rand(1, generator=g)
+        delta = delta.to(device)
+        step = lr * eps
+        for _ in range(epochs):
+            order = torch.randperm(len(images), generator=g).to(device)
+            for b in range(0, len(images), batch_size):
+                idx = order[b:b + batch_size]
+                x = to_float(images[idx])
+                delta.requires_grad_(True)
+                with _autocast(device, amp_dtype):
+                    s = scores_fn(perturb(x, delta)).float()
+                if target is None:
+                    loss = F.cross_entropy(s, labels[idx], reduction="none").clamp(max=beta).mean()
+                else:
+                    loss = -F.cross_entropy(s, torch.full_like(labels[idx], target))
+                grad, = torch.autograd.grad(loss, delta)
+                delta = project(delta.detach() + step * ascent(grad, norm), eps, norm)
+            step *= decay
+        score = _fit_score(scores_fn, images, labels, delta, target, batch_size, amp_dtype)
+        if score > best_score:
+            best, best_score = delta.detach(), score
+    return best
+
+
+@torch.no_grad()
+def _fit_score(scores_fn: ScoresFn, images: torch.Tensor, labels: torch.Tensor, delta: torch.Tensor,
+               target: int | None, batch_size: int, amp_dtype: torch.dtype | None) -> float:
+    from .evaluate import fooling_rate, predict, targeted_success
+    adv = predict(scores_fn, images, delta=delta, batch_size=batch_size, amp_dtype=amp_dtype)
+    if target is not None:
+        return targeted_success(adv, labels.cpu(), target)
+    return fooling_rate(predict(scores_fn, images, batch_size=batch_size, amp_dtype=amp_dtype), adv)
+
+
+def pgd(scores_fn: ScoresFn, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
+        norm: str = "linf", random_start: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    """PGD (Madry et al.): ``steps`` ascent steps of size ``alpha`` on the cross-entropy, projected to
+    the ``norm`` ball of radius eps around x (floats in [0, 1]); returns detached adversarial images.
+    Only the input gets gradients, so parameters' .grad are untouched. Runs under the caller's autocast."""
+    _check(eps, norm)
+    delta = torch.zeros_like(x)
+    if random_start:
+        if norm == "linf":
+            delta = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x.device) * eps
+        else:
+            delta = random_uap(tuple(x.shape), eps, norm, generator).to(x.device)
+        delta = perturb(x, delta) - x
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(scores_fn(x + delta).float(), y)
+        grad, = torch.autograd.grad(loss, delta)
+        delta = project(delta.detach() + alpha * ascent(grad, norm), eps, norm)
+        delta = perturb(x, delta) - x
+    return (x + delta).detach()

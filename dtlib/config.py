@@ -1,0 +1,199 @@
+"""One record of every setting of a run; its fields are the notebooks' papermill parameters.
+
+Fields carry a ``group`` in their metadata:
+- ``train``: changes the trained weights, so it is part of the run-cache key (``runs/<hash>/``);
+- ``eval``: changes only the evaluation (the attack); a finished run is re-evaluated, not retrained;
+- ``runtime``: changes neither the weights nor the numbers (where to look for data, progress bars).
+Every epsilon and step size is in pixel units: images live in [0, 1].
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from fractions import Fraction
+from typing import Any
+
+METHODS = ("standard", "dt", "pgd_at", "uat")
+BACKBONES = ("cnn", "vgg", "resnet18")
+NORMS = ("linf", "l2")
+DATASETS = ("full", "mini")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "bf16", "fp32")
+MODES = ("ensemble", "single")
+
+# Bumped when a change to dtlib changes what a given config trains to; part of the cache key.
+CODE_VERSION = "1"
+
+
+def _f(default: Any, group: str, doc: str) -> Any:
+    return field(default=default, metadata={"group": group, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- what is trained -------------------------------------------------------------------
+    method: str = _f("standard", "train", "per-batch step: standard | dt | pgd_at | uat")
+    backbone: str = _f("cnn", "train", "cnn (0.3 M, CPU profile) | vgg (transfer) | resnet18 (GPU profile)")
+    heads: int = _f(1, "train", "K, the number of classification heads on the shared backbone")
+    # --- DT loss weights: CE(clean) + lambda_cons*JSD(clean) - lambda_div*JSD(uap) + lambda_adv*CE_ens(uap)
+    lambda_cons: float = _f(1.0, "train", "weight of the clean-consensus JSD term")
+    lambda_div: float = _f(1.0, "train", "weight of the (maximised) JSD among heads on UAP inputs")
+    lambda_adv: float = _f(0.0, "train", "weight of the ensemble CE on UAP inputs (0 = the seed's literal loss)")
+    # --- the training-time threat model -----------------------------------------------------
+    norm: str = _f("linf", "train", "ball of the running UAP (dt, uat): linf | l2")
+    eps: float = _f(10 / 255, "train", "radius of the running UAP, pixel units")
+    uap_step: float = _f(1 / 255, "train", "signed-gradient step of the running UAP per batch, pixel units")
+    pgd_eps: float = _f(8 / 255, "train", "L-inf radius of PGD adversarial training, pixel units")
+    pgd_steps: int = _f(7, "train", "PGD steps per batch in pgd_at")
+    pgd_alpha: float = _f(2 / 255, "train", "PGD step size, pixel units")
+    # --- optimisation ------------------------------------------------------------------------
+    epochs: int = _f(6, "train", "passes over the training split")
+    batch_size: int = _f(128, "train", "training batch size (clean images; dt also forwards as many perturbed ones)")
+    lr: float = _f(0.1, "train", "peak learning rate of SGD (Nesterov momentum 0.9), linear warm-up then decay")
+    weight_decay: float = _f(5e-4, "train", "SGD weight decay")
+    warmup: float = _f(0.2, "train", "fraction of the steps spent warming the learning rate up from 0")
+    seed: int = _f(0, "train", "seed of weights, data order, augmentation and the running UAP")
+    # --- data ----------------------------------------------------------------------------------
+    data: str = _f("full", "train", "full (data/cifar10.npz or a torchvision folder) | mini (data/cifar10-mini.npz)")
+    train_size: int = _f(0, "train", "class-balanced subset of the training images to use (0 = all)")
+    val_size: int = _f(0, "train", "training images held out as a validation split (never trained on)")
+    precision: str = _f("auto", "train", "auto (bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16) | bf16 | fp32")
+    # --- evaluation: SGD-UAP (Shafahi et al. 2020) fitted on training images, scored on test images
+    eval_norm: str = _f("linf", "eval", "ball of the evaluation UAP: linf | l2")
+    eval_eps: float = _f(10 / 255, "eval", "radius of the evaluation UAP, pixel units")
+    eval_modes: str = _f("ensemble,single", "eval", "inference modes attacked and scored, comma-separated")
+    eval_head: int = _f(0, "eval", "head used by the single mode")
+    eval_size: int = _f(0, "eval", "test images scored (0 = the whole test split)")
+    uap_fit_size: int = _f(2000, "eval", "training images the evaluation UAP is fitted on")
+    uap_epochs: int = _f(5, "eval", "SGD-UAP passes over the fitting images")
+    uap_lr: float = _f(0.1, "eval", "initial SGD-UAP step as a fraction of eval_eps")
+    uap_decay: float = _f(0.8, "eval", "SGD-UAP step multiplier per epoch")
+    uap_restarts: int = _f(1, "eval", "SGD-UAP runs from different random starts; the strongest on the fitting images is kept")
+    # --- runtime -----------------------------------------------------------------------------
+    device: str = _f("auto", "runtime", "auto (CUDA when present) | cpu | cuda")
+    checkpointing: bool = _f(False, "runtime", "gradient checkpointing of the backbone (memory for compute; same results)")
+    data_dir: str = _f("data", "runtime", "folder holding cifar10.npz, cifar10-mini.npz or cifar-10-batches-py")
+    download: bool = _f(False, "runtime", "let torchvision download CIFAR-10 into data_dir when it is missing")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # ------------------------------------------------------------------------------------------
+    def replace(self, **overrides: Any) -> "Config":
+        """A copy with ``overrides`` applied (each a field name; values may be strings as on the CLI)."""
+        return dataclasses.replace(self, **coerce(overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def group(self, name: str) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["group"] == name}
+
+    def train_hash(self) -> str:
+        """Run-cache key: every field that changes the trained weights, plus the code version."""
+        blob = json.dumps({"code": CODE_VERSION, **self.group("train")}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def modes(self) -> list[str]:
+        return [m.strip() for m in self.eval_modes.split(",") if m.strip()]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        unknown = sorted(set(d) - set(FIELD_TYPES))
+        if unknown:
+            raise ValueError(f"Unknown config field {unknown[0]!r}; known fields: {', '.join(FIELD_TYPES)}.")
+        return cls(**coerce(d))
+
+
+FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Config)}
+
+
+def _parse(name: str, value: Any) -> Any:
+    kind = FIELD_TYPES[name]
+    if not isinstance(value, str) or kind is str:
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+    text = value.strip()
+    try:
+        if kind is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            return int(text)
+        # floats accept fractions, so eps=10/255 works on the command line
+        return float(Fraction(text)) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"Config field {name}={value!r} is not a valid {kind.__name__}.") from None
+
+
+def coerce(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Turn CLI/papermill strings into the field's type; unknown names are an error."""
+    out = {}
+    for name, value in overrides.items():
+        if name not in FIELD_TYPES:
+            raise ValueError(f"Unknown config field {name!r}; known fields: {', '.join(FIELD_TYPES)}.")
+        out[name] = _parse(name, value)
+    return out
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``["method=dt", "heads=5"]`` -> ``{"method": "dt", "heads": 5}``."""
+    pairs = {}
+    for arg in args:
+        if "=" not in arg:
+            raise ValueError(f"Argument {arg!r} is not of the form key=value.")
+        key, value = arg.split("=", 1)
+        pairs[key.strip()] = value
+    return coerce(pairs)
+
+
+def validate(cfg: Config) -> None:
+    """Raise ValueError (one sentence naming the bad value) for a config no run could use."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        kind = FIELD_TYPES[f.name]
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise ValueError(f"Config field {f.name}={value!r} must be a {kind.__name__}.")
+        if kind is float and not math.isfinite(value):
+            raise ValueError(f"Config field {f.name}={value!r} must be a finite number.")
+    choices = {"method": METHODS, "backbone": BACKBONES, "norm": NORMS, "eval_norm": NORMS,
+               "data": DATASETS, "device": DEVICES, "precision": PRECISIONS}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"Unknown {name} {getattr(cfg, name)!r}; choose one of {', '.join(allowed)}.")
+    for mode in cfg.modes or [""]:
+        if mode not in MODES:
+            raise ValueError(f"Unknown inference mode {mode!r} in eval_modes; choose from {', '.join(MODES)}.")
+    if cfg.heads < 1:
+        raise ValueError(f"heads (K) must be at least 1, got {cfg.heads}.")
+    if not 0 <= cfg.eval_head < cfg.heads:
+        raise ValueError(f"eval_head {cfg.eval_head} is out of range for a model with {cfg.heads} heads.")
+    for name in ("eps", "pgd_eps", "eval_eps", "uap_step", "pgd_alpha"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise ValueError(f"{name}={getattr(cfg, name)} is outside [0, 1] (pixel units; 10/255 = 0.0392).")
+    for name in ("lambda_cons", "lambda_div", "lambda_adv", "weight_decay", "uap_lr"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be non-negative, got {getattr(cfg, name)}.")
+    for name in ("batch_size", "epochs", "uap_epochs", "uap_restarts", "uap_fit_size"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}.")
+    for name in ("pgd_steps", "train_size", "val_size", "eval_size", "seed"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be non-negative, got {getattr(cfg, name)}.")
+    if not cfg.lr > 0:
+        raise ValueError(f"lr must be positive, got {cfg.lr}.")
+    if not 0 <= cfg.warmup < 1:
+        raise ValueError(f"warmup must be a fraction in [0, 1), got {cfg.warmup}.")
+    if not 0 < cfg.uap_decay <= 1:
+        raise ValueError(f"uap_decay must be in (0, 1], got {cfg.uap_decay}.")

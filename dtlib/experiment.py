@@ -1,0 +1,147 @@
+"""Running configurations through the run cache, loading trained models, and the result table.
+
+``run(cfg)`` trains into ``runs/<config-hash>/`` (config.json, checkpoint.pt, metrics.json,
+uaps.pt) unless that directory already holds a finished result, which is loaded instead; a finished
+run whose evaluation settings changed is re-evaluated, not retrained.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .config import Config
+from .data import Split, load_cifar10, split_train
+from .evaluate import evaluate_model
+from .io import provenance, save_torch, write_json
+from .models import MultiHead, build_model
+from .train import CHECKPOINT, amp_dtype, resolve_device, train
+
+METRICS, UAPS = "metrics.json", "uaps.pt"
+DATA_SEED = 0  # fixes which images form the subsets and the validation split, for every run
+
+
+def load_data(cfg: Config) -> tuple[Split, Split, Split]:
+    """(train, validation, test) splits of ``cfg``'s data, uint8 images on the CPU."""
+    d = load_cifar10(cfg.data, cfg.data_dir, cfg.download)
+    train_split, val_split = split_train(d["train"], cfg.train_size, cfg.val_size, seed=DATA_SEED)
+    return train_split, val_split, d["test"]
+
+
+def _read_checkpoint(run_dir: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    path = run_dir / CHECKPOINT
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} holds no {CHECKPOINT}; train it with dtlib.run or `python -m dtlib train`.")
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MultiHead, Config]:
+    """The trained model of a finished run, in eval mode, and its config.
+
+    The model takes images (B, 3, H, W) in [0, 1] and returns per-head logits (K, B, 10);
+    ``model.classifier("ensemble")`` or ``model.classifier("single", head=i)`` is a plain
+    (B, 10)-scores module for outside attack libraries."""
+    run_dir = Path(run_dir)
+    ckpt = _read_checkpoint(run_dir, device)
+    cfg = Config.from_dict(ckpt["config"])
+    if not ckpt.get("finished"):
+        raise ValueError(f"{run_dir} stopped at epoch {ckpt['epoch']} of {cfg.epochs}; run its config again to finish it.")
+    model = build_model(cfg.replace(checkpointing=False)).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), cfg
+
+
+@dataclass
+class RunResult:
+    config: Config
+    run_dir: Path
+    metrics: dict[str, Any]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per evaluated inference mode, flat, for tables."""
+        c, t = self.config, self.metrics["train"]
+        return [{"method": c.method, "heads": c.heads, "backbone": c.backbone, "seed": c.seed, "eval": key,
+                 **{k: v for k, v in row.items() if k not in ("mode", "head")},
+                 "train_s": t["wall_s"], "train_img_s": t["images_per_s"], "run": self.run_dir.name}
+                for key, row in self.metrics["eval"].items()]
+
+
+def train_summary(ckpt: dict[str, Any]) -> dict[str, Any]:
+    h = ckpt["history"]
+    images = sum(e["images_per_s"] * e["seconds"] for e in h)
+    return {"wall_s": ckpt["wall_s"], "images_per_s": images / ckpt["wall_s"], "steps": ckpt["step"],
+            "final_loss": h[-1]["loss"], "final_train_acc": h[-1]["train_acc"], "history": h}
+
+
+def evaluate_run(run_dir: str | Path, cfg: Config | None = None, *, log: Callable[[str], None] = print) -> RunResult:
+    """(Re-)evaluate a finished run; ``cfg`` may change evaluation fields, never training ones."""
+    run_dir = Path(run_dir)
+    ckpt = _read_checkpoint(run_dir)
+    trained = Config.from_dict(ckpt["config"])
+    cfg = cfg or trained
+    if cfg.group("train") != trained.group("train"):
+        raise ValueError(f"{run_dir} was trained with a different config; only evaluation fields may change.")
+    device = resolve_device(cfg.device)
+    model, _ = load_model(run_dir, device)
+    model = model.to(memory_format=torch.channels_last)
+    train_split, _, test = load_data(cfg)
+    t0 = time.perf_counter()
+    log(f"evaluating {run_dir.name}: SGD-UAP {cfg.eval_norm} eps {cfg.eval_eps:.4f} against {', '.join(cfg.modes)}")
+    rows, uaps = evaluate_model(model, cfg, train_split.to(device), test.to(device), amp_dtype(cfg.precision, device))
+    metrics = {"run": run_dir.name, "config": cfg.to_dict(), "eval_config": cfg.group("eval"),
+               "train": {**train_summary(ckpt), "precision": ckpt.get("precision", "unknown")},
+               "eval": rows, "eval_wall_s": time.perf_counter() - t0, "provenance": provenance(device)}
+    save_torch(run_dir / UAPS, uaps)
+    write_json(run_dir / METRICS, metrics)
+    return RunResult(cfg, run_dir, metrics)
+
+
+def run(cfg: Config | None = None, *, runs_dir: str | Path = "runs", progress: bool = True,
+        log: Callable[[str], None] = print, **overrides: Any) -> RunResult:
+    """Train (or load) and evaluate one configuration; ``overrides`` are Config fields."""
+    cfg = (cfg or Config()).replace(**overrides)
+    run_dir = Path(runs_dir) / cfg.train_hash()
+    metrics_path = run_dir / METRICS
+    if metrics_path.exists():
+        metrics = json.loads(metrics_path.read_text())
+        if metrics.get("eval_config") == cfg.group("eval"):
+            log(f"{cfg.method} K={cfg.heads}: loaded finished run {run_dir}")
+            return RunResult(cfg, run_dir, metrics)
+    ckpt_path = run_dir / CHECKPOINT
+    finished = ckpt_path.exists() and _read_checkpoint(run_dir).get("finished")
+    if not finished:
+        write_json(run_dir / "config.json", cfg.to_dict())
+        train_split, _, _ = load_data(cfg)
+        log(f"training {cfg.method} K={cfg.heads} on {len(train_split)} images -> {run_dir}")
+        train(cfg, train_split, run_dir=run_dir, progress=progress, log=log)
+    return evaluate_run(run_dir, cfg, log=log)
+
+
+COLUMNS = (("method", "method", "{}"), ("K", "heads", "{}"), ("eval", "eval", "{}"),
+           ("clean acc", "clean_acc", "{:.3f}"), ("UAP fooling", "fooling_rate", "{:.3f}"),
+           ("acc under UAP", "uap_acc", "{:.3f}"), ("random fooling", "random_fooling_rate", "{:.3f}"),
+           ("train s", "train_s", "{:.0f}"), ("img/s", "train_img_s", "{:.0f}"))
+
+
+def results_table(results: list[RunResult]) -> str:
+    """A Markdown table of every run's rows."""
+    rows = [r for res in results for r in res.rows()]
+    head = "| " + " | ".join(c[0] for c in COLUMNS) + " |"
+    rule = "| " + " | ".join("---" for _ in COLUMNS) + " |"
+    body = ["| " + " | ".join(fmt.format(row[key]) for _, key, fmt in COLUMNS) + " |" for row in rows]
+    return "\n".join([head, rule, *body])
+
+
+# The quick CPU look of `make reproduce` until the notebooks land: the same backbone, data and
+# budget for a standard model and DT with K = 5 (the seed's literal loss, lambda_adv = 0).
+DEFAULT_EXPERIMENT = ({"method": "standard", "heads": 1}, {"method": "dt", "heads": 5})
+
+
+def default_experiment(*, runs_dir: str | Path = "runs", progress: bool = True,
+                       log: Callable[[str], None] = print, **overrides: Any) -> list[RunResult]:
+    return [run(Config(), runs_dir=runs_dir, progress=progress, log=log, **{**spec, **overrides})
+            for spec in DEFAULT_EXPERIMENT]

@@ -1,0 +1,180 @@
+"""Backbones and the K-head wrapper. Models take images in [0, 1]; normalisation is their first layer.
+
+``MultiHead(backbone, feature_dim, heads)`` puts K independent linear heads on one backbone:
+``model(x)`` gives per-head logits (K, B, classes); ``model.scores(x, mode, head)`` gives (B, classes)
+scores for one inference mode: ``single`` (head i's logits, costing exactly a one-head model's forward)
+or ``ensemble`` (log of the mean of the heads' softmaxes: a valid logit vector whose softmax is the
+ensemble's probabilities). ``model.classifier(mode, head)`` wraps that as a plain (B, classes) module
+for outside attack tools.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager, nullcontext
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .config import BACKBONES, MODES, Config
+from .data import CLASSES, MEAN, STD
+
+
+class Normalize(nn.Module):
+    def __init__(self, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def conv_bn(ci: int, co: int, pool: bool = False) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(ci, co, 3, padding=1, bias=False)]
+    if pool:
+        layers.append(nn.MaxPool2d(2))  # pool before BN as airbench: BN and GELU then run on 4x fewer pixels
+    return layers + [nn.BatchNorm2d(co), nn.GELU()]
+
+
+def compact_cnn(widths: tuple[int, int, int, int] = (24, 32, 64, 128)) -> tuple[nn.Sequential, int]:
+    """The CPU-profile backbone (0.29 M parameters): a stem and three [conv-pool-BN-GELU, conv-BN-GELU]
+    blocks, global max-pool. Stages are children so gradient checkpointing can cut between them."""
+    stages = [nn.Sequential(*conv_bn(3, widths[0]))]
+    for ci, co in zip(widths[:-1], widths[1:]):
+        stages.append(nn.Sequential(*conv_bn(ci, co, pool=True), *conv_bn(co, co)))
+    stages.append(nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten()))
+    return nn.Sequential(*stages), widths[-1]
+
+
+def vgg(widths: tuple[int, ...] = (16, "M", 32, "M", 64, 64, "M", 128, 128, "M", 128, 128, "M")) -> tuple[nn.Sequential, int]:
+    """A VGG-11-BN layout at a quarter width (0.58 M parameters): the second architecture for transfer."""
+    stages, layers, ci = [], [], 3
+    for w in widths:
+        if w == "M":
+            layers.append(nn.MaxPool2d(2))
+            stages.append(nn.Sequential(*layers))
+            layers = []
+        else:
+            layers += [nn.Conv2d(ci, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            ci = w
+    stages.append(nn.Sequential(*layers, nn.Flatten()))
+    return nn.Sequential(*stages), ci
+
+
+def resnet18_cifar() -> tuple[nn.Sequential, int]:
+    """torchvision's ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no max-pool): the GPU profile."""
+    from torchvision.models import resnet18
+    r = resnet18(num_classes=len(CLASSES))
+    r.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+    stem = nn.Sequential(r.conv1, r.bn1, r.relu)
+    return nn.Sequential(stem, r.layer1, r.layer2, r.layer3, r.layer4, nn.Sequential(r.avgpool, nn.Flatten())), 512
+
+
+BUILDERS = {"cnn": compact_cnn, "vgg": vgg, "resnet18": resnet18_cifar}
+
+
+@contextmanager
+def frozen_bn_stats(module: nn.Module) -> Iterator[None]:
+    """Keep BatchNorm running statistics unchanged (momentum 0) while a checkpointed segment is
+    recomputed in the backward pass, so checkpointing does not count a batch twice."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (mom, nbt) in zip(bns, saved):
+            m.momentum = mom
+            if nbt is not None:
+                m.num_batches_tracked.copy_(nbt)
+
+
+class MultiHead(nn.Module):
+    """A shared backbone with K independent linear heads; see the module docstring for the modes."""
+
+    def __init__(self, backbone: nn.Sequential, feature_dim: int, heads: int = 1,
+                 num_classes: int = len(CLASSES), checkpointing: bool = False):
+        super().__init__()
+        if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
+            raise ValueError(f"heads (K) must be an integer of at least 1, got {heads!r}.")
+        self.normalize = Normalize()
+        self.backbone = backbone
+        self.heads, self.num_classes, self.checkpointing = heads, num_classes, checkpointing
+        # K heads stored as one (K, C, D) tensor so all of them cost one matmul; each is initialised
+        # independently like an nn.Linear.
+        self.weight = nn.Parameter(torch.empty(heads, num_classes, feature_dim))
+        self.bias = nn.Parameter(torch.empty(heads, num_classes))
+        bound = 1 / math.sqrt(feature_dim)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, D) of images in [0, 1]."""
+        x = self.normalize(x)
+        if not (self.checkpointing and self.training and torch.is_grad_enabled()):
+            return self.backbone(x)
+        stages = list(self.backbone.children())
+        for stage in stages[:-1]:
+            x = checkpoint(stage, x, use_reentrant=False,
+                           context_fn=lambda s=stage: (nullcontext(), frozen_bn_stats(s)))
+        return stages[-1](x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-head logits (K, B, classes)."""
+        f = self.features(x)
+        k, c, d = self.weight.shape
+        return F.linear(f, self.weight.reshape(k * c, d), self.bias.reshape(k * c)).view(-1, k, c).transpose(0, 1)
+
+    def head_logits(self, x: torch.Tensor, head: int = 0) -> torch.Tensor:
+        """Logits (B, classes) of one head; the same work as a one-head model's forward."""
+        if not 0 <= head < self.heads:
+            raise ValueError(f"head index {head} is out of range for a model with {self.heads} heads.")
+        return F.linear(self.features(x), self.weight[head], self.bias[head])
+
+    def scores(self, x: torch.Tensor, mode: str = "ensemble", head: int = 0) -> torch.Tensor:
+        """(B, classes) scores of an inference mode; argmax is the prediction, cross-entropy applies."""
+        if mode == "single":
+            return self.head_logits(x, head)
+        if mode == "ensemble":
+            return ensemble_log_probs(self(x))
+        raise ValueError(f"Unknown inference mode {mode!r}; choose from {', '.join(MODES)}.")
+
+    def classifier(self, mode: str = "ensemble", head: int = 0) -> "Classifier":
+        return Classifier(self, mode, head)
+
+
+class Classifier(nn.Module):
+    """A MultiHead seen as an ordinary classifier: images in [0, 1] -> (B, classes) scores."""
+
+    def __init__(self, model: MultiHead, mode: str = "ensemble", head: int = 0):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"Unknown inference mode {mode!r}; choose from {', '.join(MODES)}.")
+        if mode == "single" and not 0 <= head < model.heads:
+            raise ValueError(f"head index {head} is out of range for a model with {model.heads} heads.")
+        self.model, self.mode, self.head = model, mode, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.scores(x, self.mode, self.head)
+
+
+def ensemble_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """log(mean_k softmax(logits_k)) for per-head logits (K, B, C), computed stably in float32."""
+    lp = F.log_softmax(logits.float(), dim=-1)
+    return torch.logsumexp(lp, dim=0) - math.log(lp.shape[0])
+
+
+def build_model(cfg: Config) -> MultiHead:
+    """An untrained MultiHead for ``cfg`` (backbone, heads, checkpointing); seed torch first."""
+    if cfg.backbone not in BUILDERS:
+        raise ValueError(f"Unknown backbone {cfg.backbone!r}; choose one of {', '.join(BACKBONES)}.")
+    backbone, dim = BUILDERS[cfg.backbone]()
+    return MultiHead(backbone, dim, cfg.heads, checkpointing=cfg.checkpointing)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

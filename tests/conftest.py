@@ -1,0 +1,34 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+import dtlib
+from dtlib.data import load_cifar10
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+MINI = dict(data="mini", data_dir=str(DATA_DIR))
+
+
+@pytest.fixture(scope="session")
+def mini():
+    return load_cifar10("mini", DATA_DIR)
+
+
+@pytest.fixture(scope="session")
+def runs_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="session")
+def standard_run(runs_dir):
+    """A standard compact CNN trained on the mini set (about 10 s), evaluated with SGD-UAP."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    return dtlib.run(method="standard", epochs=8, uap_fit_size=1000, runs_dir=runs_dir, progress=False,
+                     log=lambda s: None, **MINI)
+
+
+@pytest.fixture(scope="session")
+def standard_model(standard_run):
+    model, cfg = dtlib.load_model(standard_run.run_dir)
+    return model, cfg

@@ -1,0 +1,99 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dtlib.attacks import perturb, pgd, project, random_uap, sgd_uap
+from dtlib.data import to_float
+from dtlib.evaluate import fit_images, fooling_rate, predict, targeted_success
+
+EPS = 10 / 255
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_projection_lands_in_the_ball_and_keeps_points_inside(norm):
+    d = torch.randn(6, 3, 32, 32)
+    p = project(d, 0.5, norm)
+    size = p.abs().flatten(1).amax(1) if norm == "linf" else p.flatten(1).norm(dim=1)
+    assert (size <= 0.5 + 1e-6).all()
+    assert torch.allclose(project(p, 0.5, norm), p)  # idempotent
+    small = d * 1e-3
+    assert torch.allclose(project(small, 0.5, norm), small)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_random_uap_has_exactly_the_norm(norm):
+    r = random_uap((1, 3, 32, 32), 0.3, norm, torch.Generator().manual_seed(0))
+    if norm == "linf":
+        assert torch.allclose(r.abs(), torch.full_like(r, 0.3))
+    else:
+        assert torch.isclose(r.norm(), torch.tensor(0.3))
+
+
+def test_perturbed_images_stay_valid_pixels():
+    x = torch.tensor([0.0, 0.5, 1.0]).view(1, 3, 1, 1)
+    assert torch.equal(perturb(x, torch.full((1, 3, 1, 1), 0.7)), torch.tensor([0.7, 1.0, 1.0]).view(1, 3, 1, 1))
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", EPS), ("l2", 1.0)])
+def test_sgd_uap_is_universal_and_inside_its_ball(standard_model, mini, norm, eps):
+    model, _ = standard_model
+    fn = lambda x: model.scores(x, "single")
+    fit = fit_images(mini["train"], 512, 0)
+    uap = sgd_uap(fn, fit.x, fit.y, eps=eps, norm=norm, epochs=2)
+    assert uap.shape == (1, 3, 32, 32)
+    size = uap.abs().max() if norm == "linf" else uap.norm()
+    assert size <= eps + 1e-6 and size > (0.5 if norm == "linf" else 0.2) * eps
+
+
+def test_uap_fools_far_more_than_random_noise_of_the_same_norm(standard_run, standard_model, mini):
+    """The issue's check that the attack is real, on the model trained on the mini set: a 10/255
+    L-inf SGD-UAP fitted on training images, scored on held-out test images."""
+    model, _ = standard_model
+    row = standard_run.metrics["eval"]["head0"]
+    assert row["clean_acc"] > 0.3  # the model learned something
+    assert row["fooling_rate"] > 0.3, row
+    assert row["fooling_rate"] > 4 * row["random_fooling_rate"], row
+    assert row["uap_linf"] <= EPS + 1e-6
+
+
+def test_targeted_uap_sends_images_to_the_target(standard_model, mini):
+    """The mini-set model (about 40% clean) is too smooth to steer at 10/255 (measured: 9% vs 7%
+    base; a full-data 87% model reaches 69-80% at 10/255), so the mechanics are checked at 32/255."""
+    model, _ = standard_model
+    fn = lambda x: model.scores(x, "single")
+    fit, test, eps = fit_images(mini["train"], 1000, 0), mini["test"], 32 / 255
+    uap = sgd_uap(fn, fit.x, fit.y, eps=eps, target=9, epochs=5)
+    hit = targeted_success(predict(fn, test.x, delta=uap), test.y, 9)
+    base = targeted_success(predict(fn, test.x), test.y, 9)
+    rnd = targeted_success(predict(fn, test.x, delta=random_uap(uap.shape, eps)), test.y, 9)
+    assert hit > base + 0.3 and hit > rnd + 0.3, (hit, base, rnd)
+
+
+def test_restarts_keep_the_strongest_uap(standard_model, mini):
+    model, _ = standard_model
+    fn = lambda x: model.scores(x, "single")
+    fit = fit_images(mini["train"], 256, 0)
+    x, y = fit.x, fit.y
+    one = sgd_uap(fn, x, y, eps=EPS, epochs=1, restarts=1)
+    three = sgd_uap(fn, x, y, eps=EPS, epochs=1, restarts=3)
+    clean = predict(fn, x)
+    assert fooling_rate(clean, predict(fn, x, delta=three)) >= fooling_rate(clean, predict(fn, x, delta=one))
+
+
+def test_pgd_stays_in_the_ball_raises_the_loss_and_leaves_parameter_grads_alone(standard_model, mini):
+    model, _ = standard_model
+    fn = lambda x: model.scores(x, "single")
+    x, y = to_float(mini["test"].x[:64]), mini["test"].y[:64]
+    x_adv = pgd(fn, x, y, eps=8 / 255, alpha=2 / 255, steps=7, generator=torch.Generator().manual_seed(0))
+    assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert F.cross_entropy(fn(x_adv), y) > F.cross_entropy(fn(x), y) + 0.5
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_bad_attack_arguments_are_one_sentence_errors(standard_model, mini):
+    model, _ = standard_model
+    fn = lambda x: model.scores(x, "single")
+    with pytest.raises(ValueError, match="Unknown norm 'l1'"):
+        sgd_uap(fn, mini["train"].x[:8], mini["train"].y[:8], eps=EPS, norm="l1")
+    with pytest.raises(ValueError, match=r"eps=2 is outside \[0, 1\]"):
+        sgd_uap(fn, mini["train"].x[:8], mini["train"].y[:8], eps=2)

@@ -1,0 +1,51 @@
+import dataclasses
+
+import pytest
+
+from dtlib import Config
+from dtlib.config import FIELD_TYPES, parse_overrides
+
+
+def test_every_field_has_a_group_and_a_doc():
+    for f in dataclasses.fields(Config):
+        assert f.metadata["group"] in ("train", "eval", "runtime") and f.metadata["doc"]
+
+
+def test_command_line_values_are_typed_and_fractions_work():
+    o = parse_overrides(["eps=10/255", "heads=5", "checkpointing=true", "method=dt"])
+    assert o == {"eps": 10 / 255, "heads": 5, "checkpointing": True, "method": "dt"}
+    assert Config().replace(**o).heads == 5
+
+
+def test_cache_key_tracks_training_fields_only():
+    base = Config()
+    assert base.train_hash() == Config().train_hash()
+    for name, value in [("heads", 2), ("lambda_div", 0.5), ("seed", 1), ("eps", 8 / 255), ("data", "mini")]:
+        assert base.replace(**{name: value}).train_hash() != base.train_hash(), name
+    for name, value in [("eval_eps", 8 / 255), ("uap_epochs", 9), ("device", "cpu"), ("checkpointing", True)]:
+        assert base.replace(**{name: value}).train_hash() == base.train_hash(), name
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"heads": 0}, "heads \\(K\\) must be at least 1, got 0"),
+    ({"heads": "two"}, "heads='two' is not a valid int"),
+    ({"heads": 2.5}, "heads=2.5 must be a int"),
+    ({"eps": -0.1}, "eps=-0.1 is outside \\[0, 1\\]"),
+    ({"eval_eps": 8}, "eval_eps=8.0 is outside \\[0, 1\\]"),
+    ({"norm": "l1"}, "Unknown norm 'l1'"),
+    ({"method": "trades"}, "Unknown method 'trades'"),
+    ({"backbone": "vit"}, "Unknown backbone 'vit'"),
+    ({"eval_modes": "ensemble,vote"}, "Unknown inference mode 'vote'"),
+    ({"heads": 3, "eval_head": 3}, "eval_head 3 is out of range for a model with 3 heads"),
+    ({"lambda_div": -1.0}, "lambda_div must be non-negative"),
+    ({"lambda_cons": float("nan")}, "lambda_cons=nan must be a finite number"),
+    ({"batch_size": 0}, "batch_size must be at least 1"),
+    ({"colour": "red"}, "Unknown config field 'colour'"),
+])
+def test_bad_configs_are_rejected_with_one_sentence(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        Config().replace(**overrides)
+
+
+def test_field_types_cover_every_field():
+    assert set(FIELD_TYPES) == {f.name for f in dataclasses.fields(Config)}

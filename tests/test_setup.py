@@ -1,0 +1,34 @@
+"""The set-up files agree: one torch pin in the Makefile and environment.yml, pyproject's bounds admit it."""
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pins(text):
+    return dict(re.findall(r"\b(torch|torchvision)==([\d.]+)", text))
+
+
+def test_torch_pins_agree_and_satisfy_pyproject():
+    make, env = (ROOT / "Makefile").read_text(), (ROOT / "environment.yml").read_text()
+    assert pins(make) == pins(env) == {"torch": "2.14.1", "torchvision": "0.29.1"}
+    py = (ROOT / "pyproject.toml").read_text()
+    lower = dict(re.findall(r'"(torch|torchvision)>=([\d.]+)"', py))
+    assert lower == {"torch": "2.11", "torchvision": "0.26"}
+    version = lambda v: tuple(int(p) for p in v.split("."))
+    assert all(version(pins(make)[k]) >= version(lower[k]) for k in lower)
+
+
+def test_environment_uses_conda_forge_only_and_installs_the_project():
+    env = (ROOT / "environment.yml").read_text()
+    channels = re.search(r"channels:\n((?:\s+- .*\n)+)", env).group(1)
+    assert [c.strip("- \n") for c in channels.splitlines()] == ["conda-forge"]
+    assert "-e .[test]" in env
+    deps = re.search(r"^dependencies = \[(.*)\]", (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    for dep in re.findall(r'"([a-z]+)>=', deps):
+        assert dep in env, dep
+
+
+def test_ci_calls_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    assert "make test" in (ROOT / "README.md").read_text()

@@ -1,0 +1,164 @@
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import dtlib
+from dtlib import Config
+from dtlib.attacks import ascent, perturb, project
+from dtlib.data import split_train
+from dtlib.evaluate import accuracy, predict
+from dtlib.losses import ensemble_cross_entropy
+from dtlib.models import build_model
+from dtlib.train import DT, STEPS, amp_dtype, lr_factor, resolve_device, train
+
+from conftest import DATA_DIR, MINI
+
+QUIET = dict(progress=False, log=lambda s: None)
+
+
+@pytest.fixture(scope="module")
+def small(mini):
+    tr, _ = split_train(mini["train"], train_size=640)
+    return tr
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    f = [lr_factor(s, 100, 0.2) for s in range(101)]
+    assert f[0] == 0 and f[20] == 1 and f[100] == 0
+    assert all(a < b for a, b in zip(f[:20], f[1:21])) and all(a > b for a, b in zip(f[20:100], f[21:101]))
+
+
+def test_device_auto_is_cpu_here_and_cuda_without_one_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine")
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ValueError, match="no CUDA device is available"):
+        resolve_device("cuda")
+    assert amp_dtype("fp32", torch.device("cpu")) is None
+    assert amp_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+
+
+@pytest.mark.parametrize("method,heads", [("standard", 1), ("dt", 3), ("uat", 1), ("pgd_at", 1)])
+def test_every_method_trains_through_the_one_loop(small, method, heads):
+    cfg = Config(method=method, heads=heads, epochs=2, pgd_steps=2, **MINI)
+    torch.manual_seed(cfg.seed)
+    init = build_model(cfg).state_dict()
+    model, stats = train(cfg, small, **QUIET)
+    assert not model.training
+    assert len(stats["history"]) == 2 and all(h["images_per_s"] > 0 for h in stats["history"])
+    assert stats["history"][1]["loss"] < stats["history"][0]["loss"] or method == "dt"
+    changed = {k: not torch.equal(init[k], v) for k, v in model.state_dict().items()
+               if v.is_floating_point() and not k.startswith("normalize.")}  # mean/std are constants
+    assert all(changed.values()), [k for k, c in changed.items() if not c]
+    if method in ("dt", "uat"):
+        delta = stats["method_state"]["delta"]
+        assert 0 < delta.abs().max() <= cfg.eps + 1e-6
+
+
+def test_dt_step_moves_the_running_uap_up_the_ensemble_loss():
+    """One DT step: delta moves by uap_step along sign(d CE_ensemble(x + delta) / d delta), the
+    gradient taken in the same batched forward as the weights' loss."""
+    cfg = Config(method="dt", heads=4, uap_step=2 / 255, **MINI)
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    step = DT(model, cfg, torch.device("cpu"))
+    step.delta = project(torch.randn(1, 3, 32, 32) * 0.01, cfg.eps, "linf")
+    x, y = torch.rand(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    twin = copy.deepcopy(model)
+    d0 = step.delta.clone().requires_grad_(True)
+    logits = twin(torch.cat([x, perturb(x, d0)]))
+    g, = torch.autograd.grad(ensemble_cross_entropy(logits[:, 32:], y), d0)
+    expected = project(d0.detach() + cfg.uap_step * ascent(g, "linf"), cfg.eps, "linf")
+    loss, clean = step.loss(x, y)
+    loss.backward()
+    step.after_backward()
+    assert clean.shape == (4, 32, 10)
+    assert torch.allclose(step.delta, expected, atol=1e-7)
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_training_is_deterministic_on_cpu_and_seeded(small):
+    cfg = Config(method="dt", heads=2, epochs=1, **MINI)
+    a, _ = train(cfg, small, **QUIET)
+    b, _ = train(cfg, small, **QUIET)
+    c, _ = train(cfg.replace(seed=1), small, **QUIET)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_run_writes_checkpoint_metrics_and_provenance(standard_run):
+    rd = standard_run.run_dir
+    assert rd.name == standard_run.config.train_hash()
+    ckpt = torch.load(rd / "checkpoint.pt", weights_only=False)
+    assert {"model", "optimizer", "step", "config"} <= set(ckpt) and ckpt["finished"]
+    assert ckpt["config"] == standard_run.config.to_dict() and ckpt["step"] == 8 * (2000 // 128)
+    m = json.loads((rd / "metrics.json").read_text())
+    assert {"git_commit", "torch", "device", "date_utc"} <= set(m["provenance"])
+    assert m["train"]["wall_s"] > 0 and m["train"]["images_per_s"] > 0 and m["eval_wall_s"] > 0
+    assert json.loads((rd / "config.json").read_text()) == standard_run.config.to_dict()
+    assert not list(rd.glob("*.tmp")) and not list(rd.glob(".*.tmp"))
+
+
+def test_load_model_gives_the_trained_model_for_outside_tools(standard_run, mini):
+    model, cfg = dtlib.load_model(standard_run.run_dir)
+    assert isinstance(model, torch.nn.Module) and not model.training and cfg == standard_run.config
+    x = mini["test"].x[:5].float() / 255
+    assert model(x).shape == (1, 5, 10)
+    pred = predict(model.classifier("single", 0), mini["test"].x, amp_dtype=amp_dtype(cfg.precision, torch.device("cpu")))
+    assert accuracy(pred, mini["test"].y) == standard_run.metrics["eval"]["head0"]["clean_acc"]
+
+
+def test_a_finished_run_is_loaded_not_retrained(standard_run, runs_dir, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("retrained a finished run")
+    monkeypatch.setattr(dtlib.experiment, "train", boom)
+    again = dtlib.run(standard_run.config, runs_dir=runs_dir, **QUIET)
+    assert again.metrics == standard_run.metrics
+    # an evaluation-only change re-evaluates the same checkpoint
+    other = dtlib.run(standard_run.config.replace(uap_epochs=1, uap_fit_size=200), runs_dir=runs_dir, **QUIET)
+    assert other.run_dir == standard_run.run_dir and other.metrics["eval_config"]["uap_epochs"] == 1
+    # a training change is a different run
+    with pytest.raises(AssertionError, match="retrained"):
+        dtlib.run(standard_run.config.replace(epochs=2), runs_dir=runs_dir, **QUIET)
+    dtlib.run(standard_run.config, runs_dir=runs_dir, **QUIET)  # restore the shared run's metrics
+
+
+def test_dt_run_evaluates_ensemble_and_single_head(runs_dir):
+    res = dtlib.run(method="dt", heads=3, epochs=1, uap_fit_size=200, uap_epochs=1, eval_head=2,
+                    runs_dir=runs_dir, **MINI, **QUIET)
+    assert set(res.metrics["eval"]) == {"ensemble", "head2"}
+    for row in res.metrics["eval"].values():
+        for k in ("clean_acc", "fooling_rate", "uap_acc", "random_fooling_rate"):
+            assert 0 <= row[k] <= 1
+    table = dtlib.results_table([res])
+    assert table.count("\n") == 3 and "| dt | 3 | ensemble |" in table
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "dtlib", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_command_line_train_and_evaluate(tmp_path):
+    out = cli("train", "data=mini", f"data_dir={DATA_DIR}", "epochs=1", "eps=8/255", "uap_fit_size=200",
+              "uap_epochs=1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "| standard | 1 | head0 |" in out.stdout
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run_dir / "config.json").read_text())["eps"] == 8 / 255
+    again = cli("evaluate", str(run_dir), "eval_eps=4/255", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["eval_config"]["eval_eps"] == 4 / 255
+
+
+def test_command_line_errors_are_one_sentence(tmp_path):
+    out = cli("train", "heads=0", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip() == "error: heads (K) must be at least 1, got 0."
+    out = cli("train", "lamda_div=1", cwd=tmp_path)
+    assert out.returncode == 2 and "Unknown config field 'lamda_div'" in out.stderr
+    out = cli("train", f"data_dir={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 2 and "CIFAR-10 was not found" in out.stderr and "Traceback" not in out.stderr
