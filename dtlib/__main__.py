@@ -2,7 +2,7 @@
 
   train key=value ...       train (or load) and evaluate one configuration, print its table
   evaluate RUN_DIR [k=v]    re-evaluate a finished run (evaluation fields may be overridden)
-  reproduce [key=value]     the default experiment: standard vs DT (K=5), compact CNN, CPU profile
+  reproduce [key=value]     the default experiment: standard vs DT (K=5), compact CNN; writes results/default-<device>.json
   download [DATA_DIR]       fetch CIFAR-10 with torchvision into DATA_DIR (default data)
   fields                    list every config field with its default and meaning
 """
@@ -13,7 +13,7 @@ from dataclasses import fields
 
 from .config import Config, parse_overrides
 from .data import DataError, load_arrays
-from .experiment import default_experiment, evaluate_run, results_table, run
+from .experiment import default_experiment, evaluate_run, results_table, run, save_results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
             res = evaluate_run(args[0], trained.replace(**parse_overrides(args[1:])))
             print(results_table([res]))
         elif cmd == "reproduce":
-            print(results_table(default_experiment(**parse_overrides(args))))
+            results = default_experiment(**parse_overrides(args))
+            print(results_table(results))
+            out = f"results/default-{results[0].metrics['provenance']['device'].split()[0]}.json"
+            save_results(results, out, command=" ".join(["python -m dtlib", *argv]))
+            print(f"wrote {out} and its .md table")
         elif cmd == "download":
             load_arrays("full", args[0] if args else "data", download=True)
             print("CIFAR-10 is in place.")

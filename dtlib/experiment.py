@@ -17,7 +17,7 @@ import torch
 from .config import Config
 from .data import Split, load_cifar10, split_train
 from .evaluate import evaluate_model
-from .io import provenance, save_torch, write_json
+from .io import atomic_path, provenance, save_torch, write_json
 from .models import MultiHead, build_model
 from .train import CHECKPOINT, amp_dtype, resolve_device, train
 
@@ -134,6 +134,19 @@ def results_table(results: list[RunResult]) -> str:
     rule = "| " + " | ".join("---" for _ in COLUMNS) + " |"
     body = ["| " + " | ".join(fmt.format(row[key]) for _, key, fmt in COLUMNS) + " |" for row in rows]
     return "\n".join([head, rule, *body])
+
+
+def save_results(results: list[RunResult], path: str | Path, command: str = "") -> None:
+    """Write the rows of ``results`` with every run's config and provenance to ``path`` (.json) and
+    the Markdown table beside it (.md), atomically: the files the README's numbers come from."""
+    path = Path(path)
+    write_json(path, {"command": command, "rows": [r for res in results for r in res.rows()],
+                      "runs": {res.run_dir.name: {"config": res.config.to_dict(),
+                                                  "train": {k: v for k, v in res.metrics["train"].items() if k != "history"},
+                                                  "provenance": res.metrics["provenance"]} for res in results}})
+    with atomic_path(path.with_suffix(".md")) as tmp:
+        tmp.write_text(f"<!-- written by `{command}`; see {path.name} for configs and provenance -->\n"
+                       + results_table(results) + "\n")
 
 
 # The quick CPU look of `make reproduce` until the notebooks land: the same backbone, data and
