@@ -7,7 +7,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 # Where this workplace keeps the full CIFAR-10; `make data` links it when data/ has none.
 SHARED_DATA ?= ../shared/data/cifar10.npz
 
-.PHONY: install test reproduce data mini clean
+.PHONY: install test reproduce data mini readme clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -33,6 +33,10 @@ reproduce: install data
 # Regenerate data/cifar10-mini.npz (byte-identical) from the full set.
 mini: install data
 	$(PY) scripts/make_mini.py data/cifar10.npz data/cifar10-mini.npz
+
+# Copy the committed results tables into README.md (never typed by hand).
+readme: install
+	$(PY) scripts/update_readme.py
 
 clean:
 	rm -rf runs .pytest_cache .hypothesis

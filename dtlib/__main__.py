@@ -13,7 +13,7 @@ from dataclasses import fields
 
 from .config import Config, parse_overrides
 from .data import DataError, load_arrays
-from .experiment import default_experiment, evaluate_run, results_table, run, save_results
+from .experiment import default_experiment, device_slug, evaluate_run, results_table, run, save_results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         elif cmd == "reproduce":
             results = default_experiment(**parse_overrides(args))
             print(results_table(results))
-            out = f"results/default-{results[0].metrics['provenance']['device'].split()[0]}.json"
+            out = f"results/default-{device_slug(results[0])}.json"
             save_results(results, out, command=" ".join(["python -m dtlib", *argv]))
             print(f"wrote {out} and its .md table")
         elif cmd == "download":
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{f.name:14s} {f.default!r:>22}  [{f.metadata['group']}] {f.metadata['doc']}")
         else:
             raise ValueError(f"Unknown command {cmd!r}; run `python -m dtlib --help` for the list.")
-    except (ValueError, DataError, FileNotFoundError) as e:
+    except (ValueError, DataError, FileNotFoundError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

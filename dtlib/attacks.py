@@ -77,7 +77,7 @@ def sgd_uap(scores_fn: ScoresFn, images: torch.Tensor, labels: torch.Tensor, *, 
         raise ValueError(f"target class {target} is outside 0..9.")
     device = images.device
     g = torch.Generator().manual_seed(seed)
-    best, best_score = None, -1.0
+    best, best_score = None, float("-inf")
     for r in range(restarts):
         if r == 0:
             delta = torch.zeros(1, *images.shape[1:])
@@ -101,7 +101,7 @@ def sgd_uap(scores_fn: ScoresFn, images: torch.Tensor, labels: torch.Tensor, *, 
                 delta = project(delta.detach() + step * ascent(grad, norm), eps, norm)
             step *= decay
         score = _fit_score(scores_fn, images, labels, delta, target, batch_size, amp_dtype)
-        if score > best_score:
+        if best is None or score > best_score:  # NaN scores (no non-target image) keep restart 0
             best, best_score = delta.detach(), score
     return best
 

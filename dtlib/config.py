@@ -92,10 +92,19 @@ class Config:
     def group(self, name: str) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["group"] == name}
 
-    def train_hash(self) -> str:
-        """Run-cache key: every field that changes the trained weights, plus the code version."""
-        blob = json.dumps({"code": CODE_VERSION, **self.group("train")}, sort_keys=True)
+    def train_hash(self, precision: str | None = None) -> str:
+        """Run-cache key: every field that changes the trained weights, plus the code version.
+
+        ``precision`` is the resolved autocast precision ("bf16" or "fp32") that ``auto`` means on
+        this machine, so a bf16 run is never reused for an fp32 request or the reverse."""
+        fields_ = {**self.group("train"), "precision": precision or self.precision}
+        blob = json.dumps({"code": CODE_VERSION, **fields_}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def eval_hash(self) -> str:
+        """Key of one evaluation setting of a run: its metrics and UAPs are cached under it."""
+        blob = json.dumps({"code": CODE_VERSION, **self.group("eval")}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
     @property
     def modes(self) -> list[str]:
@@ -188,9 +197,11 @@ def validate(cfg: Config) -> None:
     for name in ("batch_size", "epochs", "uap_epochs", "uap_restarts", "uap_fit_size"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}.")
-    for name in ("pgd_steps", "train_size", "val_size", "eval_size", "seed"):
+    for name in ("pgd_steps", "train_size", "val_size", "eval_size"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be non-negative, got {getattr(cfg, name)}.")
+    if not 0 <= cfg.seed < 2**31:
+        raise ValueError(f"seed must be in [0, 2**31), got {cfg.seed}.")
     if not cfg.lr > 0:
         raise ValueError(f"lr must be positive, got {cfg.lr}.")
     if not 0 <= cfg.warmup < 1:

@@ -31,8 +31,8 @@ DIGESTS = {
 }
 FILES = {"full": "cifar10.npz", "mini": "cifar10-mini.npz"}
 
-WHERE = ("Put the CIFAR-10 npz (arrays x_train, y_train, x_test, y_test; see data/README.md) at {npz}, "
-         "or a torchvision cifar-10-batches-py folder in {dir}, or pass download=true to fetch it with torchvision.")
+WHERE = ("put the CIFAR-10 npz (arrays x_train, y_train, x_test, y_test; see data/README.md) at {npz}, "
+         "a torchvision cifar-10-batches-py folder in {dir}, or run `make data DOWNLOAD=1`.")
 
 
 class DataError(ValueError):
@@ -108,11 +108,11 @@ def _load_torchvision(root: Path, download: bool) -> dict[str, np.ndarray]:
     try:
         tr = CIFAR10(str(root), train=True, download=download)
         te = CIFAR10(str(root), train=False, download=False)
-    except RuntimeError as e:  # torchvision's own md5 check: "Dataset not found or corrupted"
-        raise DataError(f"The torchvision CIFAR-10 folder in {root} is missing or corrupt ({e}). "
+    except RuntimeError:  # torchvision's own md5 check failed: "Dataset not found or corrupted"
+        raise DataError(f"The torchvision CIFAR-10 folder in {root} is missing or corrupt (its md5 check failed); "
                         + WHERE.format(npz=root / FILES["full"], dir=root)) from None
     except OSError as e:  # a download with no network
-        raise DataError(f"Downloading CIFAR-10 into {root} failed ({e}). "
+        raise DataError(f"Downloading CIFAR-10 into {root} failed ({type(e).__name__}: {e}); "
                         + WHERE.format(npz=root / FILES["full"], dir=root)) from None
     arrays = {"x_train": tr.data, "y_train": np.asarray(tr.targets, dtype=np.int64),
               "x_test": te.data, "y_test": np.asarray(te.targets, dtype=np.int64)}
@@ -133,7 +133,7 @@ def load_arrays(name: str = "full", data_dir: str | Path = "data", download: boo
                         f"scripts/make_mini.py from the full npz).")
     if (root / "cifar-10-batches-py").exists() or download:
         return _load_torchvision(root, download)
-    raise DataError(f"CIFAR-10 was not found in {root}. " + WHERE.format(npz=npz, dir=root))
+    raise DataError(f"CIFAR-10 was not found in {root}: " + WHERE.format(npz=npz, dir=root))
 
 
 def load_cifar10(name: str = "full", data_dir: str | Path = "data", download: bool = False) -> dict[str, Split]:

@@ -1,12 +1,14 @@
 """Running configurations through the run cache, loading trained models, and the result table.
 
-``run(cfg)`` trains into ``runs/<config-hash>/`` (config.json, checkpoint.pt, metrics.json,
-uaps.pt) unless that directory already holds a finished result, which is loaded instead; a finished
-run whose evaluation settings changed is re-evaluated, not retrained.
+``run(cfg)`` trains into ``runs/<config-hash>/`` (config.json, checkpoint.pt) unless that directory
+already holds a finished checkpoint, and evaluates it into ``metrics-<eval-hash>.json`` and
+``uaps-<eval-hash>.pt``, one pair per evaluation setting: a finished run is loaded, never retrained,
+and an evaluation already made is loaded, never refitted.
 """
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +21,7 @@ from .data import Split, load_cifar10, split_train
 from .evaluate import evaluate_model
 from .io import atomic_path, provenance, save_torch, write_json
 from .models import MultiHead, build_model
-from .train import CHECKPOINT, amp_dtype, resolve_device, train
-
-METRICS, UAPS = "metrics.json", "uaps.pt"
+from .train import CHECKPOINT, amp_dtype, precision_name, resolve_device, train
 DATA_SEED = 0  # fixes which images form the subsets and the validation split, for every run
 
 
@@ -55,6 +55,20 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
     return model.eval(), cfg
 
 
+def run_dir_for(cfg: Config, runs_dir: str | Path = "runs") -> Path:
+    """``runs/<hash>``: the hash covers the training fields, the code version and the precision
+    that ``cfg.precision`` resolves to on this machine."""
+    return Path(runs_dir) / cfg.train_hash(precision_name(cfg))
+
+
+def metrics_path(run_dir: Path, cfg: Config) -> Path:
+    return run_dir / f"metrics-{cfg.eval_hash()}.json"
+
+
+def uaps_path(run_dir: Path, cfg: Config) -> Path:
+    return run_dir / f"uaps-{cfg.eval_hash()}.pt"
+
+
 @dataclass
 class RunResult:
     config: Config
@@ -71,10 +85,12 @@ class RunResult:
 
 
 def train_summary(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What training cost and where it ran, from a finished checkpoint."""
     h = ckpt["history"]
     images = sum(e["images_per_s"] * e["seconds"] for e in h)
     return {"wall_s": ckpt["wall_s"], "images_per_s": images / ckpt["wall_s"], "steps": ckpt["step"],
-            "final_loss": h[-1]["loss"], "final_train_acc": h[-1]["train_acc"], "history": h}
+            "final_loss": h[-1]["loss"], "final_train_acc": h[-1]["train_acc"], "precision": ckpt["precision"],
+            "provenance": ckpt["provenance"], "history": h}
 
 
 def evaluate_run(run_dir: str | Path, cfg: Config | None = None, *, log: Callable[[str], None] = print) -> RunResult:
@@ -93,10 +109,10 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, *, log: Callabl
     log(f"evaluating {run_dir.name}: SGD-UAP {cfg.eval_norm} eps {cfg.eval_eps:.4f} against {', '.join(cfg.modes)}")
     rows, uaps = evaluate_model(model, cfg, train_split.to(device), test.to(device), amp_dtype(cfg.precision, device))
     metrics = {"run": run_dir.name, "config": cfg.to_dict(), "eval_config": cfg.group("eval"),
-               "train": {**train_summary(ckpt), "precision": ckpt.get("precision", "unknown")},
-               "eval": rows, "eval_wall_s": time.perf_counter() - t0, "provenance": provenance(device)}
-    save_torch(run_dir / UAPS, uaps)
-    write_json(run_dir / METRICS, metrics)
+               "train": train_summary(ckpt), "eval": rows, "eval_wall_s": time.perf_counter() - t0,
+               "provenance": provenance(device)}
+    save_torch(uaps_path(run_dir, cfg), uaps)  # first, so a metrics file always has its UAPs
+    write_json(metrics_path(run_dir, cfg), metrics)
     return RunResult(cfg, run_dir, metrics)
 
 
@@ -104,13 +120,11 @@ def run(cfg: Config | None = None, *, runs_dir: str | Path = "runs", progress: b
         log: Callable[[str], None] = print, **overrides: Any) -> RunResult:
     """Train (or load) and evaluate one configuration; ``overrides`` are Config fields."""
     cfg = (cfg or Config()).replace(**overrides)
-    run_dir = Path(runs_dir) / cfg.train_hash()
-    metrics_path = run_dir / METRICS
-    if metrics_path.exists():
-        metrics = json.loads(metrics_path.read_text())
-        if metrics.get("eval_config") == cfg.group("eval"):
-            log(f"{cfg.method} K={cfg.heads}: loaded finished run {run_dir}")
-            return RunResult(cfg, run_dir, metrics)
+    run_dir = run_dir_for(cfg, runs_dir)
+    done = metrics_path(run_dir, cfg)
+    if done.exists():
+        log(f"{cfg.method} K={cfg.heads}: loaded finished run {done}")
+        return RunResult(cfg, run_dir, json.loads(done.read_text()))
     ckpt_path = run_dir / CHECKPOINT
     finished = ckpt_path.exists() and _read_checkpoint(run_dir).get("finished")
     if not finished:
@@ -143,7 +157,7 @@ def save_results(results: list[RunResult], path: str | Path, command: str = "") 
     write_json(path, {"command": command, "rows": [r for res in results for r in res.rows()],
                       "runs": {res.run_dir.name: {"config": res.config.to_dict(),
                                                   "train": {k: v for k, v in res.metrics["train"].items() if k != "history"},
-                                                  "provenance": res.metrics["provenance"]} for res in results}})
+                                                  "eval_provenance": res.metrics["provenance"]} for res in results}})
     with atomic_path(path.with_suffix(".md")) as tmp:
         tmp.write_text(f"<!-- written by `{command}`; see {path.name} for configs and provenance -->\n"
                        + results_table(results) + "\n")
@@ -152,6 +166,12 @@ def save_results(results: list[RunResult], path: str | Path, command: str = "") 
 # The quick CPU look of `make reproduce` until the notebooks land: the same backbone, data and
 # budget for a standard model and DT with K = 5 (the seed's literal loss, lambda_adv = 0).
 DEFAULT_EXPERIMENT = ({"method": "standard", "heads": 1}, {"method": "dt", "heads": 5})
+
+
+def device_slug(result: RunResult) -> str:
+    """'cpu' or the GPU's name (e.g. 'nvidia-h100-80gb-hbm3') of the machine a run was trained on."""
+    name = result.metrics["train"]["provenance"]["device"]
+    return "cpu" if name.startswith("cpu") else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def default_experiment(*, runs_dir: str | Path = "runs", progress: bool = True,

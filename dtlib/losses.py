@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .models import ensemble_log_probs
+from .models import check_head_logits, ensemble_log_probs
 
 
 def entropy_from_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
@@ -21,6 +21,7 @@ def entropy_from_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
 def jsd(logits: torch.Tensor) -> torch.Tensor:
     """Generalised Jensen-Shannon divergence of the K heads' softmaxes, per example (B,):
     H(mean_k p_k) - mean_k H(p_k). It is 0 when all heads agree and at most log K."""
+    check_head_logits(logits)
     lp = F.log_softmax(logits.float(), dim=-1)
     mean_lp = torch.logsumexp(lp, dim=0) - math.log(lp.shape[0])
     return entropy_from_log_probs(mean_lp) - entropy_from_log_probs(lp).mean(0)
@@ -28,6 +29,7 @@ def jsd(logits: torch.Tensor) -> torch.Tensor:
 
 def heads_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean over heads and examples of each head's cross-entropy."""
+    check_head_logits(logits)
     k, b, c = logits.shape
     return F.cross_entropy(logits.float().reshape(k * b, c), y.repeat(k))
 

@@ -10,8 +10,7 @@ for outside attack tools.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager, nullcontext
-from typing import Iterator
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -76,18 +75,22 @@ def resnet18_cifar() -> tuple[nn.Sequential, int]:
 BUILDERS = {"cnn": compact_cnn, "vgg": vgg, "resnet18": resnet18_cifar}
 
 
-@contextmanager
-def frozen_bn_stats(module: nn.Module) -> Iterator[None]:
+class FrozenBNStats:
     """Keep BatchNorm running statistics unchanged (momentum 0) while a checkpointed segment is
-    recomputed in the backward pass, so checkpointing does not count a batch twice."""
-    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in bns]
-    for m in bns:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, (mom, nbt) in zip(bns, saved):
+    recomputed in the backward pass, so checkpointing does not count a batch twice. Re-enterable:
+    DT backpropagates through one graph twice (the UAP's gradient, then the weights')."""
+
+    def __init__(self, module: nn.Module):
+        self.bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def __enter__(self) -> None:
+        self.saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+                      for m in self.bns]
+        for m in self.bns:
+            m.momentum = 0.0
+
+    def __exit__(self, *exc: object) -> None:
+        for m, (mom, nbt) in zip(self.bns, self.saved):
             m.momentum = mom
             if nbt is not None:
                 m.num_batches_tracked.copy_(nbt)
@@ -120,7 +123,7 @@ class MultiHead(nn.Module):
         stages = list(self.backbone.children())
         for stage in stages[:-1]:
             x = checkpoint(stage, x, use_reentrant=False,
-                           context_fn=lambda s=stage: (nullcontext(), frozen_bn_stats(s)))
+                           context_fn=lambda s=stage: (nullcontext(), FrozenBNStats(s)))
         return stages[-1](x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,8 +165,14 @@ class Classifier(nn.Module):
         return self.model.scores(x, self.mode, self.head)
 
 
+def check_head_logits(logits: torch.Tensor) -> None:
+    if logits.dim() != 3:
+        raise ValueError(f"Expected per-head logits of shape (K, B, C), got shape {tuple(logits.shape)}.")
+
+
 def ensemble_log_probs(logits: torch.Tensor) -> torch.Tensor:
     """log(mean_k softmax(logits_k)) for per-head logits (K, B, C), computed stably in float32."""
+    check_head_logits(logits)
     lp = F.log_softmax(logits.float(), dim=-1)
     return torch.logsumexp(lp, dim=0) - math.log(lp.shape[0])
 

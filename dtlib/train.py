@@ -4,8 +4,12 @@ A step builds the batch's loss (``loss``) and, after the loop's backward pass, u
 attack state it keeps (``after_backward``): the running universal perturbation of ``dt`` and
 ``uat`` (STUDY.md section 1: one signed-gradient step per batch on the ensemble loss, projected to
 eps), nothing for ``standard`` and ``pgd_at``. The loop owns the optimizer, the schedule, mixed
-precision, checkpoints and logging. It takes a ``Loader`` (DistributedSampler-style sharding) and
-calls the model only through ``model(x)``, so a DDP-wrapped model and a sharded loader drop in.
+precision, checkpoints and logging.
+
+Ready for torch.distributed (DDP, torchrun): when a process group is initialised, the loader shards
+like a DistributedSampler, ``train(wrap=...)`` wraps the model (e.g. in DistributedDataParallel),
+the running UAP's gradient is summed over ranks before its sign is taken (every rank keeps the same
+UAP), attacks run on the unwrapped module, and only rank 0 writes checkpoints.
 """
 from __future__ import annotations
 
@@ -15,17 +19,27 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .attacks import ascent, perturb, pgd, project
 from .config import Config
 from .data import Loader, Split
-from .io import save_torch
+from .io import provenance, save_torch
 from .losses import dt_loss, ensemble_cross_entropy, heads_cross_entropy
 from .models import MultiHead, build_model, ensemble_log_probs
 
 CHECKPOINT = "checkpoint.pt"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DDP (or DataParallel) wrapper; the model itself otherwise."""
+    return getattr(model, "module", model)
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -36,6 +50,7 @@ class Step:
 
     def __init__(self, model: nn.Module, cfg: Config, device: torch.device):
         self.model, self.cfg, self.device = model, cfg, device
+        self.parts: dict[str, torch.Tensor] = {}  # detached loss terms of the last batch, for the log
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(scalar loss, per-head logits (K, B, C) of the images trained on, for train accuracy)."""
@@ -67,6 +82,8 @@ class RunningUAP(Step):
 
     def after_backward(self) -> None:
         grad = self._grad if self._grad is not None else self.delta.grad
+        if distributed():  # one UAP for all ranks: the gradient of the global batch
+            dist.all_reduce(grad)
         self.delta = project(self.delta.detach() + self.cfg.uap_step * ascent(grad, self.cfg.norm),
                              self.cfg.eps, self.cfg.norm)
         self._grad = None
@@ -80,7 +97,8 @@ class RunningUAP(Step):
 
 class UAT(RunningUAP):
     """``uat`` (Shafahi et al. 2020): train on x + delta only; the same backward pass gives the
-    weights their descent gradient and delta its ascent gradient."""
+    weights their descent gradient and delta its ascent gradient (the simultaneous update). The
+    loss is the heads' mean cross-entropy, which is the ensemble's for the usual K = 1."""
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(perturb(x, self._leaf()))
@@ -90,14 +108,17 @@ class UAT(RunningUAP):
 class DT(RunningUAP):
     """``dt``: the Democratic Training loss (``losses.dt_loss``) on clean images and on the same
     images plus the running UAP, both in one forward pass. The UAP ascends the ensemble's
-    cross-entropy on the perturbed half (taken from the same graph; no extra forward)."""
+    cross-entropy on the perturbed half (taken from the same graph; no extra forward).
+    Because both halves share one forward, BatchNorm's batch statistics mix clean and perturbed
+    images, in every DT configuration alike (the lambda_div = 0 control included)."""
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         delta = self._leaf()
         logits = self.model(torch.cat([x, perturb(x, delta)]))
         clean, uap = logits.chunk(2, dim=1)
         c = self.cfg
-        loss, _ = dt_loss(clean, uap, y, lambda_cons=c.lambda_cons, lambda_div=c.lambda_div, lambda_adv=c.lambda_adv)
+        loss, self.parts = dt_loss(clean, uap, y, lambda_cons=c.lambda_cons, lambda_div=c.lambda_div,
+                                   lambda_adv=c.lambda_adv)
         self._grad, = torch.autograd.grad(ensemble_cross_entropy(uap, y), delta, retain_graph=True)
         return loss, clean
 
@@ -112,7 +133,8 @@ class PGDAT(Step):
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.cfg
-        x_adv = pgd(lambda z: ensemble_log_probs(self.model(z)), x, y, eps=c.pgd_eps, alpha=c.pgd_alpha,
+        net = unwrap(self.model)  # no DDP gradient hooks for the attack's forwards
+        x_adv = pgd(lambda z: ensemble_log_probs(net(z)), x, y, eps=c.pgd_eps, alpha=c.pgd_alpha,
                     steps=c.pgd_steps, generator=self.generator)
         logits = self.model(x_adv)
         return heads_cross_entropy(logits, y), logits
@@ -151,9 +173,16 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     with AMX or AVX512-BF16 (1.6-2.8x faster training steps measured on such a CPU)."""
     if precision == "fp32":
         return None
-    if precision == "bf16" or device.type == "cuda" or _cpu_has_bf16():
+    if precision == "bf16":
         return torch.bfloat16
-    return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if _cpu_has_bf16() else None
+
+
+def precision_name(cfg: Config) -> str:
+    """What ``cfg.precision`` means on this machine: "bf16" or "fp32"."""
+    return "bf16" if amp_dtype(cfg.precision, resolve_device(cfg.device)) else "fp32"
 
 
 def lr_factor(step: int, total: int, warmup: float) -> float:
@@ -166,48 +195,56 @@ def lr_factor(step: int, total: int, warmup: float) -> float:
 # the loop
 
 def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None, progress: bool = True,
-          log: Callable[[str], None] = print) -> tuple[MultiHead, dict[str, Any]]:
+          log: Callable[[str], None] = print,
+          wrap: Callable[[nn.Module], nn.Module] | None = None) -> tuple[MultiHead, dict[str, Any]]:
     """Train a model for ``cfg`` on ``train_split`` (uint8 images); returns (model in eval mode, stats).
 
     With ``run_dir``, a checkpoint ``{model, optimizer, step, config, ...}`` is written there
-    atomically after every epoch; an unfinished one for the same config is resumed from."""
+    atomically after every epoch; an unfinished one of the same training config is resumed from.
+    ``wrap`` wraps the built model for the forward/backward passes (e.g. ``DistributedDataParallel``)."""
     device = resolve_device(cfg.device)
     dtype = amp_dtype(cfg.precision, device)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed() else (0, 1)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device, memory_format=torch.channels_last)
+    net = wrap(model) if wrap else model
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
                           weight_decay=cfg.weight_decay)
-    loader = Loader(train_split.to(device), cfg.batch_size, train=True, seed=cfg.seed)
+    loader = Loader(train_split.to(device), cfg.batch_size, train=True, seed=cfg.seed, rank=rank, world_size=world)
     total = cfg.epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg.warmup))
-    step_fn = STEPS[cfg.method](model, cfg, device)
+    step_fn = STEPS[cfg.method](net, cfg, device)
+    made_by = provenance(device)
 
     start_epoch, history, wall = 0, [], 0.0
     ckpt_path = Path(run_dir) / CHECKPOINT if run_dir else None
     if ckpt_path and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt["config"] != cfg.to_dict():
-            raise ValueError(f"{ckpt_path} was written for a different config; delete it or use another run directory.")
+        if Config.from_dict(ckpt["config"]).group("train") != cfg.group("train"):
+            raise ValueError(f"{ckpt_path} was written for a different training config; delete it or use another run directory.")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         step_fn.load_state_dict(ckpt["method_state"])
         start_epoch, history, wall = ckpt["epoch"], ckpt["history"], ckpt["wall_s"]
+        made_by = ckpt["provenance"]
         log(f"resuming {ckpt_path} at epoch {start_epoch}/{cfg.epochs}")
 
     def save(epoch: int) -> None:
-        if ckpt_path:
+        if ckpt_path and rank == 0:
             save_torch(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                    "scheduler": sched.state_dict(), "step": epoch * len(loader), "epoch": epoch,
                                    "config": cfg.to_dict(), "method_state": step_fn.state_dict(),
-                                   "history": history, "wall_s": wall, "finished": epoch == cfg.epochs})
+                                   "history": history, "wall_s": wall, "finished": epoch == cfg.epochs,
+                                   "precision": "bf16" if dtype else "fp32", "provenance": made_by})
 
     for epoch in range(start_epoch, cfg.epochs):
-        model.train()
+        net.train()
         loader.set_epoch(epoch)
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
+        part_sums: dict[str, torch.Tensor] = {}
         seen = 0
         bar = tqdm(loader, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
                    leave=False, unit="batch")
@@ -223,6 +260,8 @@ def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None,
             # accumulate on the device: no host sync inside the loop
             loss_sum += loss.detach() * len(y)
             correct += (ensemble_log_probs(logits.detach()).argmax(-1) == y).sum()
+            for k, v in step_fn.parts.items():
+                part_sums[k] = part_sums.get(k, 0) + v * len(y)
             seen += len(y)
             if progress and i % 10 == 9:
                 bar.set_postfix(img_s=f"{seen / (time.perf_counter() - t0):.0f}")
@@ -231,16 +270,17 @@ def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None,
         dt = time.perf_counter() - t0
         wall += dt
         stats = {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-                 "images_per_s": seen / dt, "seconds": dt}
+                 "images_per_s": seen / dt, "seconds": dt, **{k: v.item() / seen for k, v in part_sums.items()}}
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(f"Training loss became {stats['loss']} in epoch {epoch + 1}; lower lr or the loss weights.")
         history.append(stats)
-        log(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss']:.3f}  train acc {stats['train_acc']:.3f}"
-            f"  {stats['images_per_s']:.0f} img/s  {dt:.1f} s")
         save(epoch + 1)
+        terms = "".join(f"  {k} {stats[k]:.3f}" for k in part_sums)
+        log(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss']:.3f}{terms}  train acc {stats['train_acc']:.3f}"
+            f"  {stats['images_per_s']:.0f} img/s  {dt:.1f} s")
     model.eval()
     images = sum(h["images_per_s"] * h["seconds"] for h in history)
     return model, {"history": history, "wall_s": wall, "steps": total,
                    "images_per_s": images / wall if wall else float("nan"),
-                   "precision": str(dtype).replace("torch.", "") if dtype else "float32",
+                   "precision": "bf16" if dtype else "fp32", "provenance": made_by,
                    "method_state": step_fn.state_dict()}

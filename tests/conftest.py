@@ -7,7 +7,8 @@ import dtlib
 from dtlib.data import load_cifar10
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-MINI = dict(data="mini", data_dir=str(DATA_DIR))
+# device="cpu": these tests assert CPU determinism and exact equalities, also on a CUDA machine
+MINI = dict(data="mini", data_dir=str(DATA_DIR), device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,10 @@ def test_cache_key_tracks_training_fields_only():
         assert base.replace(**{name: value}).train_hash() != base.train_hash(), name
     for name, value in [("eval_eps", 8 / 255), ("uap_epochs", 9), ("device", "cpu"), ("checkpointing", True)]:
         assert base.replace(**{name: value}).train_hash() == base.train_hash(), name
+    # "auto" is keyed by what it resolves to, so bf16 and fp32 runs never share a directory
+    assert base.train_hash("bf16") != base.train_hash("fp32") == base.replace(precision="fp32").train_hash()
+    assert base.eval_hash() != base.replace(eval_eps=8 / 255).eval_hash()
+    assert base.eval_hash() == base.replace(heads=3).eval_hash()
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -40,6 +44,7 @@ def test_cache_key_tracks_training_fields_only():
     ({"lambda_div": -1.0}, "lambda_div must be non-negative"),
     ({"lambda_cons": float("nan")}, "lambda_cons=nan must be a finite number"),
     ({"batch_size": 0}, "batch_size must be at least 1"),
+    ({"seed": 2**40}, "seed must be in \\[0, 2\\*\\*31\\)"),
     ({"colour": "red"}, "Unknown config field 'colour'"),
 ])
 def test_bad_configs_are_rejected_with_one_sentence(overrides, message):

@@ -44,7 +44,7 @@ def test_mini_is_made_reproducibly_from_the_full_set(tmp_path):
 
 
 def test_missing_full_set_says_where_to_put_it(tmp_path):
-    with pytest.raises(DataError, match=r"not found in .*Put the CIFAR-10 npz .* at .*cifar10\.npz"):
+    with pytest.raises(DataError, match=r"not found in .*: put the CIFAR-10 npz .* at .*cifar10\.npz.*make data DOWNLOAD=1"):
         load_arrays("full", tmp_path)
 
 

@@ -105,3 +105,10 @@ def test_bad_loss_weights_are_rejected(name, value):
     z = torch.zeros(2, 1, 10)
     with pytest.raises(ValueError, match=name):
         dt_loss(z, z, torch.zeros(1, dtype=torch.long), **{name: value})
+
+
+def test_per_head_functions_reject_two_dimensional_logits():
+    with pytest.raises(ValueError, match=r"Expected per-head logits of shape \(K, B, C\), got shape \(4, 10\)"):
+        jsd(torch.zeros(4, 10))
+    with pytest.raises(ValueError, match="per-head logits"):
+        heads_cross_entropy(torch.zeros(4, 10), torch.zeros(4, dtype=torch.long))

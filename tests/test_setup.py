@@ -32,3 +32,15 @@ def test_environment_uses_conda_forge_only_and_installs_the_project():
 def test_ci_calls_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     assert "make test" in (ROOT / "README.md").read_text()
+
+
+def test_readme_numbers_are_the_committed_results_files():
+    """Every results block of the README is a verbatim copy of its results/*.md file."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "scripts" / "update_readme.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    readme = (ROOT / "README.md").read_text()
+    blocks = mod.BLOCK.findall(readme)
+    assert blocks, "README has no results block"
+    assert mod.render(readme) == readme, "README.md is out of date: run `make readme`"

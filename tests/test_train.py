@@ -13,7 +13,9 @@ from dtlib.data import split_train
 from dtlib.evaluate import accuracy, predict
 from dtlib.losses import ensemble_cross_entropy
 from dtlib.models import build_model
-from dtlib.train import DT, STEPS, amp_dtype, lr_factor, resolve_device, train
+from dtlib.experiment import metrics_path, run_dir_for
+from dtlib.losses import jsd
+from dtlib.train import DT, UAT, amp_dtype, lr_factor, resolve_device, train
 
 from conftest import DATA_DIR, MINI
 
@@ -81,6 +83,92 @@ def test_dt_step_moves_the_running_uap_up_the_ensemble_loss():
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_uat_step_moves_the_running_uap_up_the_training_loss():
+    cfg = Config(method="uat", uap_step=1 / 255, norm="l2", eps=0.5, **MINI)
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    step = UAT(model, cfg, torch.device("cpu"))
+    x, y = torch.rand(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    twin = copy.deepcopy(model)
+    d0 = step.delta.clone().requires_grad_(True)
+    g, = torch.autograd.grad(torch.nn.functional.cross_entropy(twin(perturb(x, d0))[0], y), d0)
+    loss, _ = step.loss(x, y)
+    loss.backward()
+    step.after_backward()
+    expected = project(d0.detach() + cfg.uap_step * ascent(g, "l2"), 0.5, "l2")
+    assert torch.allclose(step.delta, expected, atol=1e-7)
+    assert torch.isclose(step.delta.norm(), torch.tensor(1 / 255), rtol=1e-4)  # an L2 step of uap_step
+
+
+def test_dt_training_drives_the_heads_apart_on_the_running_uap_and_together_on_clean_images(small):
+    """The diversity term at work (the training log's loss terms, in nats): after about 250 steps
+    the network picks out its running UAP and the heads disagree on it (JSD towards log 4 = 1.39)
+    while agreeing on clean images; with lambda_div = 0 (the control) they never disagree."""
+    last = {}
+    for lam in (0.0, 1.0):
+        cfg = Config(method="dt", heads=4, epochs=16, batch_size=32, lambda_div=lam, **MINI)
+        _, stats = train(cfg, small, **QUIET)
+        last[lam] = stats["history"][-1]
+        assert {"ce", "jsd_clean", "jsd_uap"} <= set(last[lam])
+    assert last[1.0]["jsd_uap"] > 0.5 and last[1.0]["jsd_uap"] > 10 * last[1.0]["jsd_clean"], last[1.0]
+    assert last[0.0]["jsd_uap"] < 0.05, last[0.0]
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(small, tmp_path):
+    cfg = Config(method="dt", heads=2, epochs=3, **MINI)
+    whole, _ = train(cfg, small, run_dir=tmp_path / "whole", **QUIET)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_epoch_1(line):
+        if "epoch 1/3" in line:
+            raise Stop
+    with pytest.raises(Stop):
+        train(cfg, small, run_dir=tmp_path / "cut", progress=False, log=stop_after_epoch_1)
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    lines = []
+    # a runtime field may differ on resume; a training field may not
+    resumed, stats = train(cfg.replace(checkpointing=True), small, run_dir=tmp_path / "cut", progress=False, log=lines.append)
+    assert lines[0].startswith("resuming") and len(stats["history"]) == 3
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="different training config"):
+        train(cfg.replace(epochs=4), small, run_dir=tmp_path / "cut", **QUIET)
+
+
+def _ddp_worker(rank, world, port, small, out):
+    import os
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        cfg = Config(method="dt", heads=2, epochs=1, batch_size=64, **MINI)
+        model, stats = train(cfg, small, wrap=DistributedDataParallel, progress=False, log=lambda s: None)
+        torch.save({"state": model.state_dict(), "delta": stats["method_state"]["delta"]}, out / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_ddp_training_keeps_ranks_in_step(small, tmp_path):
+    """torch.distributed on CPU (gloo), two ranks: each trains on its shard of every batch, and
+    both end with the same weights and the same running UAP."""
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, small, tmp_path), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert torch.equal(r0["delta"], r1["delta"]) and r0["delta"].abs().max() > 0
+    # parameters agree; BatchNorm running statistics are per rank (DDP broadcasts rank 0's at each
+    # forward, and rank 0 writes the checkpoint)
+    differ = [k for k in r0["state"] if not torch.allclose(r0["state"][k], r1["state"][k], atol=1e-6)]
+    assert differ and all(k.endswith(("running_mean", "running_var")) for k in differ), differ
+
+
 def test_training_is_deterministic_on_cpu_and_seeded(small):
     cfg = Config(method="dt", heads=2, epochs=1, **MINI)
     a, _ = train(cfg, small, **QUIET)
@@ -93,13 +181,16 @@ def test_training_is_deterministic_on_cpu_and_seeded(small):
 
 def test_run_writes_checkpoint_metrics_and_provenance(standard_run):
     rd = standard_run.run_dir
-    assert rd.name == standard_run.config.train_hash()
+    assert rd == run_dir_for(standard_run.config, rd.parent)
     ckpt = torch.load(rd / "checkpoint.pt", weights_only=False)
     assert {"model", "optimizer", "step", "config"} <= set(ckpt) and ckpt["finished"]
     assert ckpt["config"] == standard_run.config.to_dict() and ckpt["step"] == 8 * (2000 // 128)
-    m = json.loads((rd / "metrics.json").read_text())
-    assert {"git_commit", "torch", "device", "date_utc"} <= set(m["provenance"])
+    m = json.loads(metrics_path(rd, standard_run.config).read_text())
+    for where in (m["provenance"], m["train"]["provenance"]):  # of the evaluation, and of the training
+        assert {"git_commit", "torch", "device", "date_utc"} <= set(where) and where["device"].startswith("cpu")
     assert m["train"]["wall_s"] > 0 and m["train"]["images_per_s"] > 0 and m["eval_wall_s"] > 0
+    assert m["train"]["precision"] in ("bf16", "fp32")
+    assert (rd / f"uaps-{standard_run.config.eval_hash()}.pt").exists()
     assert json.loads((rd / "config.json").read_text()) == standard_run.config.to_dict()
     assert not list(rd.glob("*.tmp")) and not list(rd.glob(".*.tmp"))
 
@@ -119,13 +210,14 @@ def test_a_finished_run_is_loaded_not_retrained(standard_run, runs_dir, monkeypa
     monkeypatch.setattr(dtlib.experiment, "train", boom)
     again = dtlib.run(standard_run.config, runs_dir=runs_dir, **QUIET)
     assert again.metrics == standard_run.metrics
-    # an evaluation-only change re-evaluates the same checkpoint
+    # an evaluation-only change re-evaluates the same checkpoint, beside the first evaluation
     other = dtlib.run(standard_run.config.replace(uap_epochs=1, uap_fit_size=200), runs_dir=runs_dir, **QUIET)
     assert other.run_dir == standard_run.run_dir and other.metrics["eval_config"]["uap_epochs"] == 1
-    # a training change is a different run
+    assert len(list(standard_run.run_dir.glob("metrics-*.json"))) >= 2
+    # a runtime change is the same run; a training change is a different run
+    assert dtlib.run(standard_run.config.replace(checkpointing=True), runs_dir=runs_dir, **QUIET).metrics == standard_run.metrics
     with pytest.raises(AssertionError, match="retrained"):
         dtlib.run(standard_run.config.replace(epochs=2), runs_dir=runs_dir, **QUIET)
-    dtlib.run(standard_run.config, runs_dir=runs_dir, **QUIET)  # restore the shared run's metrics
 
 
 def test_dt_run_evaluates_ensemble_and_single_head(runs_dir):
@@ -152,7 +244,8 @@ def test_command_line_train_and_evaluate(tmp_path):
     assert json.loads((run_dir / "config.json").read_text())["eps"] == 8 / 255
     again = cli("evaluate", str(run_dir), "eval_eps=4/255", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert json.loads((run_dir / "metrics.json").read_text())["eval_config"]["eval_eps"] == 4 / 255
+    evals = sorted(json.loads(p.read_text())["eval_config"]["eval_eps"] for p in run_dir.glob("metrics-*.json"))
+    assert evals == [4 / 255, 10 / 255]
 
 
 def test_command_line_errors_are_one_sentence(tmp_path):
