@@ -158,9 +158,13 @@ def save_results(results: list[RunResult], path: str | Path, command: str = "") 
                       "runs": {res.run_dir.name: {"config": res.config.to_dict(),
                                                   "train": {k: v for k, v in res.metrics["train"].items() if k != "history"},
                                                   "eval_provenance": res.metrics["provenance"]} for res in results}})
+    made = sorted({(r.metrics["train"]["provenance"]["device"], r.metrics["train"]["provenance"]["torch"],
+                    r.metrics["train"]["provenance"]["git_commit"][:12], r.metrics["train"]["provenance"]["date_utc"][:10])
+                   for r in results})
+    lines = [f"Trained on {d}, torch {t}, commit {c}, {day}." for d, t, c, day in made]
     with atomic_path(path.with_suffix(".md")) as tmp:
-        tmp.write_text(f"<!-- written by `{command}`; see {path.name} for configs and provenance -->\n"
-                       + results_table(results) + "\n")
+        tmp.write_text(f"<!-- written by `{command}`; configs and full provenance in {path.name} -->\n"
+                       + results_table(results) + "\n\n" + " ".join(lines) + "\n")
 
 
 # The quick CPU look of `make reproduce` until the notebooks land: the same backbone, data and
