@@ -156,7 +156,7 @@ def save_results(results: list[RunResult], path: str | Path, command: str = "") 
     path = Path(path)
     write_json(path, {"command": command, "rows": [r for res in results for r in res.rows()],
                       "runs": {res.run_dir.name: {"config": res.config.to_dict(),
-                                                  "train": {k: v for k, v in res.metrics["train"].items() if k != "history"},
+                                                  "train": res.metrics["train"],
                                                   "eval_provenance": res.metrics["provenance"]} for res in results}})
     made = sorted({(r.metrics["train"]["provenance"]["device"], r.metrics["train"]["provenance"]["torch"],
                     r.metrics["train"]["provenance"]["git_commit"][:12], r.metrics["train"]["provenance"]["date_utc"][:10])
