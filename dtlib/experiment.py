@@ -21,7 +21,7 @@ from .data import Split, load_cifar10, split_train
 from .evaluate import evaluate_model
 from .io import atomic_path, provenance, save_torch, write_json
 from .models import MultiHead, build_model
-from .train import CHECKPOINT, amp_dtype, precision_name, resolve_device, train
+from .train import CHECKPOINT, amp_dtype, precision_name, resolve_device, train, train_summary
 DATA_SEED = 0  # fixes which images form the subsets and the validation split, for every run
 
 
@@ -82,15 +82,6 @@ class RunResult:
                  **{k: v for k, v in row.items() if k not in ("mode", "head")},
                  "train_s": t["wall_s"], "train_img_s": t["images_per_s"], "run": self.run_dir.name}
                 for key, row in self.metrics["eval"].items()]
-
-
-def train_summary(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """What training cost and where it ran, from a finished checkpoint."""
-    h = ckpt["history"]
-    images = sum(e["images_per_s"] * e["seconds"] for e in h)
-    return {"wall_s": ckpt["wall_s"], "images_per_s": images / ckpt["wall_s"], "steps": ckpt["step"],
-            "final_loss": h[-1]["loss"], "final_train_acc": h[-1]["train_acc"], "precision": ckpt["precision"],
-            "provenance": ckpt["provenance"], "history": h}
 
 
 def evaluate_run(run_dir: str | Path, cfg: Config | None = None, *, log: Callable[[str], None] = print) -> RunResult:

@@ -279,8 +279,15 @@ def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None,
         log(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss']:.3f}{terms}  train acc {stats['train_acc']:.3f}"
             f"  {stats['images_per_s']:.0f} img/s  {dt:.1f} s")
     model.eval()
-    images = sum(h["images_per_s"] * h["seconds"] for h in history)
-    return model, {"history": history, "wall_s": wall, "steps": total,
-                   "images_per_s": images / wall if wall else float("nan"),
-                   "precision": "bf16" if dtype else "fp32", "provenance": made_by,
-                   "method_state": step_fn.state_dict()}
+    record = {"history": history, "wall_s": wall, "step": total, "precision": "bf16" if dtype else "fp32",
+              "provenance": made_by}
+    return model, {**train_summary(record), "method_state": step_fn.state_dict()}
+
+
+def train_summary(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What training cost and where it ran, from a checkpoint (or the same fields of a live run)."""
+    h, wall = ckpt["history"], ckpt["wall_s"]
+    images = sum(e["images_per_s"] * e["seconds"] for e in h)
+    return {"wall_s": wall, "images_per_s": images / wall if wall else float("nan"), "steps": ckpt["step"],
+            "final_loss": h[-1]["loss"], "final_train_acc": h[-1]["train_acc"], "precision": ckpt["precision"],
+            "provenance": ckpt["provenance"], "history": h}
