@@ -7,7 +7,11 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 # Where this workplace keeps the full CIFAR-10; `make data` links it when data/ has none.
 SHARED_DATA ?= ../shared/data/cifar10.npz
 
-.PHONY: install test reproduce data mini readme clean
+# The study's profile for `make reproduce`: smoke | cpu | gpu (dtlib/study.py PROFILES).
+PROFILE ?= cpu
+NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
+
+.PHONY: install test reproduce figures data mini readme clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -27,8 +31,19 @@ data:
 	elif [ -n "$(DOWNLOAD)" ]; then $(PY) -m dtlib download data; \
 	else echo "No CIFAR-10 in data/: place cifar10.npz there (see data/README.md) or run 'make data DOWNLOAD=1'."; exit 1; fi
 
+# The whole study as a papermill batch: executed notebooks in notebooks/executed/, results in
+# results/<notebook>-$(PROFILE).{json,csv}, figures in figures/, claims in results/claims-$(PROFILE).md.
 reproduce: install data
-	$(PY) -m dtlib reproduce
+	mkdir -p notebooks/executed
+	for nb in $(NOTEBOOKS); do \
+	  $(VENV)/bin/papermill --cwd notebooks -p profile $(PROFILE) $$nb \
+	    notebooks/executed/$$(basename $$nb .ipynb)-$(PROFILE).ipynb || exit 1; \
+	done
+	$(PY) -m dtlib.figures
+
+# Redraw every figure and the claims tables from results/ (no training).
+figures: install
+	$(PY) -m dtlib.figures
 
 # Regenerate data/cifar10-mini.npz (byte-identical) from the full set.
 mini: install data

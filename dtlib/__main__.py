@@ -2,7 +2,7 @@
 
   train key=value ...       train (or load) and evaluate one configuration, print its table
   evaluate RUN_DIR [k=v]    re-evaluate a finished run (evaluation fields may be overridden)
-  reproduce [key=value]     the default experiment: standard vs DT (K=5), compact CNN; writes results/default-<device>.json
+  study [PROFILE]           the five study experiments without Jupyter (make reproduce runs the notebooks)
   download [DATA_DIR]       fetch CIFAR-10 with torchvision into DATA_DIR (default data)
   fields                    list every config field with its default and meaning
 """
@@ -13,7 +13,7 @@ from dataclasses import fields
 
 from .config import Config, parse_overrides
 from .data import DataError, load_arrays
-from .experiment import default_experiment, device_slug, evaluate_run, results_table, run, save_results
+from .experiment import evaluate_run, results_table, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,12 +34,13 @@ def main(argv: list[str] | None = None) -> int:
             _, trained = load_model(args[0])
             res = evaluate_run(args[0], trained.replace(**parse_overrides(args[1:])))
             print(results_table([res]))
-        elif cmd == "reproduce":
-            results = default_experiment(**parse_overrides(args))
-            print(results_table(results))
-            out = f"results/default-{device_slug(results[0])}.json"
-            save_results(results, out, command=" ".join(["python -m dtlib", *argv]))
-            print(f"wrote {out} and its .md table")
+        elif cmd == "study":
+            from . import figures, study
+            s = study.setup(args[0] if args else "cpu")
+            for name, experiment in study.EXPERIMENTS.items():
+                res = experiment(s)
+                print(f"{name}: " + "; ".join(f"{c['claim']} {c['verdict']}" for c in res["claims"]))
+            figures.regenerate(s.dir / "results", s.dir / "figures")
         elif cmd == "download":
             load_arrays("full", args[0] if args else "data", download=True)
             print("CIFAR-10 is in place.")

@@ -6,7 +6,7 @@ that is evaluated (white-box, adaptive).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +62,7 @@ def random_uap(shape: tuple[int, ...], eps: float, norm: str = "linf",
 
 def sgd_uap(scores_fn: ScoresFn, images: torch.Tensor, labels: torch.Tensor, *, eps: float,
             norm: str = "linf", target: int | None = None, epochs: int = 5, batch_size: int = 128,
-            lr: float = 0.1, decay: float = 0.8, beta: float = 12.0, restarts: int = 1, seed: int = 0,
+            lr: float | Sequence[float] = 0.1, decay: float = 0.8, beta: float = 12.0, restarts: int = 1, seed: int = 0,
             amp_dtype: torch.dtype | None = None) -> torch.Tensor:
     """SGD-UAP (Shafahi et al., AAAI 2020): minibatch signed-gradient ascent on one perturbation.
 
@@ -78,13 +78,14 @@ def sgd_uap(scores_fn: ScoresFn, images: torch.Tensor, labels: torch.Tensor, *, 
     device = images.device
     g = torch.Generator().manual_seed(seed)
     best, best_score = None, float("-inf")
-    for r in range(restarts):
+    lrs = [lr] if isinstance(lr, (int, float)) else list(lr)
+    for lr_, r in ((lr_, r) for lr_ in lrs for r in range(restarts)):
         if r == 0:
             delta = torch.zeros(1, *images.shape[1:])
         else:
             delta = random_uap((1, *images.shape[1:]), eps, norm, g) * torch.rand(1, generator=g)
         delta = delta.to(device)
-        step = lr * eps
+        step = lr_ * eps
         for _ in range(epochs):
             order = torch.randperm(len(images), generator=g).to(device)
             for b in range(0, len(images), batch_size):

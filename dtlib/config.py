@@ -23,6 +23,7 @@ DATASETS = ("full", "mini")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
 MODES = ("ensemble", "single")
+EVAL_SPLITS = ("test", "val")
 
 # Bumped when a change to dtlib changes what a given config trains to; part of the cache key.
 CODE_VERSION = "1"
@@ -66,10 +67,12 @@ class Config:
     eval_eps: float = _f(10 / 255, "eval", "radius of the evaluation UAP, pixel units")
     eval_modes: str = _f("ensemble,single", "eval", "inference modes attacked and scored, comma-separated")
     eval_head: int = _f(0, "eval", "head used by the single mode")
-    eval_size: int = _f(0, "eval", "test images scored (0 = the whole test split)")
+    eval_size: int = _f(0, "eval", "test images scored, a class-balanced subset (0 = the whole test split)")
+    eval_split: str = _f("test", "eval", "images the UAP is scored on: test | val (the validation split, for model selection)")
     uap_fit_size: int = _f(2000, "eval", "training images the evaluation UAP is fitted on")
     uap_epochs: int = _f(5, "eval", "SGD-UAP passes over the fitting images")
-    uap_lr: float = _f(0.1, "eval", "initial SGD-UAP step as a fraction of eval_eps")
+    uap_lr: str = _f("0.1", "eval", "initial SGD-UAP step as a fraction of eval_eps; a comma-separated list "
+                     "(e.g. 0.05,0.2) tries each and keeps the UAP strongest on the fitting images")
     uap_decay: float = _f(0.8, "eval", "SGD-UAP step multiplier per epoch")
     uap_restarts: int = _f(1, "eval", "SGD-UAP runs from different random starts; the strongest on the fitting images is kept")
     # --- runtime -----------------------------------------------------------------------------
@@ -107,6 +110,11 @@ class Config:
         return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
     @property
+    def uap_lrs(self) -> list[float]:
+        """The SGD-UAP step sizes tried (fractions of eval_eps)."""
+        return [float(v) for v in self.uap_lr.split(",") if v.strip()]
+
+    @property
     def modes(self) -> list[str]:
         return [m.strip() for m in self.eval_modes.split(",") if m.strip()]
 
@@ -124,6 +132,8 @@ FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Config)}
 def _parse(name: str, value: Any) -> Any:
     kind = FIELD_TYPES[name]
     if not isinstance(value, str) or kind is str:
+        if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # configs written when a field was numeric (e.g. uap_lr=0.1) still load
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         return value
@@ -177,7 +187,7 @@ def validate(cfg: Config) -> None:
         if kind is float and not math.isfinite(value):
             raise ValueError(f"Config field {f.name}={value!r} must be a finite number.")
     choices = {"method": METHODS, "backbone": BACKBONES, "norm": NORMS, "eval_norm": NORMS,
-               "data": DATASETS, "device": DEVICES, "precision": PRECISIONS}
+               "data": DATASETS, "device": DEVICES, "precision": PRECISIONS, "eval_split": EVAL_SPLITS}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"Unknown {name} {getattr(cfg, name)!r}; choose one of {', '.join(allowed)}.")
@@ -191,7 +201,13 @@ def validate(cfg: Config) -> None:
     for name in ("eps", "pgd_eps", "eval_eps", "uap_step", "pgd_alpha"):
         if not 0 <= getattr(cfg, name) <= 1:
             raise ValueError(f"{name}={getattr(cfg, name)} is outside [0, 1] (pixel units; 10/255 = 0.0392).")
-    for name in ("lambda_cons", "lambda_div", "lambda_adv", "weight_decay", "uap_lr"):
+    try:
+        lrs = cfg.uap_lrs
+    except ValueError:
+        raise ValueError(f"uap_lr={cfg.uap_lr!r} is not a number or a comma-separated list of numbers.") from None
+    if not lrs or not all(math.isfinite(v) and v > 0 for v in lrs):
+        raise ValueError(f"uap_lr={cfg.uap_lr!r} must be one or more positive numbers.")
+    for name in ("lambda_cons", "lambda_div", "lambda_adv", "weight_decay"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be non-negative, got {getattr(cfg, name)}.")
     for name in ("batch_size", "epochs", "uap_epochs", "uap_restarts", "uap_fit_size"):
@@ -200,6 +216,8 @@ def validate(cfg: Config) -> None:
     for name in ("pgd_steps", "train_size", "val_size", "eval_size"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be non-negative, got {getattr(cfg, name)}.")
+    if cfg.eval_size % 10:
+        raise ValueError(f"eval_size={cfg.eval_size} must be a multiple of 10 to stay class-balanced.")
     if not 0 <= cfg.seed < 2**31:
         raise ValueError(f"seed must be in [0, 2**31), got {cfg.seed}.")
     if not cfg.lr > 0:

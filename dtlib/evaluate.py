@@ -14,7 +14,7 @@ import torch
 
 from .attacks import ScoresFn, perturb, random_uap, sgd_uap
 from .config import Config
-from .data import Split, to_float
+from .data import CLASSES, Split, balanced_indices, to_float
 from .models import MultiHead
 
 
@@ -51,23 +51,31 @@ def fit_images(train: Split, n: int, seed: int) -> Split:
     return train.subset(order)
 
 
+def scored_subset(split: Split, n: int) -> Split:
+    """A class-balanced subset of ``n`` images (0 = all), the same for every model. CIFAR-10 files
+    may be stored sorted by class, so the first ``n`` images would be a few classes only."""
+    if not n or n >= len(split):
+        return split
+    return split.subset(balanced_indices(split.y.numpy(), n // len(CLASSES), seed=0))
+
+
 def evaluate_model(model: MultiHead, cfg: Config, train: Split, test: Split,
                    amp_dtype: torch.dtype | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Clean accuracy, and fooling rate / accuracy under an SGD-UAP fitted (on ``train`` images)
     against each inference mode in ``cfg.modes``, plus the random-sign floor of the same norm.
+    ``test`` is what is scored: the test split, or the validation split when selecting settings.
 
     Returns ``({mode: metrics}, {mode: uap})``; a one-head model is scored once, as ``single``."""
     model.eval()
     modes = ["single"] if model.heads == 1 else cfg.modes
     fit = fit_images(train, cfg.uap_fit_size, cfg.seed)
-    if cfg.eval_size:
-        test = test.subset(torch.arange(min(cfg.eval_size, len(test))))
+    test = scored_subset(test, cfg.eval_size)
     rows, uaps = {}, {}
     for mode in modes:
         fn = lambda x, mode=mode: model.scores(x, mode, cfg.eval_head)
         clean = predict(fn, test.x, amp_dtype=amp_dtype)
         uap = sgd_uap(fn, fit.x, fit.y, eps=cfg.eval_eps, norm=cfg.eval_norm, epochs=cfg.uap_epochs,
-                      lr=cfg.uap_lr, decay=cfg.uap_decay, restarts=cfg.uap_restarts, seed=cfg.seed,
+                      lr=cfg.uap_lrs, decay=cfg.uap_decay, restarts=cfg.uap_restarts, seed=cfg.seed,
                       amp_dtype=amp_dtype)
         adv = predict(fn, test.x, delta=uap, amp_dtype=amp_dtype)
         rnd = random_uap(tuple(uap.shape), cfg.eval_eps, cfg.eval_norm,

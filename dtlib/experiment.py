@@ -95,10 +95,14 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, *, log: Callabl
     device = resolve_device(cfg.device)
     model, _ = load_model(run_dir, device)
     model = model.to(memory_format=torch.channels_last)
-    train_split, _, test = load_data(cfg)
+    train_split, val, test = load_data(cfg)
+    if cfg.eval_split == "val" and not len(val):
+        raise ValueError(f"eval_split='val' needs a validation split, but {run_dir} was trained with val_size=0.")
+    scored = val if cfg.eval_split == "val" else test
     t0 = time.perf_counter()
-    log(f"evaluating {run_dir.name}: SGD-UAP {cfg.eval_norm} eps {cfg.eval_eps:.4f} against {', '.join(cfg.modes)}")
-    rows, uaps = evaluate_model(model, cfg, train_split.to(device), test.to(device), amp_dtype(cfg.precision, device))
+    log(f"evaluating {run_dir.name}: SGD-UAP {cfg.eval_norm} eps {cfg.eval_eps:.4f} against {', '.join(cfg.modes)}"
+        f" on the {cfg.eval_split} split")
+    rows, uaps = evaluate_model(model, cfg, train_split.to(device), scored.to(device), amp_dtype(cfg.precision, device))
     metrics = {"run": run_dir.name, "config": cfg.to_dict(), "eval_config": cfg.group("eval"),
                "train": train_summary(ckpt), "eval": rows, "eval_wall_s": time.perf_counter() - t0,
                "provenance": provenance(device)}
@@ -158,18 +162,7 @@ def save_results(results: list[RunResult], path: str | Path, command: str = "") 
                        + results_table(results) + "\n\n" + " ".join(lines) + "\n")
 
 
-# The quick CPU look of `make reproduce` until the notebooks land: the same backbone, data and
-# budget for a standard model and DT with K = 5 (the seed's literal loss, lambda_adv = 0).
-DEFAULT_EXPERIMENT = ({"method": "standard", "heads": 1}, {"method": "dt", "heads": 5})
-
-
 def device_slug(result: RunResult) -> str:
     """'cpu' or the GPU's name (e.g. 'nvidia-h100-80gb-hbm3') of the machine a run was trained on."""
     name = result.metrics["train"]["provenance"]["device"]
     return "cpu" if name.startswith("cpu") else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-def default_experiment(*, runs_dir: str | Path = "runs", progress: bool = True,
-                       log: Callable[[str], None] = print, **overrides: Any) -> list[RunResult]:
-    return [run(Config(), runs_dir=runs_dir, progress=progress, log=log, **{**spec, **overrides})
-            for spec in DEFAULT_EXPERIMENT]

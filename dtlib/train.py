@@ -194,6 +194,27 @@ def lr_factor(step: int, total: int, warmup: float) -> float:
 # ---------------------------------------------------------------------------------------------
 # the loop
 
+def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum 0.9 and ``cfg.weight_decay``; the schedule scales ``cfg.lr``."""
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
+                           weight_decay=cfg.weight_decay)
+
+
+def train_step(step_fn: Step, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step of any method on a batch (images in [0, 1]); the loop and the
+    benchmark both call this, so what is timed is what trains. Returns (loss, logits), detached
+    from nothing: the caller decides when to read them (reading forces a host sync)."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        loss, logits = step_fn.loss(x, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    step_fn.after_backward()
+    opt.step()
+    return loss, logits
+
+
 def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None, progress: bool = True,
           log: Callable[[str], None] = print,
           wrap: Callable[[nn.Module], nn.Module] | None = None) -> tuple[MultiHead, dict[str, Any]]:
@@ -208,8 +229,7 @@ def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None,
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device, memory_format=torch.channels_last)
     net = wrap(model) if wrap else model
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
-                          weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg)
     loader = Loader(train_split.to(device), cfg.batch_size, train=True, seed=cfg.seed, rank=rank, world_size=world)
     total = cfg.epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg.warmup))
@@ -249,13 +269,7 @@ def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None,
         bar = tqdm(loader, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
                    leave=False, unit="batch")
         for i, (x, y) in enumerate(bar):
-            x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                loss, logits = step_fn.loss(x, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            step_fn.after_backward()
-            opt.step()
+            loss, logits = train_step(step_fn, opt, x, y, dtype)
             sched.step()
             # accumulate on the device: no host sync inside the loop
             loss_sum += loss.detach() * len(y)

@@ -1,0 +1,209 @@
+"""Every figure of the study, drawn from a results dict (``results/<notebook>-<profile>.json``), so
+figures are regenerated without training:
+
+    python -m dtlib.figures [RESULTS_DIR] [FIGURES_DIR]     (also: make figures)
+
+writes ``figures/<notebook>-<profile>.{png,pdf}`` for every results file, and the combined claims
+table ``results/claims-<profile>.md`` (the README copies it). The seed summary's figures are drawn
+as black crosses / dashed lines, labelled "seed".
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from .io import atomic_path  # noqa: E402
+from .study import NOTEBOOKS, SEED  # noqa: E402
+
+SEED_STYLE = dict(marker="X", color="black", s=90, zorder=5, label="seed (ImageNet)")
+ARM_LABELS = {"standard": "standard", "pgd_at": "PGD-AT", "uat": "UAT", "dt_k1": "DT K=1 (ctl)",
+              "dt_nodiv": "DT λdiv=0 (ctl)", "dt_literal": "DT literal", "dt_best": "DT (chosen)"}
+
+
+def _save(fig: plt.Figure, out: Path) -> list[str]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for ext in ("png", "pdf"):
+        path = out.with_suffix(f".{ext}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight", metadata={"CreationDate": None}
+                        if ext == "pdf" else {"Software": None})
+        written.append(str(path))
+    plt.close(fig)
+    return written
+
+
+def _err(row: dict[str, Any], m: str) -> float:
+    s = row.get(f"{m}_std")
+    return 0.0 if s is None or not math.isfinite(s) else s
+
+
+def headline(res: dict[str, Any], out: Path) -> list[str]:
+    table = res["table"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    labels = [f"{ARM_LABELS.get(r['arm'], r['arm'])}\n[{r['eval']}]" for r in table]
+    for ax, (m, title) in zip(axes, (("clean_acc", "clean accuracy"), ("fooling_rate", "UAP fooling rate"),
+                                     ("uap_acc", "accuracy under UAP"))):
+        ys = [100 * r[m] for r in table]
+        es = [100 * _err(r, m) for r in table]
+        ax.bar(range(len(table)), ys, yerr=es, color=sns.color_palette("deep", len(table)), capsize=3)
+        ax.set_xticks(range(len(table)), labels, rotation=60, ha="right", fontsize=8)
+        ax.set_ylabel(f"{title} (%)")
+        ax.set_ylim(0, 100)
+        if m == "fooling_rate":
+            floor = [100 * r["random_fooling_rate"] for r in table]
+            ax.scatter(range(len(table)), floor, marker="_", s=300, color="grey", label="random-sign floor", zorder=4)
+    seed_pts = {("standard", "fooling_rate"): SEED["C1"]["standard"], ("dt_best", "fooling_rate"): SEED["C1"]["dt"],
+                ("pgd_at", "fooling_rate"): SEED["C3"]["fooling"], ("standard", "clean_acc"): SEED["C2"]["standard"],
+                ("dt_best", "clean_acc"): SEED["C2"]["dt"]}
+    for ax, m in zip(axes, ("clean_acc", "fooling_rate")):
+        xs = [(i, seed_pts[(r["arm"], m)]) for i, r in enumerate(table) if (r["arm"], m) in seed_pts]
+        ax.scatter([x for x, _ in xs], [100 * y for _, y in xs], **SEED_STYLE)
+        ax.legend(fontsize=8, loc="upper right")
+    eps = res["study"]["config"]["eval_eps"] * 255
+    fig.suptitle(f"Headline ({res['profile']} profile): white-box L-inf {eps:.0f}/255 SGD-UAP, "
+                 f"mean ± std over {len(res['study']['seeds'])} seed(s)")
+    return _save(fig, out)
+
+
+def k_ablation(res: dict[str, Any], out: Path) -> list[str]:
+    table = res["table"]
+    fig, axes = plt.subplots(1, 5, figsize=(22, 4))
+    for ev, color in (("ensemble", "C0"), ("single", "C1")):
+        rs = sorted([r for r in table if r["eval"] == ev or (r["heads"] == 1 and ev == "ensemble")],
+                    key=lambda r: r["heads"])
+        for ax, m, title in ((axes[0], "fooling_rate", "UAP fooling rate (%)"), (axes[1], "clean_acc", "clean accuracy (%)")):
+            ax.errorbar([r["heads"] for r in rs], [100 * r[m] for r in rs], yerr=[100 * _err(r, m) for r in rs],
+                        marker="o", color=color, label=f"DT, {ev}", capsize=3)
+            ax.set_ylabel(title)
+    axes[0].scatter(list(SEED["C6"]), [100 * v for v in SEED["C6"].values()], **SEED_STYLE)
+    ens = sorted({r["heads"]: r for r in table}.values(), key=lambda r: r["heads"])
+    axes[2].plot([r["heads"] for r in ens], [r["step_ratio"] for r in ens], marker="o")
+    axes[2].axhline(SEED["C4"]["cost"], ls="--", color="black", label="seed: 2.3x at K=5")
+    axes[2].set_ylabel("training step time / standard")
+    axes[3].plot([r["heads"] for r in ens], [r["train_memory_mb"] for r in ens], marker="o")
+    axes[3].set_ylabel("training memory per step (MB)")
+    for ax in axes[:4]:
+        ax.set_xlabel("K (heads)")
+        ax.set_xticks(sorted({*[r["heads"] for r in ens], *SEED["C6"]}))
+    for ax in axes[:3]:
+        ax.legend(fontsize=8)
+    sel = res["selection"]
+    grid = sel["grid"]
+    divs, advs = sorted({g["lambda_div"] for g in grid}), sorted({g["lambda_adv"] for g in grid})
+    cell = {(g["lambda_div"], g["lambda_adv"]): [] for g in grid}
+    for g in grid:
+        cell[(g["lambda_div"], g["lambda_adv"])].append(100 * g["val_uap_acc"])
+    data = [[sum(cell[(d, a)]) / len(cell[(d, a)]) for a in advs] for d in divs]
+    sns.heatmap(data, annot=True, fmt=".1f", cmap="viridis", ax=axes[4], xticklabels=[f"{a:g}" for a in advs],
+                yticklabels=[f"{d:g}" for d in divs], cbar_kws={"label": "val accuracy under UAP (%)"})
+    refs = sel["references"]
+    axes[4].set_title(f"K=5 grid (validation); standard {100 * refs['standard']['val_uap_acc']:.1f}%, "
+                      f"UAT {100 * refs['uat']['val_uap_acc']:.1f}%", fontsize=9)
+    axes[4].set_xlabel("λ_adv")
+    axes[4].set_ylabel("λ_div")
+    fig.suptitle(f"K ablation ({res['profile']} profile), DT at λ_div={sel['best']['lambda_div']:g}, "
+                 f"λ_adv={sel['best']['lambda_adv']:g} (chosen on validation)")
+    return _save(fig, out)
+
+
+def cross_norm(res: dict[str, Any], out: Path) -> list[str]:
+    table = res["table"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, norm, unit in ((axes[0], "linf", "L-inf radius (x 1/255)"), (axes[1], "l2", "L2 radius (pixel units)")):
+        for i, arm in enumerate(dict.fromkeys(r["arm"] for r in table)):
+            rs = sorted([r for r in table if r["arm"] == arm and r["norm"] == norm], key=lambda r: r["radius"])
+            xs = [r["radius"] * (255 if norm == "linf" else 1) for r in rs]
+            ax.errorbar(xs, [100 * r["uap_acc"] for r in rs], yerr=[100 * _err(r, "uap_acc") for r in rs],
+                        marker="o", capsize=3, label=ARM_LABELS.get(arm, arm), color=f"C{i}")
+        ax.set_xlabel(unit)
+        ax.set_ylabel("accuracy under UAP (%)")
+        ax.set_ylim(0, 100)
+    claim = res["study"]["l2_claim"]
+    axes[1].scatter([claim, claim], [100 * SEED["C7"]["dt"], 100 * SEED["C7"]["defenses"]], **SEED_STYLE)
+    axes[1].annotate("seed: DT / defenses\n(radius not given; drawn at\nthe C7 radius)", (claim, 100 * SEED["C7"]["dt"]),
+                     fontsize=7, xytext=(5, -30), textcoords="offset points")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Cross-norm ({res['profile']} profile): models trained against L-inf 10/255, white-box UAPs")
+    return _save(fig, out)
+
+
+def transfer(res: dict[str, Any], out: Path) -> list[str]:
+    names = list(res["models"])
+    fr = {(r["source"], r["target"]): 100 * r["fooling_rate"] for r in res["rows"]}
+    data = [[fr[(s, t)] for t in names] for s in names]
+    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 3, 0.9 * len(names) + 2))
+    sns.heatmap(data, annot=True, fmt=".0f", cmap="rocket_r", vmin=0, vmax=100, ax=ax,
+                xticklabels=names, yticklabels=names, cbar_kws={"label": "fooling rate on target (%)"})
+    ax.set_xlabel("target model")
+    ax.set_ylabel("source model (UAP fitted on it)")
+    ax.set_title(f"UAP transfer ({res['profile']} profile); diagonal = white-box; seed: DT target -64%", fontsize=9)
+    return _save(fig, out)
+
+
+def cost(res: dict[str, Any], out: Path) -> list[str]:
+    table = res["table"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    seed_ref = {"dt_k5": SEED["C4"]["cost"], "pgd_at": SEED["C3"]["cost"], "single_head_k5": 1.0}
+    for ax, kind in zip(axes, ("train step", "inference")):
+        rs = [r for r in table if r["kind"] == kind]
+        ax.bar([r["case"] for r in rs], [r["ratio"] for r in rs], color=sns.color_palette("deep", len(rs)))
+        pts = [(i, seed_ref[r["case"]]) for i, r in enumerate(rs) if r["case"] in seed_ref]
+        if pts:
+            ax.scatter([i for i, _ in pts], [v for _, v in pts], **SEED_STYLE)
+            ax.legend(fontsize=8)
+        ax.set_ylabel(f"{kind} time / {'standard step' if kind == 'train step' else 'plain model'}")
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle(f"Cost ({res['profile']} profile, {res['provenance']['device']})")
+    return _save(fig, out)
+
+
+PLOTS: dict[str, Callable[[dict[str, Any], Path], list[str]]] = {
+    "01_headline": headline, "02_k_ablation": k_ablation, "03_cross_norm": cross_norm,
+    "04_transfer": transfer, "05_cost": cost}
+
+
+def claims_table(results: list[dict[str, Any]]) -> str:
+    """The claims rows of every notebook of one profile, as a Markdown table."""
+    lines = ["| claim | what | seed (ImageNet) | measured (CIFAR-10) | setting | verdict | notebook |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for res in results:
+        for c in res["claims"]:
+            lines.append(f"| {c['claim']} | {c['what']} | {c['seed']} | {c['measured']} | {c['setting']} | "
+                         f"**{c['verdict']}** | {res['notebook']} |")
+    made = sorted({(r["provenance"]["device"], r["provenance"]["torch"], r["provenance"]["git_commit"][:12])
+                   for r in results})
+    return "\n".join(lines) + "\n\n" + " ".join(f"Run on {d}, torch {t}, commit {c}." for d, t, c in made) + "\n"
+
+
+def regenerate(results_dir: str | Path = "results", figures_dir: str | Path = "figures") -> list[str]:
+    """Redraw every figure from the results files and rewrite each profile's claims table."""
+    results_dir, figures_dir = Path(results_dir), Path(figures_dir)
+    written, by_profile = [], {}
+    for nb in NOTEBOOKS:
+        for path in sorted(results_dir.glob(f"{nb}-*.json")):
+            res = json.loads(path.read_text())
+            written += PLOTS[nb](res, figures_dir / path.stem)
+            by_profile.setdefault(res["profile"], []).append(res)
+    for profile, results in by_profile.items():
+        path = results_dir / f"claims-{profile}.md"
+        with atomic_path(path) as tmp:
+            tmp.write_text(f"<!-- written by `python -m dtlib.figures` from results/*-{profile}.json -->\n"
+                           + claims_table(results))
+        written.append(str(path))
+    return written
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    for p in regenerate(*args[:2]):
+        print(p)

@@ -1,0 +1,553 @@
+"""The study behind the notebooks: named profiles, the five experiments, and the claims rows.
+
+Each numbered notebook makes one call here (``headline``, ``k_ablation``, ``cross_norm``,
+``transfer``, ``cost``). Each returns a JSON-able dict that it also writes to
+``results/<notebook>-<profile>.json`` (and its table as CSV), with provenance; ``dtlib.figures``
+draws every figure from such a dict, so figures are regenerated without training. Models are
+shared between notebooks through the run cache ``runs/<config-hash>/``: the batch trains each
+configuration once.
+
+Every claims row is computed from measured numbers by ``verdict`` (rules in its docstring); the
+seed summary's figures are the constants in ``SEED``.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import statistics
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .bench import inference_latency, training_steps
+from .config import FIELD_TYPES, Config
+from .evaluate import accuracy, fooling_rate, predict, scored_subset
+from .experiment import RunResult, load_data, load_model, run, uaps_path
+from .io import atomic_path, provenance, write_json
+from .train import resolve_device
+
+NOTEBOOKS = ("01_headline", "02_k_ablation", "03_cross_norm", "04_transfer", "05_cost")
+
+# The seed summary's figures (ImageNet, ResNet-50), as fractions / ratios: STUDY.md section 1.
+SEED = {"C1": {"standard": 0.934, "dt": 0.187}, "C2": {"standard": 0.766, "dt": 0.762},
+        "C3": {"fooling": 0.345, "cost": 8.0}, "C4": {"cost": 2.3}, "C5": {"overhead": 0.0},
+        "C6": {2: 0.41, 5: 0.187, 10: 0.169}, "C7": {"dt": 0.713, "defenses": 0.124}, "C8": {"change": -0.64}}
+
+
+@dataclass(frozen=True)
+class Study:
+    """One record of the study's settings; its fields and every ``Config`` field are the notebooks'
+    papermill parameters (``overrides``). Radii are in pixel units (images in [0, 1])."""
+    profile: str = "cpu"
+    seeds: tuple[int, ...] = (0, 1)            # headline arms: mean and spread over these
+    ablation_seeds: int = 1                    # the first n seeds for the K ablation, grid, cross-norm
+    ks: tuple[int, ...] = (1, 2, 3, 5, 10)     # K ablation
+    grid_div: tuple[float, ...] = (0.0, 1.0, 3.0)   # sensitivity grid at K = 5: lambda_div ...
+    grid_adv: tuple[float, ...] = (0.0, 1.0)        # ... x lambda_adv (0 = the seed's literal loss)
+    linf_radii: tuple[float, ...] = (4 / 255, 10 / 255, 16 / 255)
+    l2_radii: tuple[float, ...] = (0.5, 1.0, 2.0)
+    l2_claim: float = 1.0                      # L2 radius at which C7 is read (the seed gives none)
+    transfer_backbones: tuple[str, ...] = ("cnn", "vgg")
+    bench_steps: int = 15
+    bench_warmup: int = 3
+    config: Config = field(default_factory=Config)  # every run starts from this config
+    root: str = ""                             # folder of runs/, results/, figures/ ("" = the project)
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.root) if self.root else project_dir()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("config", "root")}
+        return {**d, "config": self.config.to_dict()}
+
+    def run(self, log: Callable[[str], None] = print, **overrides: Any) -> RunResult:
+        return run(self.config, runs_dir=self.dir / "runs", progress=False, log=log, **overrides)
+
+
+def project_dir() -> Path:
+    """The project folder: the first parent of the working directory holding dtlib/ and
+    pyproject.toml (notebooks run in notebooks/), else the folder above the installed package."""
+    for d in (Path.cwd(), *Path.cwd().parents):
+        if (d / "dtlib").is_dir() and (d / "pyproject.toml").exists():
+            return d
+    return Path(__file__).resolve().parent.parent
+
+
+# Named presets. `smoke` runs every notebook in seconds on the committed mini set (the tests);
+# `cpu` is the quick look, the whole batch in at most 30 minutes on 2 cores; `gpu` is the study.
+PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": dict(seeds=(0,), ablation_seeds=1, ks=(1, 2), grid_div=(0.0, 1.0), grid_adv=(0.0,),
+                  linf_radii=(10 / 255,), l2_radii=(1.0,), l2_claim=1.0, bench_steps=2, bench_warmup=1,
+                  config=dict(data="mini", train_size=400, val_size=100, epochs=1, batch_size=64,
+                              uap_fit_size=128, uap_epochs=1, eval_size=200, device="cpu")),
+    "cpu": dict(config=dict(train_size=8000, val_size=1000, epochs=4, uap_fit_size=1000, uap_epochs=5,
+                            uap_lr="0.05,0.2", eval_size=5000, device="cpu")),
+    "gpu": dict(seeds=(0, 1, 2), ablation_seeds=3, grid_div=(0.0, 0.3, 1.0, 3.0), grid_adv=(0.0, 0.5, 1.0),
+                linf_radii=(4 / 255, 8 / 255, 10 / 255, 16 / 255), l2_radii=(0.25, 0.5, 1.0, 2.0),
+                bench_steps=50, bench_warmup=10,
+                config=dict(backbone="resnet18", val_size=5000, epochs=15, uap_fit_size=5000, uap_epochs=10,
+                            uap_lr="0.05,0.1,0.2", uap_restarts=2, device="cuda")),
+}
+STUDY_FIELDS = {f.name for f in fields(Study)} - {"config", "profile", "root"}
+
+
+def setup(profile: str = "cpu", overrides: dict[str, Any] | None = None, root: str | None = None) -> Study:
+    """The study for a profile, with ``overrides`` (Study or Config field names) replacing the
+    preset's values; relative data folders are read from the project folder."""
+    if profile not in PROFILES:
+        raise ValueError(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - STUDY_FIELDS - set(FIELD_TYPES))
+    if unknown:
+        raise ValueError(f"Unknown parameter {unknown[0]!r}; use a Study field ({', '.join(sorted(STUDY_FIELDS))}) "
+                         f"or a Config field (python -m dtlib fields).")
+    preset = {k: v for k, v in PROFILES[profile].items() if k != "config"}
+    study_kw = {**preset, **{k: v for k, v in overrides.items() if k in STUDY_FIELDS}}
+    study_kw = {k: tuple(v) if isinstance(v, list) else v for k, v in study_kw.items()}
+    cfg_kw = {**PROFILES[profile].get("config", {}), **{k: v for k, v in overrides.items() if k in FIELD_TYPES}}
+    data_dir = Path(cfg_kw.get("data_dir", "data"))
+    cfg_kw["data_dir"] = str(data_dir if data_dir.is_absolute() else project_dir() / data_dir)
+    study = Study(profile=profile, config=Config().replace(**cfg_kw), root=root or "", **study_kw)
+    if not 1 <= study.ablation_seeds <= len(study.seeds):
+        raise ValueError(f"ablation_seeds={study.ablation_seeds} must be between 1 and the {len(study.seeds)} seeds.")
+    return study
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics and verdicts
+
+def mean_spread(values: list[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation (None for one value) and n."""
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return {"mean": statistics.fmean(vals) if vals else float("nan"),
+            "std": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals)}
+
+
+def fmt(ms: dict[str, Any], pct: bool = True) -> str:
+    f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.2f}x")
+    spread = f" ± {(100 if pct else 1) * ms['std']:.1f}{'pt' if pct else 'x'}" if ms["std"] is not None else ""
+    return f"{f(ms['mean'])}{spread} (n={ms['n']})"
+
+
+INCONCLUSIVE = "inconclusive: the UAP does not beat the random floor on the standard model"
+MIN_NOISE = 0.02  # an absolute difference of rates below 2 points is never read as an effect
+
+
+def noise(*stats: dict[str, Any]) -> float:
+    """Twice the combined standard deviation of the compared means, at least MIN_NOISE."""
+    var = sum((s["std"] or 0.0) ** 2 for s in stats)
+    return max(MIN_NOISE, 2 * math.sqrt(var))
+
+
+def verdict(effect: float, seed_effect: float, margin: float) -> str:
+    """The rule for an effect claim. ``effect`` is the measured change in the claim's direction
+    (positive = as claimed), ``seed_effect`` the seed's, both on the same scale; ``margin`` the
+    smallest change read as real on that scale. holds: at least half the seed's effect and beyond
+    the margin; partly: beyond the margin but under half; does not hold: otherwise."""
+    if not math.isfinite(effect) or effect <= margin:
+        return "does not hold"
+    return "holds" if effect >= seed_effect / 2 else "partly"
+
+
+def cost_verdict(measured: float, claimed: float) -> str:
+    """The rule for a cost claim: holds if at most 10% over the claimed cost, partly if at most 50%."""
+    if not math.isfinite(measured):
+        return "does not hold"
+    return "holds" if measured <= claimed * 1.1 else "partly" if measured <= claimed * 1.5 else "does not hold"
+
+
+def claim(cid: str, what: str, seed: str, measured: str, setting: str, result: str, **numbers: Any) -> dict[str, Any]:
+    return {"claim": cid, "what": what, "seed": seed, "measured": measured, "setting": setting,
+            "verdict": result, **numbers}
+
+
+# ---------------------------------------------------------------------------------------------
+# saving
+
+def save(study: Study, notebook: str, payload: dict[str, Any], t0: float) -> dict[str, Any]:
+    """Write ``results/<notebook>-<profile>.json`` and its table as ``.csv``, atomically."""
+    device = resolve_device(study.config.device)
+    payload = {"notebook": notebook, "profile": study.profile, "study": study.to_dict(), **payload,
+               "wall_s": time.perf_counter() - t0, "provenance": provenance(device)}
+    out = study.dir / "results" / f"{notebook}-{study.profile}.json"
+    write_json(out, payload)
+    table = payload.get("table") or []
+    if table:
+        keys = list(dict.fromkeys(k for row in table for k in row))
+        with atomic_path(out.with_suffix(".csv")) as tmp, open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, keys)
+            w.writeheader()
+            w.writerows(table)
+    return payload
+
+
+def _runs(results: list[RunResult]) -> dict[str, Any]:
+    return {r.run_dir.name: {"config": r.config.to_dict(), "train": {k: v for k, v in r.metrics["train"].items()},
+                             "eval_provenance": r.metrics["provenance"]} for r in results}
+
+
+# ---------------------------------------------------------------------------------------------
+# 01 headline and the selection of DT's loss weights
+
+def select_dt(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The K = 5 sensitivity grid over lambda_div x lambda_adv, scored on the validation split (held
+    out of the training images) under a white-box UAP fitted against the ensemble. The chosen
+    setting maximises validation accuracy under that UAP (fooling rate alone would favour a
+    constant classifier); the standard model and UAT are scored the same way for reference."""
+    val = dict(eval_split="val", eval_modes="ensemble")
+    rows, results = [], []
+    for seed in study.seeds[:study.ablation_seeds]:
+        for div in study.grid_div:
+            for adv in study.grid_adv:
+                res = study.run(log, method="dt", heads=5, lambda_div=div, lambda_adv=adv, seed=seed, **val)
+                results.append(res)
+                rows.append({"lambda_div": div, "lambda_adv": adv, "seed": seed, **_val_row(res, "ensemble")})
+    refs = {}
+    for arm in ("standard", "uat"):
+        vals = []
+        for seed in study.seeds[:study.ablation_seeds]:
+            res = study.run(log, method=arm, heads=1, seed=seed, **val)
+            results.append(res)
+            vals.append(_val_row(res, "head0"))
+        refs[arm] = {k: statistics.fmean(v[k] for v in vals) for k in vals[0]}
+    cells: dict[tuple[float, float], list[float]] = {}
+    for r in rows:
+        cells.setdefault((r["lambda_div"], r["lambda_adv"]), []).append(r["val_uap_acc"])
+    (div, adv), _ = max(cells.items(), key=lambda kv: statistics.fmean(kv[1]))  # first of ties: grid order
+    return {"grid": rows, "references": refs, "best": {"lambda_div": div, "lambda_adv": adv},
+            "criterion": "validation accuracy under a white-box L-inf UAP fitted against the ensemble",
+            "runs": _runs(results)}
+
+
+def _val_row(res: RunResult, key: str) -> dict[str, float]:
+    m = res.metrics["eval"][key]
+    return {"val_clean_acc": m["clean_acc"], "val_fooling_rate": m["fooling_rate"], "val_uap_acc": m["uap_acc"]}
+
+
+def arms(best: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """The headline's methods and the controls of STUDY.md section 3, as Config overrides."""
+    div, adv = best["lambda_div"], best["lambda_adv"]
+    return {
+        "standard": dict(method="standard", heads=1),
+        "pgd_at": dict(method="pgd_at", heads=1),
+        "uat": dict(method="uat", heads=1),
+        # control: the same running UAP and CE term with one head, so no diversity is possible
+        "dt_k1": dict(method="dt", heads=1, lambda_div=div, lambda_adv=adv),
+        # control: five heads, no diversity term
+        "dt_nodiv": dict(method="dt", heads=5, lambda_div=0.0, lambda_adv=adv),
+        "dt_literal": dict(method="dt", heads=5, lambda_div=1.0, lambda_adv=0.0),
+        "dt_best": dict(method="dt", heads=5, lambda_div=div, lambda_adv=adv),
+    }
+
+
+METRICS = ("clean_acc", "fooling_rate", "uap_acc", "random_fooling_rate")
+
+
+def summarise(rows: list[dict[str, Any]], by: tuple[str, ...], metrics: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Mean, std and n over seeds of ``metrics`` for each group of ``by`` (first-seen order)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in by), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        row = dict(zip(by, key))
+        for m in metrics:
+            ms = mean_spread([r[m] for r in rs])
+            row[m], row[f"{m}_std"], row["n"] = ms["mean"], ms["std"], ms["n"]
+        out.append(row)
+    return out
+
+
+def headline(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Standard vs PGD-AT vs UAT vs DT (K = 5: the setting chosen on validation, and the seed's
+    literal loss) and the controls, over ``study.seeds``; white-box L-inf UAP at the config's
+    eval_eps against each inference mode; training cost as wall-time ratio to standard."""
+    t0 = time.perf_counter()
+    selection = select_dt(study, log)
+    rows, results = [], []
+    for seed in study.seeds:
+        base_wall = None
+        for arm, o in arms(selection["best"]).items():
+            res = study.run(log, seed=seed, **o)
+            results.append(res)
+            wall = res.metrics["train"]["wall_s"]
+            base_wall = wall if arm == "standard" else base_wall
+            for key, m in res.metrics["eval"].items():
+                rows.append({"arm": arm, "eval": key, "seed": seed, "heads": res.config.heads,
+                             "lambda_div": res.config.lambda_div, "lambda_adv": res.config.lambda_adv,
+                             **{k: m[k] for k in METRICS}, "train_s": wall, "cost_ratio": wall / base_wall,
+                             "run": res.run_dir.name})
+    table = summarise(rows, ("arm", "eval"), (*METRICS, "cost_ratio"))
+    check = attack_check(study, selection["best"], log)
+    payload = {"selection": selection, "rows": rows, "table": table, "attack_check": check,
+               "claims": headline_claims(rows, study), "runs": _runs(results)}
+    return save(study, "01_headline", payload, t0)
+
+
+def attack_check(study: Study, best: dict[str, float], log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Is the evaluation attack converged? Refit with twice the epochs and one more restart: the
+    fooling rate must not rise by more than MIN_NOISE (STUDY.md section 3)."""
+    out = []
+    c = study.config
+    stronger = dict(uap_epochs=2 * c.uap_epochs, uap_restarts=c.uap_restarts + 1)
+    for arm in ("standard", "dt_best"):
+        o = {**arms(best)[arm], "seed": study.seeds[0]}
+        base = study.run(log, **o).metrics["eval"]
+        strong = study.run(log, **o, **stronger).metrics["eval"]
+        for key in base:
+            rise = strong[key]["fooling_rate"] - base[key]["fooling_rate"]
+            out.append({"arm": arm, "eval": key, "fooling_rate": base[key]["fooling_rate"],
+                        "stronger_fooling_rate": strong[key]["fooling_rate"], "rise": rise,
+                        "converged": rise <= MIN_NOISE, "stronger": stronger})
+    return out
+
+
+def _pick(rows: list[dict[str, Any]], metric: str, **where: Any) -> dict[str, Any]:
+    return mean_spread([r[metric] for r in rows if all(r[k] == v for k, v in where.items())])
+
+
+def headline_claims(rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any]]:
+    eps = f"L-inf {study.config.eval_eps * 255:.0f}/255 white-box SGD-UAP"
+    std_fr = _pick(rows, "fooling_rate", arm="standard", eval="head0")
+    dt_fr = _pick(rows, "fooling_rate", arm="dt_best", eval="ensemble")
+    dt_single = _pick(rows, "fooling_rate", arm="dt_best", eval="head0")
+    lit_fr = _pick(rows, "fooling_rate", arm="dt_literal", eval="ensemble")
+    floor = _pick(rows, "random_fooling_rate", arm="standard", eval="head0")
+    # a reduction of fooling means nothing if the attack does not beat random noise to begin with
+    weak = std_fr["mean"] - floor["mean"] <= noise(std_fr, floor)
+    gate = lambda v: INCONCLUSIVE if weak else v
+    s1 = SEED["C1"]
+    seed_rel = (s1["standard"] - s1["dt"]) / s1["standard"]
+    rel = (std_fr["mean"] - dt_fr["mean"]) / std_fr["mean"]
+    out = [claim("C1", "UAP fooling rate, standard -> DT (K=5, ensemble)", "93.4% -> 18.7%",
+                 f"{fmt(std_fr)} -> {fmt(dt_fr)}; single head {fmt(dt_single)}; literal loss {fmt(lit_fr)}",
+                 eps + ", DT weights chosen on validation",
+                 gate(verdict(rel, seed_rel, noise(std_fr, dt_fr) / std_fr["mean"])), effect=rel, seed_effect=seed_rel)]
+    controls = {a: _pick(rows, "fooling_rate", arm=a, eval="ensemble" if a == "dt_nodiv" else "head0")
+                for a in ("uat", "dt_k1", "dt_nodiv")}
+    best_ctrl = min(controls, key=lambda a: controls[a]["mean"])
+    diff = controls[best_ctrl]["mean"] - dt_fr["mean"]
+    out.append(claim("C1-ctl", "the part of C1 credited to diversity: DT vs its best control",
+                     "(implied: all of it)", f"DT {fmt(dt_fr)} vs {best_ctrl} {fmt(controls[best_ctrl])}",
+                     "controls: UAT, DT with K=1, DT with lambda_div=0",
+                     gate("holds" if diff > noise(dt_fr, controls[best_ctrl]) else "does not hold"), effect=diff))
+    std_acc = _pick(rows, "clean_acc", arm="standard", eval="head0")
+    dt_acc = _pick(rows, "clean_acc", arm="dt_best", eval="ensemble")
+    drop = std_acc["mean"] - dt_acc["mean"]
+    m = noise(std_acc, dt_acc)
+    out.append(claim("C2", "clean accuracy, standard -> DT", "76.6% -> 76.2%", f"{fmt(std_acc)} -> {fmt(dt_acc)}",
+                     "CIFAR-10 test", "holds" if drop <= 0.01 + m else "partly" if drop <= 0.03 + m else "does not hold",
+                     effect=-drop))
+    pgd_fr = _pick(rows, "fooling_rate", arm="pgd_at", eval="head0")
+    pgd_cost = _pick(rows, "cost_ratio", arm="pgd_at", eval="head0")
+    s3 = SEED["C3"]
+    seed_rel3 = (s1["standard"] - s3["fooling"]) / s1["standard"]
+    rel3 = (std_fr["mean"] - pgd_fr["mean"]) / std_fr["mean"]
+    out.append(claim("C3", "PGD-AT: fooling rate, training cost", "34.5% at 8x",
+                     f"{fmt(pgd_fr)} at {fmt(pgd_cost, pct=False)} (wall time)", eps + "; PGD-AT 7 x 2/255 in 8/255",
+                     gate(verdict(rel3, seed_rel3, noise(std_fr, pgd_fr) / std_fr["mean"])), effect=rel3,
+                     seed_effect=seed_rel3))
+    dt_cost = _pick(rows, "cost_ratio", arm="dt_best", eval="ensemble")
+    out.append(claim("C4", "DT training cost / standard", "2.3x", f"{fmt(dt_cost, pct=False)} (wall time)",
+                     "same data, epochs, batch size; 05_cost times single steps",
+                     cost_verdict(dt_cost["mean"], SEED["C4"]["cost"]), effect=dt_cost["mean"]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 02 K ablation
+
+def k_ablation(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """DT with K in ``study.ks`` at the setting chosen on validation: fooling rate and clean
+    accuracy (ensemble and single head), step time and training memory against K; and the grid."""
+    t0 = time.perf_counter()
+    selection = select_dt(study, log)
+    best = selection["best"]
+    rows, results = [], []
+    for seed in study.seeds[:study.ablation_seeds]:
+        for k in study.ks:
+            res = study.run(log, method="dt", heads=k, seed=seed, **best)
+            results.append(res)
+            for key, m in res.metrics["eval"].items():
+                rows.append({"heads": k, "eval": "ensemble" if key == "ensemble" else "single", "seed": seed,
+                             **{x: m[x] for x in METRICS}, "run": res.run_dir.name})
+    train_split, _, _ = load_data(study.config)
+    n = study.config.batch_size * (study.bench_steps + study.bench_warmup + 1)
+    cases = {f"dt_k{k}": dict(method="dt", heads=k, **best) for k in study.ks}
+    cases["standard"] = dict(method="standard", heads=1)
+    bench = training_steps(study.config, train_split.subset(torch.arange(min(n, len(train_split)))), cases,
+                           steps=study.bench_steps, warmup=study.bench_warmup)
+    table = summarise(rows, ("heads", "eval"), METRICS)
+    for row in table:
+        b = bench[f"dt_k{row['heads']}"]
+        row["step_ratio"] = b["median_s"] / bench["standard"]["median_s"]
+        row["train_memory_mb"] = b["memory"]["total_mb"]
+    ens = {r["heads"]: r for r in table if r["eval"] == "ensemble" or r["heads"] == 1}
+    payload = {"selection": selection, "rows": rows, "table": table, "bench": bench,
+               "claims": k_claims(ens, rows, study), "runs": _runs(results)}
+    return save(study, "02_k_ablation", payload, t0)
+
+
+def k_claims(ens: dict[int, dict[str, Any]], rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any]]:
+    s6 = SEED["C6"]
+    ks = [k for k in (2, 5, 10) if k in ens]
+    measured = " / ".join(f"K={k}: {fmt(_pick(rows, 'fooling_rate', heads=k, eval='ensemble'))}" for k in ks)
+    if len(ks) < 2:
+        return [claim("C6", "fooling rate falls with K", "41% / 18.7% / 16.9%", measured or "n/a",
+                      f"K in {list(study.ks)}", "not measured")]
+    lo, hi = ks[0], ks[-1]
+    a, b = (_pick(rows, "fooling_rate", heads=k, eval="ensemble") for k in (lo, hi))
+    rel = (a["mean"] - b["mean"]) / a["mean"]
+    seed_rel = (s6[lo] - s6[hi]) / s6[lo]
+    return [claim("C6", f"fooling rate falls with K (K={lo} -> K={hi}, ensemble)", "41% / 18.7% / 16.9%", measured,
+                  "DT at the validation-chosen weights", verdict(rel, seed_rel, noise(a, b) / a["mean"]),
+                  effect=rel, seed_effect=seed_rel)]
+
+
+# ---------------------------------------------------------------------------------------------
+# 03 cross-norm
+
+CROSS_ARMS = ("standard", "uat", "pgd_at", "dt_best")
+
+
+def cross_norm(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Models trained against L-inf UAPs (or none), evaluated under L2 and L-inf UAPs over a range
+    of radii, each UAP fitted against the model's default inference mode (DT: the ensemble)."""
+    t0 = time.perf_counter()
+    best = select_dt(study, log)["best"]
+    rows, results = [], []
+    for seed in study.seeds[:study.ablation_seeds]:
+        for arm in CROSS_ARMS:
+            for norm, radii in (("linf", study.linf_radii), ("l2", study.l2_radii)):
+                for r in radii:
+                    res = study.run(log, seed=seed, eval_norm=norm, eval_eps=r, eval_modes="ensemble",
+                                    **arms(best)[arm])
+                    results.append(res)
+                    (key, m), = res.metrics["eval"].items()
+                    rows.append({"arm": arm, "norm": norm, "radius": r, "seed": seed, "eval": key,
+                                 **{x: m[x] for x in METRICS}, "run": res.run_dir.name})
+    table = summarise(rows, ("arm", "norm", "radius"), METRICS)
+    at = lambda arm: _pick(rows, "uap_acc", arm=arm, norm="l2", radius=study.l2_claim)
+    dt, defenses = at("dt_best"), {a: at(a) for a in ("uat", "pgd_at")}
+    strongest = max(defenses, key=lambda a: defenses[a]["mean"])
+    gap = dt["mean"] - defenses[strongest]["mean"]
+    s7 = SEED["C7"]
+    claims = [claim("C7", f"accuracy under L2 UAP (radius {study.l2_claim:g}), DT vs the stronger standard defense",
+                    "71.3% vs 12.4%", f"DT {fmt(dt)} vs {strongest} {fmt(defenses[strongest])}",
+                    "trained against L-inf 10/255 (DT, UAT) or PGD 8/255; white-box L2 SGD-UAP",
+                    verdict(gap, s7["dt"] - s7["defenses"], noise(dt, defenses[strongest])), effect=gap,
+                    seed_effect=s7["dt"] - s7["defenses"])] if study.l2_claim in study.l2_radii else []
+    payload = {"best": best, "rows": rows, "table": table, "claims": claims, "runs": _runs(results)}
+    return save(study, "03_cross_norm", payload, t0)
+
+
+# ---------------------------------------------------------------------------------------------
+# 04 transfer
+
+def transfer(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Each source model's white-box UAP (fitted against its default inference mode) applied to
+    every target model: transfer success = the target's fooling rate (STUDY.md section 3)."""
+    t0 = time.perf_counter()
+    best = select_dt(study, log)["best"]
+    seed = study.seeds[0]
+    models: dict[str, dict[str, Any]] = {}
+    for bb in study.transfer_backbones:
+        wanted = ("standard", "dt_best", "uat", "pgd_at") if bb == study.config.backbone else ("standard", "dt_best")
+        for arm in wanted:
+            models[f"{bb}/{arm}"] = {"backbone": bb, **arms(best)[arm]}
+    device = resolve_device(study.config.device)
+    from .train import amp_dtype
+    dtype = amp_dtype(study.config.precision, device)
+    _, _, test = load_data(study.config)
+    test = scored_subset(test, study.config.eval_size).to(device)
+    loaded, uaps, results = {}, {}, []
+    for name, o in models.items():
+        res = study.run(log, seed=seed, **o)
+        results.append(res)
+        model, cfg = load_model(res.run_dir, device)
+        mode = "ensemble" if cfg.heads > 1 else "single"
+        loaded[name] = (lambda x, model=model, mode=mode: model.scores(x, mode))
+        saved = torch.load(uaps_path(res.run_dir, res.config), map_location=device)
+        uaps[name] = saved["ensemble" if cfg.heads > 1 else f"head{cfg.eval_head}"]
+    clean = {t: predict(fn, test.x, amp_dtype=dtype) for t, fn in loaded.items()}
+    rows = []
+    for s, delta in uaps.items():
+        for t, fn in loaded.items():
+            adv = predict(fn, test.x, delta=delta, amp_dtype=dtype)
+            rows.append({"source": s, "target": t, "fooling_rate": fooling_rate(clean[t], adv),
+                         "uap_acc": accuracy(adv, test.y), "white_box": s == t})
+    payload = {"best": best, "models": models, "rows": rows, "table": rows,
+               "claims": transfer_claims(rows, study), "runs": _runs(results)}
+    return save(study, "04_transfer", payload, t0)
+
+
+def transfer_claims(rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any]]:
+    """C8: for each architecture, UAPs from the other architectures' models, on the DT target vs
+    the standard target of that architecture: mean relative change of transfer success."""
+    fr = {(r["source"], r["target"]): r["fooling_rate"] for r in rows}
+    changes, diffs = [], []
+    for bb in study.transfer_backbones:
+        std, dt = f"{bb}/standard", f"{bb}/dt_best"
+        for s in {r["source"] for r in rows if not r["source"].startswith(bb + "/")}:
+            if (s, std) in fr and (s, dt) in fr and fr[(s, std)] > 0:
+                changes.append((fr[(s, dt)] - fr[(s, std)]) / fr[(s, std)])
+                diffs.append(fr[(s, dt)] - fr[(s, std)])
+    if not changes:
+        return []
+    change = statistics.fmean(changes)
+    margin = MIN_NOISE / max(1e-9, statistics.fmean(fr[(s, t)] for s, t in fr if t.endswith("/standard") and s != t))
+    return [claim("C8", "cross-model UAP transfer success, relative change on a DT target", "-64%",
+                  f"{100 * change:+.0f}% (mean over {len(changes)} cross-architecture source/target pairs; "
+                  f"absolute {100 * statistics.fmean(diffs):+.1f}pt)",
+                  f"sources: {', '.join(sorted({r['source'] for r in rows}))}; one seed",
+                  verdict(-change, -SEED["C8"]["change"], margin), effect=change, seed_effect=SEED["C8"]["change"])]
+
+
+# ---------------------------------------------------------------------------------------------
+# 05 cost
+
+def cost(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Per-step training time of each method over standard's, and inference latency of DT's single
+    head and ensemble over a plain one-head model, measured in one process (STUDY.md section 3)."""
+    t0 = time.perf_counter()
+    best = select_dt(study, log)["best"]
+    a = arms(best)
+    cases = {"standard": a["standard"], "dt_k5": a["dt_best"], "pgd_at": a["pgd_at"], "uat": a["uat"]}
+    train_split, _, _ = load_data(study.config)
+    n = study.config.batch_size * (study.bench_steps + study.bench_warmup + 1)
+    steps = training_steps(study.config, train_split.subset(torch.arange(min(n, len(train_split)))), cases,
+                           steps=study.bench_steps, warmup=study.bench_warmup)
+    infer = inference_latency(study.config, {"plain": dict(heads=1, mode="single"),
+                                             "single_head_k5": dict(heads=5, mode="single"),
+                                             "ensemble_k5": dict(heads=5, mode="ensemble")},
+                              steps=2 * study.bench_steps, warmup=study.bench_warmup)
+    base_t, base_i = steps["standard"]["median_s"], infer["plain"]["median_s"]
+    table = ([{"kind": "train step", "case": k, "median_ms": 1e3 * v["median_s"], "ratio": v["median_s"] / base_t}
+              for k, v in steps.items()]
+             + [{"kind": "inference", "case": k, "median_ms": 1e3 * v["median_s"], "ratio": v["median_s"] / base_i}
+                for k, v in infer.items()])
+    r = {row["case"]: row["ratio"] for row in table}
+    setting = f"{study.config.backbone}, batch {study.config.batch_size}, median of {study.bench_steps} steps"
+    claims = [
+        claim("C3-cost", "PGD-AT training cost / standard", "8x", f"{r['pgd_at']:.2f}x", setting + ", 7 PGD steps",
+              "holds" if 6 <= r["pgd_at"] <= 10 else "partly" if 4 <= r["pgd_at"] <= 16 else "does not hold",
+              effect=r["pgd_at"]),
+        claim("C4", "DT (K=5) training step / standard", "2.3x", f"{r['dt_k5']:.2f}x", setting,
+              cost_verdict(r["dt_k5"], SEED["C4"]["cost"]), effect=r["dt_k5"]),
+        claim("C5", "single-head inference / plain model", "1.00x (no overhead)", f"{r['single_head_k5']:.3f}x"
+              f" (ensemble K=5: {r['ensemble_k5']:.3f}x)", "batch 256, forward only",
+              "holds" if r["single_head_k5"] <= 1.05 else "partly" if r["single_head_k5"] <= 1.2 else "does not hold",
+              effect=r["single_head_k5"]),
+    ]
+    payload = {"best": best, "train_steps": steps, "inference": infer, "table": table, "claims": claims}
+    return save(study, "05_cost", payload, t0)
+
+
+EXPERIMENTS: dict[str, Callable[..., dict[str, Any]]] = {
+    "01_headline": headline, "02_k_ablation": k_ablation, "03_cross_norm": cross_norm,
+    "04_transfer": transfer, "05_cost": cost}
