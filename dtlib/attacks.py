@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import NORMS
+from .config import NORMS, check_radius
 from .data import to_float
 
 ScoresFn = Callable[[torch.Tensor], torch.Tensor]
@@ -20,8 +20,7 @@ ScoresFn = Callable[[torch.Tensor], torch.Tensor]
 def _check(eps: float, norm: str) -> None:
     if norm not in NORMS:
         raise ValueError(f"Unknown norm {norm!r}; choose one of {', '.join(NORMS)}.")
-    if not 0 <= eps <= 1:
-        raise ValueError(f"eps={eps} is outside [0, 1] (pixel units; 10/255 = 0.0392).")
+    check_radius("eps", eps, norm)
 
 
 def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:

@@ -174,6 +174,18 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     return coerce(pairs)
 
 
+# The largest L2 distance between two 3x32x32 images in [0, 1]: no L2 radius beyond it means anything.
+L2_MAX = math.sqrt(3 * 32 * 32)
+
+
+def check_radius(name: str, value: float, norm: str) -> None:
+    """An L-inf radius lies in [0, 1]; an L2 radius in [0, L2_MAX] (pixel units)."""
+    top = 1.0 if norm == "linf" else L2_MAX
+    if not 0 <= value <= top:
+        hint = "10/255 = 0.0392" if norm == "linf" else "an L-inf 10/255 perturbation has L2 norm 2.17"
+        raise ValueError(f"{name}={value} is outside [0, {top:.4g}] for the {norm} norm (pixel units; {hint}).")
+
+
 def validate(cfg: Config) -> None:
     """Raise ValueError (one sentence naming the bad value) for a config no run could use."""
     for f in fields(cfg):
@@ -198,9 +210,9 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"heads (K) must be at least 1, got {cfg.heads}.")
     if not 0 <= cfg.eval_head < cfg.heads:
         raise ValueError(f"eval_head {cfg.eval_head} is out of range for a model with {cfg.heads} heads.")
-    for name in ("eps", "pgd_eps", "eval_eps", "uap_step", "pgd_alpha"):
-        if not 0 <= getattr(cfg, name) <= 1:
-            raise ValueError(f"{name}={getattr(cfg, name)} is outside [0, 1] (pixel units; 10/255 = 0.0392).")
+    for name, norm in (("eps", cfg.norm), ("uap_step", cfg.norm), ("eval_eps", cfg.eval_norm),
+                       ("pgd_eps", "linf"), ("pgd_alpha", "linf")):
+        check_radius(name, getattr(cfg, name), norm)
     try:
         lrs = cfg.uap_lrs
     except ValueError:

@@ -185,6 +185,20 @@ def claims_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n\n" + " ".join(f"Run on {d}, torch {t}, commit {c}." for d, t, c in made) + "\n"
 
 
+def headline_table(res: dict[str, Any]) -> str:
+    """The headline table (mean ± std over seeds) as Markdown."""
+    pct = lambda r, m: f"{100 * r[m]:.1f}" + (f" ± {100 * r[m + '_std']:.1f}" if r.get(m + "_std") is not None else "")
+    lines = ["| method | eval | clean acc (%) | UAP fooling (%) | acc under UAP (%) | random fooling (%) | train cost | seeds |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in res["table"]:
+        lines.append(f"| {ARM_LABELS.get(r['arm'], r['arm'])} | {r['eval']} | {pct(r, 'clean_acc')} | "
+                     f"{pct(r, 'fooling_rate')} | {pct(r, 'uap_acc')} | {pct(r, 'random_fooling_rate')} | "
+                     f"{r['cost_ratio']:.2f}x | {r['n']} |")
+    best = res["selection"]["best"]
+    return ("\n".join(lines) + f"\n\nDT (chosen): λ_div = {best['lambda_div']:g}, λ_adv = {best['lambda_adv']:g}, "
+            f"chosen on the validation split; DT literal: λ_div = 1, λ_adv = 0.\n")
+
+
 def regenerate(results_dir: str | Path = "results", figures_dir: str | Path = "figures") -> list[str]:
     """Redraw every figure from the results files and rewrite each profile's claims table."""
     results_dir, figures_dir = Path(results_dir), Path(figures_dir)
@@ -193,6 +207,11 @@ def regenerate(results_dir: str | Path = "results", figures_dir: str | Path = "f
         for path in sorted(results_dir.glob(f"{nb}-*.json")):
             res = json.loads(path.read_text())
             written += PLOTS[nb](res, figures_dir / path.stem)
+            if nb == "01_headline":
+                md = results_dir / f"{path.stem}.md"
+                with atomic_path(md) as tmp:
+                    tmp.write_text(f"<!-- written by `python -m dtlib.figures` from {path.name} -->\n" + headline_table(res))
+                written.append(str(md))
             by_profile.setdefault(res["profile"], []).append(res)
     for profile, results in by_profile.items():
         path = results_dir / f"claims-{profile}.md"

@@ -35,7 +35,12 @@ def test_cache_key_tracks_training_fields_only():
     ({"heads": "two"}, "heads='two' is not a valid int"),
     ({"heads": 2.5}, "heads=2.5 must be a int"),
     ({"eps": -0.1}, "eps=-0.1 is outside \\[0, 1\\]"),
-    ({"eval_eps": 8}, "eval_eps=8.0 is outside \\[0, 1\\]"),
+    ({"eval_eps": 8}, "eval_eps=8.0 is outside \\[0, 1\\] for the linf norm"),
+    ({"eval_norm": "l2", "eval_eps": 60}, "eval_eps=60.0 is outside \\[0, 55.43\\] for the l2 norm"),
+    ({"uap_lr": "0.1,x"}, "uap_lr='0.1,x' is not a number"),
+    ({"uap_lr": "0"}, "uap_lr='0' must be one or more positive numbers"),
+    ({"eval_split": "train"}, "Unknown eval_split 'train'"),
+    ({"eval_size": 15}, "eval_size=15 must be a multiple of 10"),
     ({"norm": "l1"}, "Unknown norm 'l1'"),
     ({"method": "trades"}, "Unknown method 'trades'"),
     ({"backbone": "vit"}, "Unknown backbone 'vit'"),
@@ -50,6 +55,13 @@ def test_cache_key_tracks_training_fields_only():
 def test_bad_configs_are_rejected_with_one_sentence(overrides, message):
     with pytest.raises(ValueError, match=message):
         Config().replace(**overrides)
+
+
+def test_l2_radii_beyond_one_are_valid():
+    """L2 radii are in pixel units over the whole image: an L-inf 10/255 UAP has L2 norm 2.17."""
+    cfg = Config().replace(eval_norm="l2", eval_eps=2.0, norm="l2", eps=3.0)
+    assert cfg.eval_eps == 2.0 and cfg.eps == 3.0
+    assert Config().replace(uap_lr="0.05,0.2").uap_lrs == [0.05, 0.2]
 
 
 def test_field_types_cover_every_field():

@@ -24,3 +24,13 @@ def test_predict_adds_the_perturbation_and_clamps():
     images = torch.full((3, 3, 2, 2), 255, dtype=torch.uint8)
     predict(fn, images, delta=torch.full((1, 3, 2, 2), 0.5), batch_size=2)
     assert len(seen) == 2 and torch.equal(torch.cat(seen), torch.ones(3, 3, 2, 2))
+
+
+def test_scored_subset_is_class_balanced_even_for_class_sorted_files(mini):
+    from dtlib.evaluate import scored_subset
+    test = mini["test"]
+    order = test.y.argsort(stable=True)  # CIFAR-10 npz files may store images sorted by class
+    sorted_split = test.subset(order)
+    sub = scored_subset(sorted_split, 200)
+    assert len(sub) == 200 and sub.y.bincount(minlength=10).tolist() == [20] * 10
+    assert scored_subset(sorted_split, 0) is sorted_split
