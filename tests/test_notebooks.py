@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
 from dtlib.study import NOTEBOOKS
@@ -53,7 +54,7 @@ def _numbers(obj, path=""):
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_under_nbval_and_writes_its_results(name, root, tmp_path):
-    nb = parameterize_notebook(nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4),
+    nb = parameterize_notebook(load_notebook_node(str(NB_DIR / f"{name}.ipynb")),
                                {"profile": "smoke", "root": str(root)})
     path = tmp_path / f"{name}.ipynb"
     nbformat.write(nb, path)

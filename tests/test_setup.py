@@ -24,7 +24,7 @@ def test_environment_uses_conda_forge_only_and_installs_the_project():
     channels = re.search(r"channels:\n((?:\s+- .*\n)+)", env).group(1)
     assert [c.strip("- \n") for c in channels.splitlines()] == ["conda-forge"]
     assert "-e .[test]" in env
-    deps = re.search(r"^dependencies = \[(.*)\]", (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    deps = re.search(r"^dependencies = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.M | re.S).group(1)
     for dep in re.findall(r'"([a-z]+)>=', deps):
         assert dep in env, dep
 
