@@ -27,13 +27,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _saved_bytes(fn) -> tuple[Any, int]:
-    """Run ``fn()`` and count the bytes of distinct storages autograd saves for backward."""
+def _saved_bytes(fn, exclude: set[int] = frozenset()) -> tuple[Any, int]:
+    """Run ``fn()`` and count the bytes of distinct storages autograd saves for backward, except
+    those whose data pointer is in ``exclude`` (the parameters, counted separately)."""
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         s = t.untyped_storage()
-        seen[s.data_ptr()] = s.nbytes()
+        if s.data_ptr() not in exclude:
+            seen[s.data_ptr()] = s.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -67,7 +69,8 @@ class _Case:
         x, y = next(self.batches)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        _, saved = _saved_bytes(lambda: train_step(self.step_fn, self.opt, x, y, self.dtype))
+        params_ptrs = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
+        _, saved = _saved_bytes(lambda: train_step(self.step_fn, self.opt, x, y, self.dtype), params_ptrs)
         params = sum(p.numel() * p.element_size() for p in self.model.parameters())
         state = sum(t.numel() * t.element_size() for s in self.opt.state.values() for t in s.values()
                     if torch.is_tensor(t))

@@ -18,6 +18,12 @@ def test_verdict_rules():
     assert S.verdict(float("nan"), 0.8, 0.02) == "does not hold"
     assert S.cost_verdict(2.5, 2.3) == "holds" and S.cost_verdict(3.1, 2.3) == "partly"
     assert S.cost_verdict(3.5, 2.3) == "does not hold" and S.cost_verdict(1.0, 2.3) == "holds"
+    assert S.figure_verdict(6.5, 8) == "holds" and S.figure_verdict(4.5, 8) == "partly"
+    assert S.figure_verdict(20, 8) == "does not hold"
+    assert S.overhead_verdict(1.01) == "holds" and S.overhead_verdict(1.5) == "does not hold"
+    assert S.accuracy_cost_verdict(0.004) == "holds" and S.accuracy_cost_verdict(0.05) == "does not hold"
+    one = S.claim("C9", "w", "s", "m", "set", "holds", n=1)
+    assert one["verdict"] == "holds (one seed)"
 
 
 def test_noise_is_twice_the_combined_spread_with_a_floor():
@@ -54,10 +60,19 @@ def _rows(std_fr, dt_fr, floor=0.05, seeds=(0, 1)):
     for s in seeds:
         for arm, key, fr in (("standard", "head0", std_fr), ("pgd_at", "head0", 0.3), ("uat", "head0", 0.5),
                              ("dt_k1", "head0", 0.6), ("dt_nodiv", "ensemble", 0.6), ("dt_literal", "ensemble", 0.7),
-                             ("dt_best", "ensemble", dt_fr), ("dt_best", "head0", dt_fr)):
+                             ("dt_best", "ensemble", dt_fr), ("dt_best", "head0", dt_fr), ("dt_div", "ensemble", dt_fr)):
             rows.append({"arm": arm, "eval": key, "seed": s, "clean_acc": 0.8, "fooling_rate": fr + 0.001 * s,
                          "uap_acc": 0.5, "random_fooling_rate": floor, "cost_ratio": 3.0 if arm.startswith("dt") else 1.0})
     return rows
+
+
+def test_an_undertrained_pgd_model_makes_c3_inconclusive():
+    rows = _rows(0.8, 0.15)
+    for r in rows:
+        if r["arm"] == "pgd_at":
+            r["clean_acc"] = 0.3
+    c3 = {c["claim"]: c for c in S.headline_claims(rows, S.setup("smoke"))}["C3"]
+    assert c3["verdict"].startswith("inconclusive: PGD-AT is undertrained")
 
 
 def test_headline_claims_are_computed_from_the_rows():
@@ -66,7 +81,7 @@ def test_headline_claims_are_computed_from_the_rows():
     c = by(_rows(0.8, 0.15))
     assert c["C1"]["verdict"] == "holds" and c["C1"]["effect"] == pytest.approx((0.8 - 0.15) / 0.8, abs=1e-2)
     assert c["C1-ctl"]["verdict"] == "holds"  # 0.15 vs the best control's 0.5
-    assert c["C2"]["verdict"] == "holds" and c["C4"]["verdict"] == "partly"  # 3.0x vs 2.3x
+    assert c["C2"]["verdict"] == "holds" and c["C4-wall"]["verdict"] == "partly"  # 3.0x vs 2.3x
     assert "80.0%" in c["C1"]["measured"] and "15.0%" in c["C1"]["measured"]
     assert by(_rows(0.8, 0.6))["C1"]["verdict"] == "partly"
     assert by(_rows(0.8, 0.79))["C1"]["verdict"] == "does not hold"
@@ -93,6 +108,12 @@ def test_dt_weights_are_chosen_on_the_validation_split(monkeypatch):
     monkeypatch.setattr(S.Study, "run", fake_run)
     st = S.setup("smoke", {"grid_div": [0.0, 1.0], "grid_adv": [0.0, 1.0]})
     sel = S.select_dt(st, log=lambda s: None)
-    assert sel["best"] == {"lambda_div": 1.0, "lambda_adv": 1.0}
+    assert sel["best"] == {"lambda_div": 1.0, "lambda_adv": 1.0} == sel["best_div"]
+    val_acc[(0.0, 1.0)] = 0.9  # now the best cell has no diversity term; the best with one is kept apart
+    sel = S.select_dt(st, log=lambda s: None)
+    assert sel["best"] == {"lambda_div": 0.0, "lambda_adv": 1.0}
+    assert sel["best_div"] == {"lambda_div": 1.0, "lambda_adv": 1.0}
+    a = S.arms(sel)
+    assert a["dt_nodiv"]["lambda_adv"] == a["dt_div"]["lambda_adv"] == a["dt_k1"]["lambda_adv"] == 1.0
     assert calls and all(c["eval_split"] == "val" for c in calls)
     assert {c["method"] for c in calls} == {"dt", "standard", "uat"}
