@@ -44,14 +44,21 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
         torch.save(obj, tmp)
 
 
+# What the study writes: changes there say nothing about the code that produced them, and a batch
+# rewrites its own committed results, so they never make a commit "+dirty".
+OUTPUTS = ("results", "figures", "notebooks/executed", "README.md")
+
+
 def git_commit() -> str:
-    """The commit of the dtlib checkout, with ``+dirty`` when it has uncommitted changes."""
+    """The commit of the dtlib checkout, with ``+dirty`` when files other than OUTPUTS have
+    uncommitted changes."""
     try:
         run = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=10)
         sha = run("rev-parse", "HEAD")
         if sha.returncode != 0:
             return "unknown"
-        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        dirty = run("status", "--porcelain", "--untracked-files=no", "--", ".",
+                    *[f":(exclude){p}" for p in OUTPUTS]).stdout.strip()
         return sha.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
