@@ -67,8 +67,9 @@ class _Case:
 
     def measure_memory(self) -> None:
         x, y = next(self.batches)
-        if self.device.type == "cuda":
+        if self.device.type == "cuda":  # the other cases' models stay allocated: count above this baseline
             torch.cuda.reset_peak_memory_stats(self.device)
+            baseline = torch.cuda.memory_allocated(self.device)
         params_ptrs = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
         _, saved = _saved_bytes(lambda: train_step(self.step_fn, self.opt, x, y, self.dtype), params_ptrs)
         params = sum(p.numel() * p.element_size() for p in self.model.parameters())
@@ -78,7 +79,7 @@ class _Case:
         self.memory = {"params_mb": params * mb, "grads_mb": params * mb, "optimizer_mb": state * mb,
                        "saved_activations_mb": saved * mb, "total_mb": (2 * params + state + saved) * mb}
         if self.device.type == "cuda":
-            self.memory["cuda_peak_mb"] = torch.cuda.max_memory_allocated(self.device) * mb
+            self.memory["cuda_peak_mb"] = (torch.cuda.max_memory_allocated(self.device) - baseline + params) * mb
 
 
 def training_steps(base: Config, split: Split, cases: dict[str, dict[str, Any]], *, steps: int = 20,

@@ -50,7 +50,6 @@ class Study:
     grid_adv: tuple[float, ...] = (0.0, 1.0)        # ... x lambda_adv (0 = the seed's literal loss)
     linf_radii: tuple[float, ...] = (4 / 255, 10 / 255, 16 / 255)
     l2_radii: tuple[float, ...] = (0.5, 1.0, 2.0)
-    l2_claim: float = 1.0                      # L2 radius at which C7 is read (the seed gives none)
     transfer_backbones: tuple[str, ...] = ("cnn", "vgg")
     bench_steps: int = 15
     bench_warmup: int = 3
@@ -82,7 +81,7 @@ def project_dir() -> Path:
 # `cpu` is the quick look, the whole batch in at most 30 minutes on 2 cores; `gpu` is the study.
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(seeds=(0,), ablation_seeds=1, ks=(1, 2), grid_div=(0.0, 1.0), grid_adv=(0.0,),
-                  linf_radii=(10 / 255,), l2_radii=(1.0,), l2_claim=1.0, bench_steps=2, bench_warmup=1,
+                  linf_radii=(10 / 255,), l2_radii=(1.0,), bench_steps=2, bench_warmup=1,
                   config=dict(data="mini", train_size=400, val_size=100, epochs=1, batch_size=64,
                               uap_fit_size=128, uap_epochs=1, eval_size=200, device="cpu")),
     "cpu": dict(config=dict(train_size=8000, val_size=1000, epochs=4, uap_fit_size=1000, uap_epochs=5,
@@ -113,6 +112,8 @@ def setup(profile: str = "cpu", overrides: dict[str, Any] | None = None, root: s
     data_dir = Path(cfg_kw.get("data_dir", "data"))
     cfg_kw["data_dir"] = str(data_dir if data_dir.is_absolute() else project_dir() / data_dir)
     study = Study(profile=profile, config=Config().replace(**cfg_kw), root=root or "", **study_kw)
+    if not any(d > 0 for d in study.grid_div):
+        raise ValueError(f"grid_div={list(study.grid_div)} needs a value above 0: the diversity term is what the study tests.")
     if not 1 <= study.ablation_seeds <= len(study.seeds):
         raise ValueError(f"ablation_seeds={study.ablation_seeds} must be between 1 and the {len(study.seeds)} seeds.")
     return study
@@ -339,7 +340,7 @@ def attack_check(study: Study, selection: dict[str, Any], log: Callable[[str], N
     out = []
     c = study.config
     stronger = dict(uap_epochs=2 * c.uap_epochs, uap_restarts=c.uap_restarts + 1)
-    for arm in ("standard", "dt_best"):
+    for arm in ("standard", "dt_best", "dt_div"):
         o = {**arms(selection)[arm], "seed": study.seeds[0]}
         base = study.run(log, **o).metrics["eval"]
         strong = study.run(log, **o, **stronger).metrics["eval"]

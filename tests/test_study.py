@@ -47,6 +47,7 @@ def test_setup_applies_profile_and_overrides():
     ("smoke", {"epochz": 3}, "'epochz'"),
     ("smoke", {"heads": 0}, "heads (K)"),
     ("smoke", {"ablation_seeds": 2}, "ablation_seeds=2"),
+    ("smoke", {"grid_div": [0.0]}, "grid_div=[0.0] needs a value above 0"),
 ])
 def test_setup_rejects_bad_parameters_in_one_sentence(profile, overrides, needle):
     with pytest.raises(ValueError) as e:
