@@ -8,7 +8,6 @@ and an evaluation already made is loaded, never refitted.
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from .config import Config
 from .data import Split, load_cifar10, split_train
 from .evaluate import evaluate_model
-from .io import atomic_path, provenance, save_torch, write_json
+from .io import provenance, save_torch, write_json
 from .models import MultiHead, build_model
 from .train import CHECKPOINT, amp_dtype, precision_name, resolve_device, train, train_summary
 DATA_SEED = 0  # fixes which images form the subsets and the validation split, for every run
@@ -143,26 +142,3 @@ def results_table(results: list[RunResult]) -> str:
     rule = "| " + " | ".join("---" for _ in COLUMNS) + " |"
     body = ["| " + " | ".join(fmt.format(row[key]) for _, key, fmt in COLUMNS) + " |" for row in rows]
     return "\n".join([head, rule, *body])
-
-
-def save_results(results: list[RunResult], path: str | Path, command: str = "") -> None:
-    """Write the rows of ``results`` with every run's config and provenance to ``path`` (.json) and
-    the Markdown table beside it (.md), atomically: the files the README's numbers come from."""
-    path = Path(path)
-    write_json(path, {"command": command, "rows": [r for res in results for r in res.rows()],
-                      "runs": {res.run_dir.name: {"config": res.config.to_dict(),
-                                                  "train": res.metrics["train"],
-                                                  "eval_provenance": res.metrics["provenance"]} for res in results}})
-    made = sorted({(r.metrics["train"]["provenance"]["device"], r.metrics["train"]["provenance"]["torch"],
-                    r.metrics["train"]["provenance"]["git_commit"][:12], r.metrics["train"]["provenance"]["date_utc"][:10])
-                   for r in results})
-    lines = [f"Trained on {d}, torch {t}, commit {c}, {day}." for d, t, c, day in made]
-    with atomic_path(path.with_suffix(".md")) as tmp:
-        tmp.write_text(f"<!-- written by `{command}`; configs and full provenance in {path.name} -->\n"
-                       + results_table(results) + "\n\n" + " ".join(lines) + "\n")
-
-
-def device_slug(result: RunResult) -> str:
-    """'cpu' or the GPU's name (e.g. 'nvidia-h100-80gb-hbm3') of the machine a run was trained on."""
-    name = result.metrics["train"]["provenance"]["device"]
-    return "cpu" if name.startswith("cpu") else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")

@@ -13,7 +13,6 @@ seed summary's figures are the constants in ``SEED``.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 import statistics
 import time
@@ -28,7 +27,7 @@ from .config import FIELD_TYPES, Config
 from .evaluate import accuracy, fooling_rate, predict, scored_subset
 from .experiment import RunResult, load_data, load_model, run, uaps_path
 from .io import atomic_path, provenance, write_json
-from .train import resolve_device
+from .train import amp_dtype, resolve_device
 
 NOTEBOOKS = ("01_headline", "02_k_ablation", "03_cross_norm", "04_transfer", "05_cost")
 
@@ -220,7 +219,7 @@ def save(study: Study, notebook: str, payload: dict[str, Any], t0: float) -> dic
 
 
 def _runs(results: list[RunResult]) -> dict[str, Any]:
-    return {r.run_dir.name: {"config": r.config.to_dict(), "train": {k: v for k, v in r.metrics["train"].items()},
+    return {r.run_dir.name: {"config": r.config.to_dict(), "train": r.metrics["train"],
                              "eval_provenance": r.metrics["provenance"], "eval_wall_s": r.metrics.get("eval_wall_s")}
             for r in results}
 
@@ -433,12 +432,9 @@ def k_ablation(study: Study, log: Callable[[str], None] = print) -> dict[str, An
             for key, m in res.metrics["eval"].items():
                 rows.append({"heads": k, "eval": "ensemble" if key == "ensemble" else "single", "seed": seed,
                              **{x: m[x] for x in METRICS}, "run": res.run_dir.name})
-    train_split, _, _ = load_data(study.config)
-    n = study.config.batch_size * (study.bench_steps + study.bench_warmup + 1)
     cases = {f"dt_k{k}": dict(method="dt", heads=k, **best) for k in study.ks}
     cases["standard"] = dict(method="standard", heads=1)
-    bench = training_steps(study.config, train_split.subset(torch.arange(min(n, len(train_split)))), cases,
-                           steps=study.bench_steps, warmup=study.bench_warmup)
+    bench = time_training_steps(study, cases)
     table = summarise(rows, ("heads", "eval"), METRICS)
     for row in table:
         b = bench[f"dt_k{row['heads']}"]
@@ -448,6 +444,14 @@ def k_ablation(study: Study, log: Callable[[str], None] = print) -> dict[str, An
     payload = {"selection": selection, "rows": rows, "table": table, "bench": bench,
                "claims": k_claims(ens, rows, study), "runs": _runs(results)}
     return save(study, "02_k_ablation", payload, t0)
+
+
+def time_training_steps(study: Study, cases: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``bench.training_steps`` for ``cases`` on the first training images, as many as one pass needs."""
+    train_split, _, _ = load_data(study.config)
+    n = min(study.config.batch_size * (study.bench_steps + study.bench_warmup + 1), len(train_split))
+    return training_steps(study.config, train_split.subset(torch.arange(n)), cases, steps=study.bench_steps,
+                          warmup=study.bench_warmup)
 
 
 def k_claims(ens: dict[int, dict[str, Any]], rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any]]:
@@ -538,7 +542,6 @@ def transfer(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]
         for arm in wanted:
             models[f"{bb}/{arm}"] = {"backbone": bb, **arms(selection)[arm]}
     device = resolve_device(study.config.device)
-    from .train import amp_dtype
     dtype = amp_dtype(study.config.precision, device)
     _, _, test = load_data(study.config)
     test = scored_subset(test, study.config.eval_size).to(device)
@@ -603,10 +606,7 @@ def cost(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
     selection = select_dt(study, log)
     a = arms(selection)
     cases = {"standard": a["standard"], "dt_k5": a["dt_div"], "pgd_at": a["pgd_at"], "uat": a["uat"]}
-    train_split, _, _ = load_data(study.config)
-    n = study.config.batch_size * (study.bench_steps + study.bench_warmup + 1)
-    steps = training_steps(study.config, train_split.subset(torch.arange(min(n, len(train_split)))), cases,
-                           steps=study.bench_steps, warmup=study.bench_warmup)
+    steps = time_training_steps(study, cases)
     infer = inference_latency(study.config, {"plain": dict(heads=1, mode="single"),
                                              "single_head_k5": dict(heads=5, mode="single"),
                                              "ensemble_k5": dict(heads=5, mode="ensemble")},

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from dtlib import study as S
-from dtlib.config import Config
 from dtlib.experiment import RunResult
 
 
