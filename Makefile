@@ -11,7 +11,7 @@ SHARED_DATA ?= ../shared/data/cifar10.npz
 PROFILE ?= cpu
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
-.PHONY: install test reproduce figures data mini readme clean
+.PHONY: install test reproduce bench figures data mini readme clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -40,6 +40,11 @@ reproduce: install data
 	    notebooks/executed/$$(basename $$nb .ipynb)-$(PROFILE).ipynb || exit 1; \
 	done
 	$(PY) -m dtlib.figures
+
+# What each method costs, as ratios to standard training (STUDY.md C3-C5): results/bench-<device>.{json,md}.
+# Settings as key=value, e.g. `make bench ARGS="steps=50 compile=true"`; about 2 minutes on 2 CPU cores.
+bench: install
+	$(PY) -m dtlib.bench $(ARGS)
 
 # Redraw every figure and the claims tables from results/ (no training).
 figures: install

@@ -183,19 +183,30 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255) if x.dtype == torch.uint8 else x
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop with ``pad`` zero padding and random horizontal flip, per image, batched.
+def crop_flip_draws(n: int, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random offsets (rows, cols) in [0, 2 * pad] and flip flags (0/1) of ``n`` images, as one
+    (3, n) int64 tensor drawn from ``generator`` (CPU), so a seed fixes them on every device."""
+    di = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dj = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    return torch.stack([di, dj, flip.long()])
 
-    Random draws come from ``generator`` (CPU) so a seed fixes them on every device."""
+
+def crop_flip(x: torch.Tensor, draws: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Crop each image from its ``pad``-zero-padded copy at the drawn offsets and flip it
+    horizontally where drawn; ``draws`` (3, B) from ``crop_flip_draws``, on the images' device."""
     n, c, h, w = x.shape
-    di = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    dj = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    di, dj, flip = draws[0], draws[1], draws[2].bool()
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     rows = (di[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (dj[:, None] + torch.arange(w, device=x.device))
     cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]
     return padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with ``pad`` zero padding and random horizontal flip, per image, batched."""
+    return crop_flip(x, crop_flip_draws(len(x), generator, pad).to(x.device), pad)
 
 
 class Loader:
@@ -242,11 +253,16 @@ class Loader:
         return order[self.rank:total:self.world_size]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        idx = self.indices().to(self.split.y.device)
+        device = self.split.y.device
+        idx = self.indices().to(device)
         g = torch.Generator().manual_seed((self.seed << 32) + (self.epoch << 12) + self.rank + 0xA06)
+        sizes = [len(idx[b * self.batch_size:(b + 1) * self.batch_size]) for b in range(self.n_batches)]
+        # the epoch's augmentation draws, batch after batch as augment() would take them, moved to
+        # the device at once: no host-to-device copy (and so no stream sync) inside the loop
+        draws = torch.cat([crop_flip_draws(n, g) for n in sizes], 1).to(device) if self.train else None
         for b in range(self.n_batches):
-            sel = idx[b * self.batch_size:(b + 1) * self.batch_size]
-            x = to_float(self.split.x[sel])
+            lo, hi = b * self.batch_size, b * self.batch_size + sizes[b]
+            x = to_float(self.split.x[idx[lo:hi]])
             if self.train:
-                x = augment(x, g)
-            yield x, self.split.y[sel]
+                x = crop_flip(x, draws[:, lo:hi])
+            yield x, self.split.y[idx[lo:hi]]

@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from . import bench  # noqa: E402
 from .io import atomic_path  # noqa: E402
 from .study import NOTEBOOKS, SEED  # noqa: E402
 
@@ -236,6 +237,8 @@ def regenerate(results_dir: str | Path = "results", figures_dir: str | Path = "f
             tmp.write_text(f"<!-- written by `python -m dtlib.figures` from results/*-{profile}.json -->\n"
                            + claims_table(results))
         written.append(str(path))
+    for path in sorted(results_dir.glob("bench-*.json")):
+        written.append(str(bench.write_report(json.loads(path.read_text()), path.with_suffix(".md"))))
     return written
 
 

@@ -439,7 +439,7 @@ def k_ablation(study: Study, log: Callable[[str], None] = print) -> dict[str, An
     for row in table:
         b = bench[f"dt_k{row['heads']}"]
         row["step_ratio"] = b["median_s"] / bench["standard"]["median_s"]
-        row["train_memory_mb"] = b["memory"].get("cuda_peak_mb", b["memory"]["total_mb"])
+        row["train_memory_mb"] = b["memory"].get("cuda_peak_mb", b["memory"]["peak_mb"])
     ens = {r["heads"]: r for r in table if r["eval"] == "ensemble" or r["heads"] == 1}
     payload = {"selection": selection, "rows": rows, "table": table, "bench": bench,
                "claims": k_claims(ens, rows, study), "runs": _runs(results)}
@@ -611,11 +611,9 @@ def cost(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
                                              "single_head_k5": dict(heads=5, mode="single"),
                                              "ensemble_k5": dict(heads=5, mode="ensemble")},
                               steps=2 * study.bench_steps, warmup=study.bench_warmup)
-    base_t, base_i = steps["standard"]["median_s"], infer["plain"]["median_s"]
-    table = ([{"kind": "train step", "case": k, "median_ms": 1e3 * v["median_s"], "ratio": v["median_s"] / base_t}
-              for k, v in steps.items()]
-             + [{"kind": "inference", "case": k, "median_ms": 1e3 * v["median_s"], "ratio": v["median_s"] / base_i}
-                for k, v in infer.items()])
+    table = [{"kind": kind, "case": k, "median_ms": 1e3 * v["median_s"], "ratio": v["ratio"],
+              "ratio_q1": v["ratio_quartiles"][0], "ratio_q3": v["ratio_quartiles"][1]}
+             for kind, part in (("train step", steps), ("inference", infer)) for k, v in part.items()]
     r = {row["case"]: row["ratio"] for row in table}
     setting = f"{study.config.backbone}, batch {study.config.batch_size}, median of {study.bench_steps} steps"
     claims = [

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from .attacks import ascent, perturb, pgd, project
@@ -34,8 +36,10 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DDP (or DataParallel) wrapper; the model itself otherwise."""
-    return getattr(model, "module", model)
+    """The module inside torch.compile's and DDP's (or DataParallel's) wrappers; the model itself otherwise."""
+    model = getattr(model, "_orig_mod", model)
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
 
 
 def distributed() -> bool:
@@ -107,10 +111,15 @@ class UAT(RunningUAP):
 
 class DT(RunningUAP):
     """``dt``: the Democratic Training loss (``losses.dt_loss``) on clean images and on the same
-    images plus the running UAP, both in one forward pass. The UAP ascends the ensemble's
-    cross-entropy on the perturbed half (taken from the same graph; no extra forward).
-    Because both halves share one forward, BatchNorm's batch statistics mix clean and perturbed
-    images, in every DT configuration alike (the lambda_div = 0 control included)."""
+    images plus the running UAP, both in one forward pass (one batch of 2B images).
+
+    What the UAP ascends is ``cfg.uap_objective``: ``ensemble_ce``, the ensemble's cross-entropy on
+    the perturbed half (STUDY.md section 1), whose gradient is not the loss's and so takes one
+    input-gradient pass of its own through the same graph (no extra forward); or ``loss``, the DT
+    loss itself (the min-max game's simultaneous update, as in UAT), whose gradient the weights'
+    backward pass leaves in ``delta.grad`` at no cost. The two differ even at lambda_div = 0:
+    BatchNorm's batch statistics mix both halves, so the clean terms depend on delta too, in every
+    DT configuration alike (the lambda_div = 0 control included)."""
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         delta = self._leaf()
@@ -119,7 +128,9 @@ class DT(RunningUAP):
         c = self.cfg
         loss, self.parts = dt_loss(clean, uap, y, lambda_cons=c.lambda_cons, lambda_div=c.lambda_div,
                                    lambda_adv=c.lambda_adv)
-        self._grad, = torch.autograd.grad(ensemble_cross_entropy(uap, y), delta, retain_graph=True)
+        if c.uap_objective == "ensemble_ce":
+            with phase("uap_gradient", x.device):
+                self._grad, = torch.autograd.grad(ensemble_cross_entropy(uap, y), delta, retain_graph=True)
         return loss, clean
 
 
@@ -195,9 +206,58 @@ def lr_factor(step: int, total: int, warmup: float) -> float:
 # the loop
 
 def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum 0.9 and ``cfg.weight_decay``; the schedule scales ``cfg.lr``."""
+    """SGD with Nesterov momentum 0.9 and ``cfg.weight_decay``; the schedule scales ``cfg.lr``.
+    On CUDA the fused kernel (one launch for all parameters); on CPU the default implementation,
+    which the committed CPU results were trained with."""
+    cuda = next(model.parameters()).device.type == "cuda"
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
-                           weight_decay=cfg.weight_decay)
+                           weight_decay=cfg.weight_decay, fused=True if cuda else None)
+
+
+def prepare(model: nn.Module, cfg: Config) -> nn.Module:
+    """The module the training step calls: ``model`` itself, or compiled when ``cfg.compile``.
+    On CUDA, cuDNN may pick its fastest convolution algorithms (``cudnn.benchmark``; see the
+    README on what that means for determinism)."""
+    if next(model.parameters()).device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return torch.compile(model) if cfg.compile else model
+
+
+# Per-phase wall clock of training steps (the benchmark's breakdown); None = not timing.
+_phase_times: dict[str, float] | None = None
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def phase(name: str, device: torch.device) -> Iterator[None]:
+    """A named part of a training step: a ``torch.profiler`` range, and timed inside ``phase_clock``."""
+    with record_function(name):
+        if _phase_times is None:
+            yield
+            return
+        sync(device)
+        t0 = time.perf_counter()
+        yield
+        sync(device)
+        _phase_times[name] = _phase_times.get(name, 0.0) + time.perf_counter() - t0
+
+
+@contextmanager
+def phase_clock() -> Iterator[dict[str, float]]:
+    """Inside it, training steps add each phase's wall time (seconds; the device synchronised at
+    every phase boundary, so only for a breakdown, never for the step times) to the yielded dict.
+    Phases nest: ``uap_gradient`` (dt's second pass) is part of ``forward_and_loss``."""
+    global _phase_times
+    _phase_times = {}
+    try:
+        yield _phase_times
+    finally:
+        _phase_times = None
 
 
 def train_step(step_fn: Step, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -206,12 +266,16 @@ def train_step(step_fn: Step, opt: torch.optim.Optimizer, x: torch.Tensor, y: to
     benchmark both call this, so what is timed is what trains. Returns (loss, logits), detached
     from nothing: the caller decides when to read them (reading forces a host sync)."""
     x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+    with phase("forward_and_loss", x.device), \
+            torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         loss, logits = step_fn.loss(x, y)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    step_fn.after_backward()
-    opt.step()
+    with phase("backward", x.device):
+        loss.backward()
+    with phase("uap_update", x.device):
+        step_fn.after_backward()
+    with phase("optimizer", x.device):
+        opt.step()
     return loss, logits
 
 
@@ -228,7 +292,7 @@ def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None,
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed() else (0, 1)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device, memory_format=torch.channels_last)
-    net = wrap(model) if wrap else model
+    net = prepare(wrap(model) if wrap else model, cfg)
     opt = make_optimizer(model, cfg)
     loader = Loader(train_split.to(device), cfg.batch_size, train=True, seed=cfg.seed, rank=rank, world_size=world)
     total = cfg.epochs * len(loader)
@@ -279,8 +343,7 @@ def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None,
             seen += len(y)
             if progress and i % 10 == 9:
                 bar.set_postfix(img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         dt = time.perf_counter() - t0
         wall += dt
         stats = {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,

@@ -20,9 +20,11 @@ def test_command_line_values_are_typed_and_fractions_work():
 def test_cache_key_tracks_training_fields_only():
     base = Config()
     assert base.train_hash() == Config().train_hash()
-    for name, value in [("heads", 2), ("lambda_div", 0.5), ("seed", 1), ("eps", 8 / 255), ("data", "mini")]:
+    for name, value in [("heads", 2), ("lambda_div", 0.5), ("seed", 1), ("eps", 8 / 255), ("data", "mini"),
+                        ("uap_objective", "loss")]:
         assert base.replace(**{name: value}).train_hash() != base.train_hash(), name
-    for name, value in [("eval_eps", 8 / 255), ("uap_epochs", 9), ("device", "cpu"), ("checkpointing", True)]:
+    for name, value in [("eval_eps", 8 / 255), ("uap_epochs", 9), ("device", "cpu"), ("checkpointing", True),
+                        ("compile", True)]:
         assert base.replace(**{name: value}).train_hash() == base.train_hash(), name
     # "auto" is keyed by what it resolves to, so bf16 and fp32 runs never share a directory
     assert base.train_hash("bf16") != base.train_hash("fp32") == base.replace(precision="fp32").train_hash()
@@ -30,8 +32,21 @@ def test_cache_key_tracks_training_fields_only():
     assert base.eval_hash() == base.replace(heads=3).eval_hash()
 
 
+def test_a_training_field_added_later_keeps_earlier_runs_keys_at_its_legacy_value():
+    # runs cached before uap_objective existed trained with ensemble_ce: the same directory
+    import hashlib
+    import json
+    from dtlib.config import CODE_VERSION, ADDED_TRAIN_FIELDS
+    cfg = Config(method="dt", heads=5)
+    before = {k: v for k, v in cfg.group("train").items() if k not in ADDED_TRAIN_FIELDS}
+    blob = json.dumps({"code": CODE_VERSION, **before, "precision": "bf16"}, sort_keys=True)
+    assert cfg.train_hash("bf16") == hashlib.sha256(blob.encode()).hexdigest()[:12]
+    assert cfg.replace(uap_objective="loss").train_hash("bf16") != cfg.train_hash("bf16")
+
+
 @pytest.mark.parametrize("overrides,message", [
     ({"heads": 0}, "heads \\(K\\) must be at least 1, got 0"),
+    ({"uap_objective": "ce"}, "Unknown uap_objective 'ce'; choose one of ensemble_ce, loss"),
     ({"heads": "two"}, "heads='two' is not a valid int"),
     ({"heads": 2.5}, "heads=2.5 must be a int"),
     ({"eps": -0.1}, "eps=-0.1 is outside \\[0, 1\\]"),

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from dtlib.data import (CLASSES, DataError, Loader, Split, augment, check_arrays, content_digest,
-                        load_arrays, load_cifar10, split_train)
+                        load_arrays, load_cifar10, split_train, to_float)
 
 from conftest import DATA_DIR
 
@@ -139,3 +139,16 @@ def test_loader_shards_exactly_like_distributed_sampler(world_size):
             assert ours.indices().tolist() == list(theirs)
             union += ours.indices().tolist()
         assert set(union) == set(range(n))
+
+
+def test_loader_takes_the_epochs_augmentation_draws_at_once_but_as_each_batch_would(mini):
+    # the committed results were trained with one draw per batch: drawing the epoch's up front (one
+    # host-to-device copy per epoch) must give the very same images
+    loader = Loader(mini["train"], 100, train=True, seed=5)
+    loader.set_epoch(2)
+    g = torch.Generator().manual_seed((5 << 32) + (2 << 12) + 0xA06)
+    idx = loader.indices()
+    for b, (x, y) in enumerate(loader):
+        sel = idx[b * 100:(b + 1) * 100]
+        assert torch.equal(x, augment(to_float(mini["train"].x[sel]), g))
+        assert torch.equal(y, mini["train"].y[sel])

@@ -11,7 +11,7 @@ from dtlib import Config
 from dtlib.attacks import ascent, perturb, project
 from dtlib.data import split_train
 from dtlib.evaluate import accuracy, predict
-from dtlib.losses import ensemble_cross_entropy
+from dtlib.losses import dt_loss, ensemble_cross_entropy
 from dtlib.models import build_model
 from dtlib.experiment import metrics_path, run_dir_for
 from dtlib.losses import jsd
@@ -61,10 +61,9 @@ def test_every_method_trains_through_the_one_loop(small, method, heads):
         assert 0 < delta.abs().max() <= cfg.eps + 1e-6
 
 
-def test_dt_step_moves_the_running_uap_up_the_ensemble_loss():
-    """One DT step: delta moves by uap_step along sign(d CE_ensemble(x + delta) / d delta), the
-    gradient taken in the same batched forward as the weights' loss."""
-    cfg = Config(method="dt", heads=4, uap_step=2 / 255, **MINI)
+def _dt_step_and_twin_logits(cfg):
+    """A DT step at a small random running UAP, a batch, and an independent copy's logits (K, 2B, C)
+    of the same batched forward with delta0 as a leaf."""
     torch.manual_seed(0)
     model = build_model(cfg).train()
     step = DT(model, cfg, torch.device("cpu"))
@@ -73,6 +72,14 @@ def test_dt_step_moves_the_running_uap_up_the_ensemble_loss():
     twin = copy.deepcopy(model)
     d0 = step.delta.clone().requires_grad_(True)
     logits = twin(torch.cat([x, perturb(x, d0)]))
+    return model, step, x, y, d0, logits
+
+
+def test_dt_step_moves_the_running_uap_up_the_ensemble_loss():
+    """One DT step: delta moves by uap_step along sign(d CE_ensemble(x + delta) / d delta), the
+    gradient taken in the same batched forward as the weights' loss."""
+    cfg = Config(method="dt", heads=4, uap_step=2 / 255, **MINI)
+    model, step, x, y, d0, logits = _dt_step_and_twin_logits(cfg)
     g, = torch.autograd.grad(ensemble_cross_entropy(logits[:, 32:], y), d0)
     expected = project(d0.detach() + cfg.uap_step * ascent(g, "linf"), cfg.eps, "linf")
     loss, clean = step.loss(x, y)
@@ -81,6 +88,41 @@ def test_dt_step_moves_the_running_uap_up_the_ensemble_loss():
     assert clean.shape == (4, 32, 10)
     assert torch.allclose(step.delta, expected, atol=1e-7)
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("lambda_div", [0.0, 1.0])
+def test_dt_with_uap_objective_loss_takes_the_uaps_gradient_from_the_weights_backward(lambda_div):
+    """uap_objective=loss: delta ascends the DT loss itself, its gradient left by the one backward
+    pass (no second pass through the graph); it is not the ensemble CE's, not even at lambda_div=0,
+    because BatchNorm's batch statistics let the clean terms depend on delta."""
+    cfg = Config(method="dt", heads=3, lambda_div=lambda_div, lambda_adv=1.0, uap_objective="loss", **MINI)
+    model, step, x, y, d0, logits = _dt_step_and_twin_logits(cfg)
+    full, _ = dt_loss(logits[:, :32], logits[:, 32:], y, lambda_div=lambda_div, lambda_adv=1.0)
+    g, = torch.autograd.grad(full, d0, retain_graph=True)
+    g_ce, = torch.autograd.grad(ensemble_cross_entropy(logits[:, 32:], y), d0)
+    packed, unpacked = [0], [0]
+
+    def pack(t):
+        packed[0] += 1
+        return t
+
+    def unpack(t):
+        unpacked[0] += 1
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        loss, _ = step.loss(x, y)
+        loss.backward()
+    step.after_backward()
+    expected = project(d0.detach() + cfg.uap_step * ascent(g, "linf"), cfg.eps, "linf")
+    assert torch.allclose(step.delta, expected, atol=1e-7)
+    assert not torch.equal(g.sign(), g_ce.sign())
+    assert unpacked[0] <= packed[0]  # one pass through the graph: each saved tensor read at most once
+    packed[0] = unpacked[0] = 0
+    ce_step = DT(model, cfg.replace(uap_objective="ensemble_ce"), torch.device("cpu"))
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        ce_step.loss(x, y)[0].backward()
+    assert unpacked[0] > packed[0]  # ensemble_ce: a second pass re-reads the perturbed path
 
 
 def test_uat_step_moves_the_running_uap_up_the_training_loss():
