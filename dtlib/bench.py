@@ -14,17 +14,20 @@ peak is reported beside it.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from itertools import cycle
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
+from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -115,6 +118,38 @@ class _Case:
                 self.step(timed=False)
         return {k: 1e3 * v / steps for k, v in clock.items()}
 
+    def op_profile(self, steps: int, top: int = 6) -> dict[str, dict[str, float]]:
+        """CPU only: per phase, the operators with the most self time (ms per step; torch.profiler),
+        each counted in the innermost phase it ran in."""
+        with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                self.step(timed=False)
+        events = prof.events()
+        spans = [(e.name, e.time_range.start, e.time_range.end) for e in events if e.name in PHASES]
+        spans.sort(key=lambda s: s[2] - s[1])  # innermost first
+        per: dict[str, dict[str, float]] = {p: {} for p in PHASES}
+        for e in events:
+            if e.name in PHASES:
+                continue
+            where = next((n for n, a, b in spans if a <= e.time_range.start <= b), None)
+            if where:
+                per[where][e.name] = per[where].get(e.name, 0.0) + e.self_cpu_time_total / 1e3 / steps
+        return {p: dict(sorted(ops.items(), key=lambda kv: -kv[1])[:top]) for p, ops in per.items() if ops}
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence the profiler's native start/stop lines on file descriptor 2."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
 
 def _quartiles(values: list[float]) -> tuple[float, float]:
     if len(values) < 2:
@@ -150,6 +185,8 @@ def training_steps(base: Config, split: Split, cases: dict[str, dict[str, Any]],
                      "memory": c.memory, "config": cases[name]}
         if name in profile:
             out[name]["phases_ms"] = c.profile(profile_steps)
+            if device.type == "cpu":  # a GPU runs kernels asynchronously: host-side op times say little
+                out[name]["ops_ms"] = c.op_profile(profile_steps)
     if reference in out:
         ref = built[reference].times
         for name, c in built.items():
@@ -405,6 +442,14 @@ def report(record: dict[str, Any]) -> str:
     lines.append(f"\nPhases in ms per step (device-synchronised at each boundary); {s['backbone']}, batch "
                  f"{s['batch_size']}, {record['precision']}, {record['provenance']['device']}, torch "
                  f"{record['provenance']['torch']}, commit {record['provenance']['git_commit'][:12]}.")
+    ops = record["train"].get("dt_k5", {}).get("ops_ms")
+    if ops:
+        lines += ["", "Where a DT (K=5) step's time goes: operators with the most self time in each phase "
+                  "(ms per step under torch.profiler, which adds overhead):", ""]
+        for ph, top in ops.items():
+            shown = [f"{k.removeprefix('aten::')} {v:.1f}" for k, v in top.items() if v >= 0.5]
+            if shown:
+                lines.append(f"- {ph}: " + ", ".join(shown))
     if record.get("epoch"):
         e = record["epoch"]
         lines.append(f"Standard epoch: {e['seconds']:.2f} s ({e['images_per_s']:.0f} images/s, {e['images']} images, {e['data']}).")
