@@ -125,7 +125,9 @@ def pgd(scores_fn: ScoresFn, x: torch.Tensor, y: torch.Tensor, *, eps: float, al
     delta = torch.zeros_like(x)
     if random_start:
         if norm == "linf":
-            delta = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x.device) * eps
+            # drawn where the generator lives: a CUDA generator keeps the draw (and no copy) on the GPU
+            where = generator.device if generator is not None else torch.device("cpu")
+            delta = (torch.rand(x.shape, generator=generator, device=where) * 2 - 1).to(x.device) * eps
         else:
             delta = random_uap(tuple(x.shape), eps, norm, generator).to(x.device)
         delta = perturb(x, delta) - x

@@ -140,7 +140,7 @@ class PGDAT(Step):
 
     def __init__(self, model: nn.Module, cfg: Config, device: torch.device):
         super().__init__(model, cfg, device)
-        self.generator = torch.Generator().manual_seed(cfg.seed + 1)
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # random starts on the device
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.cfg
