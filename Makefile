@@ -42,7 +42,7 @@ reproduce: install data
 	$(PY) -m dtlib.figures
 
 # What each method costs, as ratios to standard training (STUDY.md C3-C5): results/bench-<device>.{json,md}.
-# Settings as key=value, e.g. `make bench ARGS="steps=50 compile=true"`; about 2 minutes on 2 CPU cores.
+# Settings as key=value, e.g. `make bench ARGS="steps=50 batch_size=256"`; about 2 minutes on 2 CPU cores.
 bench: install
 	$(PY) -m dtlib.bench $(ARGS)
 

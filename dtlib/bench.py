@@ -94,6 +94,7 @@ class _Case:
         """After at least one step (so the optimizer state exists): one step's training memory."""
         x, y = next(self.batches)
         cuda = self.device.type == "cuda"
+        self.opt.zero_grad(set_to_none=True)  # the last step's gradients are not this step's memory
         if cuda:  # the other cases' models stay allocated: count above this baseline
             sync(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -188,11 +189,18 @@ def training_steps(base: Config, split: Split, cases: dict[str, dict[str, Any]],
             if device.type == "cpu":  # a GPU runs kernels asynchronously: host-side op times say little
                 out[name]["ops_ms"] = c.op_profile(profile_steps)
     if reference in out:
-        ref = built[reference].times
         for name, c in built.items():
-            out[name]["ratio"] = out[name]["median_s"] / out[reference]["median_s"]
-            out[name]["ratio_quartiles"] = _quartiles([t / s for t, s in zip(c.times, ref)])
+            out[name].update(ratio_summary(c.times, built[reference].times))
     return out
+
+
+def ratio_summary(times: list[float], reference: list[float]) -> dict[str, Any]:
+    """``ratio``: median of ``times`` / median of ``reference``; ``ratio_quartiles``: the quartiles
+    of the per-round ratios times[r] / reference[r] (the rounds were timed back to back)."""
+    if len(times) != len(reference):
+        raise ValueError(f"Got {len(times)} times but {len(reference)} reference times; rounds must pair up.")
+    return {"ratio": statistics.median(times) / statistics.median(reference),
+            "ratio_quartiles": _quartiles([t / r for t, r in zip(times, reference)])}
 
 
 @torch.no_grad()
@@ -225,10 +233,8 @@ def inference_latency(base: Config, cases: dict[str, dict[str, Any]], *, batch_s
                   "batch_size": batch_size, "images_per_s": batch_size / statistics.median(t), "config": cases[name]}
            for name, (_, _, t) in built.items()}
     if reference in out:
-        ref = built[reference][2]
         for name, (_, _, t) in built.items():
-            out[name]["ratio"] = out[name]["median_s"] / out[reference]["median_s"]
-            out[name]["ratio_quartiles"] = _quartiles([a / b for a, b in zip(t, ref)])
+            out[name].update(ratio_summary(t, built[reference][2]))
     return out
 
 
@@ -255,7 +261,8 @@ class Bench:
 BENCH_FIELDS = {f.name: f for f in fields(Bench) if f.name != "config"}
 # A GPU's defaults: the GPU profile's backbone and a batch that fills an H100, more steps (they are
 # cheap), and the epoch time of the issue's bar (standard ResNet-18, CIFAR-10, <= 5 s on an H100).
-CUDA_DEFAULTS: dict[str, Any] = dict(steps=50, warmup=10, epoch=True, backbone="resnet18", batch_size=512)
+CUDA_DEFAULTS: dict[str, Any] = dict(steps=50, warmup=10, epoch=True, infer_batch=1024, backbone="resnet18",
+                                     batch_size=512)
 # What the issue's targets compare (STUDY.md C4, C5): a ratio key and its bound.
 TARGETS = {"dt_k5_train": 2.0, "single_head_infer": 1.02, "ensemble_k5_infer": 1.10, "memory_k10_over_k1": 1.10,
            "standard_epoch_s": 5.0}
@@ -297,9 +304,10 @@ def _bench_value(name: str, value: Any) -> Any:
         if kind is tuple:
             return tuple(int(v) for v in value.split(",") if v.strip())
         if kind is bool:
-            return value.strip().lower() in ("1", "true", "yes", "on")
+            return {"1": True, "true": True, "yes": True, "on": True,
+                    "0": False, "false": False, "no": False, "off": False}[value.strip().lower()]
         return kind(value)
-    except ValueError:
+    except (ValueError, KeyError):
         raise ValueError(f"Benchmark setting {name}={value!r} is not a valid {kind.__name__}.") from None
 
 
@@ -311,7 +319,8 @@ def train_cases(b: Bench) -> dict[str, dict[str, Any]]:
                                                             batch_size=2 * b.config.batch_size)}
     for k in b.ks:
         cases[f"dt_k{k}"] = dict(method="dt", heads=k)
-        cases[f"dt_k{k}_ckpt"] = dict(method="dt", heads=k, checkpointing=True)
+        if not b.config.compile:  # torch.compile does not take the checkpointed stages (Config says so)
+            cases[f"dt_k{k}_ckpt"] = dict(method="dt", heads=k, checkpointing=True)
     cases["dt_k5_loss"] = dict(method="dt", heads=5, uap_objective="loss")
     cases["pgd_at"] = dict(method="pgd_at", heads=1)
     cases["uat"] = dict(method="uat", heads=1)
@@ -363,6 +372,11 @@ def run(bench: Bench | None = None, *, root: str | Path = ".", log: Callable[[st
     device = resolve_device(cfg.device)
     log(f"benchmark on {provenance(device)['device']}: {cfg.backbone}, batch {cfg.batch_size}, "
         f"{precision_name(cfg)}, {b.steps} timed steps per case after {b.warmup}")
+    if cfg.compile:  # one graph per case and batch shape: more than Dynamo's default limit of recompiles
+        import torch._dynamo.config as dynamo_config
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo_config, name):
+                setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
     split = _bench_split(cfg, 2 * cfg.batch_size * 8)
     cases = train_cases(b)
     steps = training_steps(cfg, split, cases, steps=b.steps, warmup=b.warmup,
@@ -370,17 +384,15 @@ def run(bench: Bench | None = None, *, root: str | Path = ".", log: Callable[[st
     infer = inference_latency(cfg, INFER_CASES, batch_size=b.infer_batch, steps=b.infer_steps, warmup=b.warmup)
     epoch = time_epoch(cfg, log) if b.epoch else None
 
-    ratios = {f"dt_k{k}_train": steps[f"dt_k{k}"]["ratio"] for k in b.ks}
-    ratios.update({f"dt_k{k}_ckpt_train": steps[f"dt_k{k}_ckpt"]["ratio"] for k in b.ks})
+    ratios = {f"{name}_train": c["ratio"] for name, c in steps.items() if name.startswith("dt_k") and name != "dt_k5_loss"}
     ratios.update(dt_k5_loss_train=steps["dt_k5_loss"]["ratio"], standard_2b_train=steps["standard_2b"]["ratio"],
                   pgd_train=steps["pgd_at"]["ratio"], uat_train=steps["uat"]["ratio"],
                   single_head_infer=infer["single_head_k5"]["ratio"], ensemble_k5_infer=infer["ensemble_k5"]["ratio"])
     spread = {key: (steps if key.endswith("_train") else infer)[_case_of(key)]["ratio_quartiles"] for key in ratios}
-    memory = {k: {"peak_mb": steps[f"dt_k{k}"]["memory"]["peak_mb"],
-                  "peak_mb_checkpointing": steps[f"dt_k{k}_ckpt"]["memory"]["peak_mb"],
-                  **({"cuda_peak_mb": steps[f"dt_k{k}"]["memory"]["cuda_peak_mb"],
-                      "cuda_peak_mb_checkpointing": steps[f"dt_k{k}_ckpt"]["memory"]["cuda_peak_mb"]}
-                     if device.type == "cuda" else {})} for k in b.ks}
+    keys = ("peak_mb", "cuda_peak_mb") if device.type == "cuda" else ("peak_mb",)
+    memory = {k: {**{key: steps[f"dt_k{k}"]["memory"][key] for key in keys},
+                  **{f"{key}_checkpointing": steps[f"dt_k{k}_ckpt"]["memory"][key] for key in keys
+                     if f"dt_k{k}_ckpt" in steps}} for k in b.ks}
     mem_key = "cuda_peak_mb" if device.type == "cuda" else "peak_mb"
     measured = {"dt_k5_train": ratios["dt_k5_train"], "single_head_infer": ratios["single_head_infer"],
                 "ensemble_k5_infer": ratios["ensemble_k5_infer"],
@@ -389,6 +401,8 @@ def run(bench: Bench | None = None, *, root: str | Path = ".", log: Callable[[st
         measured["standard_epoch_s"] = epoch["seconds"]
     targets = {k: {"target": TARGETS[k], "measured": v, "met": v <= TARGETS[k]} for k, v in measured.items()}
     record = {
+        "memory_note": "training memory of the eager step (under compile=true the tracker sees the "
+                       "uncompiled operators)" if cfg.compile else "",
         "device": device_slug(device), "settings": {**{f: getattr(b, f) for f in BENCH_FIELDS}, "config": cfg.to_dict()},
         "precision": precision_name(cfg), "threads": torch.get_num_threads(),
         "ratios": ratios, "ratio_quartiles": spread, "targets": targets, "memory_by_k": memory,
@@ -452,7 +466,7 @@ def report(record: dict[str, Any]) -> str:
                 lines.append(f"- {ph}: " + ", ".join(shown))
     if record.get("epoch"):
         e = record["epoch"]
-        lines.append(f"Standard epoch: {e['seconds']:.2f} s ({e['images_per_s']:.0f} images/s, {e['images']} images, {e['data']}).")
+        lines.append(f"\nStandard epoch: {e['seconds']:.2f} s ({e['images_per_s']:.0f} images/s, {e['images']} images, {e['data']}).")
     return "\n".join(lines)
 
 

@@ -251,6 +251,9 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"eval_size={cfg.eval_size} must be a multiple of 10 to stay class-balanced.")
     if not 0 <= cfg.seed < 2**31:
         raise ValueError(f"seed must be in [0, 2**31), got {cfg.seed}.")
+    if cfg.compile and cfg.checkpointing:
+        raise ValueError("compile=true cannot be combined with checkpointing=true (torch.compile does not trace the "
+                         "checkpoint's BatchNorm guard); choose one.")
     if not cfg.lr > 0:
         raise ValueError(f"lr must be positive, got {cfg.lr}.")
     if not 0 <= cfg.warmup < 1:

@@ -42,6 +42,15 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+def attack_module(model: nn.Module) -> nn.Module:
+    """What a training-time attack runs on: without DDP's wrapper (no gradient hooks or
+    all-reduces for the attack's passes) but still compiled when the model is."""
+    inner = getattr(model, "_orig_mod", None)
+    if inner is not None and not hasattr(inner, "module"):
+        return model
+    return unwrap(model)
+
+
 def distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -144,7 +153,7 @@ class PGDAT(Step):
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.cfg
-        net = unwrap(self.model)  # no DDP gradient hooks for the attack's forwards
+        net = attack_module(self.model)
         x_adv = pgd(lambda z: ensemble_log_probs(net(z)), x, y, eps=c.pgd_eps, alpha=c.pgd_alpha,
                     steps=c.pgd_steps, generator=self.generator)
         logits = self.model(x_adv)
@@ -220,7 +229,9 @@ def prepare(model: nn.Module, cfg: Config) -> nn.Module:
     README on what that means for determinism)."""
     if next(model.parameters()).device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    return torch.compile(model) if cfg.compile else model
+    # static shapes: the benchmark compiles several models whose batch sizes differ, and a shape
+    # change must give its own graph rather than turn every graph dynamic
+    return torch.compile(model, dynamic=False) if cfg.compile else model
 
 
 # Per-phase wall clock of training steps (the benchmark's breakdown); None = not timing.
