@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import NORMS, check_radius
-from .data import to_float
+from .data import check_images, to_float
 
 ScoresFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -72,6 +72,7 @@ def sgd_uap(scores_fn: ScoresFn, images: torch.Tensor, labels: torch.Tensor, *, 
     ``decay`` each epoch. Restart 0 starts at zero, later ones at a random point of the ball; the
     UAP that does best on the fitting images is returned, shape (1, 3, H, W), on images' device."""
     _check(eps, norm)
+    check_images(images, "UAP fitting images")
     if target is not None and not 0 <= target < 10:
         raise ValueError(f"target class {target} is outside 0..9.")
     device = images.device

@@ -31,7 +31,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from .config import Config, coerce, key_values
+from .config import KIND_NAMES, Config, coerce, key_values
 from .data import DataError, Loader, Split
 from .io import atomic_path, provenance, write_json
 from .models import build_model
@@ -308,7 +308,7 @@ def _bench_value(name: str, value: Any) -> Any:
                     "0": False, "false": False, "no": False, "off": False}[value.strip().lower()]
         return kind(value)
     except (ValueError, KeyError):
-        raise ValueError(f"Benchmark setting {name}={value!r} is not a valid {kind.__name__}.") from None
+        raise ValueError(f"Benchmark setting {name}={value!r} is not {KIND_NAMES.get(kind, 'a list of integers')}.") from None
 
 
 def train_cases(b: Bench) -> dict[str, dict[str, Any]]:

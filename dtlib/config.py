@@ -88,6 +88,10 @@ class Config:
     checkpointing: bool = _f(False, "runtime", "gradient checkpointing of the backbone (memory for compute; same results)")
     compile: bool = _f(False, "runtime", "torch.compile the model for training (faster on CUDA after a compile of "
                        "about a minute; results equal up to floating-point rounding)")
+    deterministic: bool = _f(False, "runtime", "CUDA: deterministic kernels where torch has them and no cuDNN autotuning "
+                             "(slower; see the README on determinism). CPU runs are deterministic anyway")
+    checkpoint_minutes: float = _f(10.0, "runtime", "wall-clock minutes between checkpoints within an epoch (one is "
+                                   "written after every epoch and on SIGTERM/SIGINT regardless)")
     data_dir: str = _f("data", "runtime", "folder holding cifar10.npz, cifar10-mini.npz or cifar-10-batches-py")
     download: bool = _f(False, "runtime", "let torchvision download CIFAR-10 into data_dir when it is missing")
 
@@ -140,6 +144,7 @@ class Config:
 
 
 FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Config)}
+KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
 def _parse(name: str, value: Any) -> Any:
@@ -163,7 +168,7 @@ def _parse(name: str, value: Any) -> Any:
         # floats accept fractions, so eps=10/255 works on the command line
         return float(Fraction(text)) if "/" in text else float(text)
     except (ValueError, ZeroDivisionError):
-        raise ValueError(f"Config field {name}={value!r} is not a valid {kind.__name__}.") from None
+        raise ValueError(f"Config field {name}={value!r} is not {KIND_NAMES[kind]}.") from None
 
 
 def coerce(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -213,7 +218,7 @@ def validate(cfg: Config) -> None:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
         if not ok:
-            raise ValueError(f"Config field {f.name}={value!r} must be a {kind.__name__}.")
+            raise ValueError(f"Config field {f.name}={value!r} must be {KIND_NAMES[kind]}.")
         if kind is float and not math.isfinite(value):
             raise ValueError(f"Config field {f.name}={value!r} must be a finite number.")
     choices = {"method": METHODS, "backbone": BACKBONES, "norm": NORMS, "eval_norm": NORMS,
@@ -241,12 +246,16 @@ def validate(cfg: Config) -> None:
     for name in ("lambda_cons", "lambda_div", "lambda_adv", "weight_decay"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be non-negative, got {getattr(cfg, name)}.")
-    for name in ("batch_size", "epochs", "uap_epochs", "uap_restarts", "uap_fit_size"):
+    if cfg.batch_size < 2:
+        raise ValueError(f"batch_size must be at least 2 (BatchNorm needs two images per batch to train), got {cfg.batch_size}.")
+    for name in ("epochs", "uap_epochs", "uap_restarts", "uap_fit_size"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}.")
     for name in ("pgd_steps", "train_size", "val_size", "eval_size"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be non-negative, got {getattr(cfg, name)}.")
+    if cfg.eval_split == "val" and not cfg.val_size:
+        raise ValueError("eval_split='val' scores on the validation split, but val_size=0 holds none out; set val_size.")
     if cfg.eval_size % 10:
         raise ValueError(f"eval_size={cfg.eval_size} must be a multiple of 10 to stay class-balanced.")
     if not 0 <= cfg.seed < 2**31:
@@ -254,6 +263,8 @@ def validate(cfg: Config) -> None:
     if cfg.compile and cfg.checkpointing:
         raise ValueError("compile=true cannot be combined with checkpointing=true (torch.compile does not trace the "
                          "checkpoint's BatchNorm guard); choose one.")
+    if not cfg.checkpoint_minutes > 0:
+        raise ValueError(f"checkpoint_minutes must be positive, got {cfg.checkpoint_minutes}.")
     if not cfg.lr > 0:
         raise ValueError(f"lr must be positive, got {cfg.lr}.")
     if not 0 <= cfg.warmup < 1:

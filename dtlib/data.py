@@ -39,11 +39,32 @@ class DataError(ValueError):
     """Missing, corrupt or malformed data; the message says what is wrong and where the data goes."""
 
 
+def check_images(x: torch.Tensor, what: str = "images") -> None:
+    """Raise DataError (one sentence) unless ``x`` is uint8, or floats that are finite and in [0, 1]."""
+    if x.dtype == torch.uint8:
+        return
+    if not x.is_floating_point():
+        raise DataError(f"The {what} have dtype {x.dtype}; expected uint8 or floats in [0, 1].")
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise DataError(f"The {what} hold {bad} NaN or Inf values; pixels must be finite numbers in [0, 1].")
+    if not x.numel():
+        return
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:
+        raise DataError(f"The {what} range over [{lo:.4g}, {hi:.4g}]; pixels must lie in [0, 1] (uint8 images / 255).")
+
+
 @dataclass
 class Split:
-    """Images as uint8 (N, 3, 32, 32) and labels as int64 (N,)."""
+    """Images (N, 3, 32, 32), uint8 or floats in [0, 1], and labels as int64 (N,) in 0..9."""
     x: torch.Tensor
     y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.dim() != 4 or self.x.shape[0] != self.y.shape[0] or self.y.dim() != 1:
+            raise DataError(f"A Split needs images (N, 3, H, W) and labels (N,); got {tuple(self.x.shape)} and {tuple(self.y.shape)}.")
+        check_images(self.x, "split's images")
 
     def __len__(self) -> int:
         return len(self.y)
@@ -253,6 +274,13 @@ class Loader:
         return order[self.rank:total:self.world_size]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches()
+
+    def batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches from batch ``start`` on: exactly those an iteration from the first
+        batch would yield after ``start`` batches (how a run resumes mid-epoch)."""
+        if not 0 <= start <= self.n_batches:
+            raise ValueError(f"start batch {start} is out of range for an epoch of {self.n_batches} batches.")
         device = self.split.y.device
         idx = self.indices().to(device)
         g = torch.Generator().manual_seed((self.seed << 32) + (self.epoch << 12) + self.rank + 0xA06)
@@ -260,7 +288,7 @@ class Loader:
         # the epoch's augmentation draws, batch after batch as augment() would take them, moved to
         # the device at once: no host-to-device copy (and so no stream sync) inside the loop
         draws = torch.cat([crop_flip_draws(n, g) for n in sizes], 1).to(device) if self.train else None
-        for b in range(self.n_batches):
+        for b in range(start, self.n_batches):
             lo, hi = b * self.batch_size, b * self.batch_size + sizes[b]
             x = to_float(self.split.x[idx[lo:hi]])
             if self.train:

@@ -14,7 +14,7 @@ import torch
 
 from .attacks import ScoresFn, perturb, random_uap, sgd_uap
 from .config import Config
-from .data import CLASSES, Split, balanced_indices, to_float
+from .data import CLASSES, Split, balanced_indices, check_images, to_float
 from .models import MultiHead
 
 
@@ -22,6 +22,7 @@ from .models import MultiHead
 def predict(scores_fn: ScoresFn, images: torch.Tensor, *, delta: torch.Tensor | None = None,
             batch_size: int = 500, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Predicted labels (N,) on the CPU for images (uint8 or [0, 1] floats), optionally plus ``delta``."""
+    check_images(images, "images to predict")
     out = []
     for b in range(0, len(images), batch_size):
         x = to_float(images[b:b + batch_size])

@@ -16,11 +16,11 @@ from typing import Any, Callable
 import torch
 
 from .config import Config
-from .data import Split, load_cifar10, split_train
+from .data import Loader, Split, load_cifar10, split_train
 from .evaluate import evaluate_model
-from .io import provenance, save_torch, write_json
+from .io import load_verified, provenance, save_verified, write_json
 from .models import MultiHead, build_model
-from .train import CHECKPOINT, amp_dtype, precision_name, resolve_device, train, train_summary
+from .train import CHECKPOINT, amp_dtype, precision_name, read_checkpoint, resolve_device, train, train_summary
 DATA_SEED = 0  # fixes which images form the subsets and the validation split, for every run
 
 
@@ -35,7 +35,12 @@ def _read_checkpoint(run_dir: Path, device: torch.device | str = "cpu") -> dict[
     path = run_dir / CHECKPOINT
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} holds no {CHECKPOINT}; train it with dtlib.run or `python -m dtlib train`.")
-    return torch.load(path, map_location=device, weights_only=False)
+    return load_verified(path, device)
+
+
+def load_uaps(run_dir: str | Path, cfg: Config, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The UAPs an evaluation of ``cfg`` fitted, by inference mode ("ensemble", "head0", ...)."""
+    return load_verified(uaps_path(Path(run_dir), cfg), device)
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MultiHead, Config]:
@@ -95,8 +100,6 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, *, log: Callabl
     model, _ = load_model(run_dir, device)
     model = model.to(memory_format=torch.channels_last)
     train_split, val, test = load_data(cfg)
-    if cfg.eval_split == "val" and not len(val):
-        raise ValueError(f"eval_split='val' needs a validation split, but {run_dir} was trained with val_size=0.")
     scored = val if cfg.eval_split == "val" else test
     t0 = time.perf_counter()
     log(f"evaluating {run_dir.name}: SGD-UAP {cfg.eval_norm} eps {cfg.eval_eps:.4f} against {', '.join(cfg.modes)}"
@@ -105,7 +108,7 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, *, log: Callabl
     metrics = {"run": run_dir.name, "config": cfg.to_dict(), "eval_config": cfg.group("eval"),
                "train": train_summary(ckpt), "eval": rows, "eval_wall_s": time.perf_counter() - t0,
                "provenance": provenance(device)}
-    save_torch(uaps_path(run_dir, cfg), uaps)  # first, so a metrics file always has its UAPs
+    save_verified(uaps_path(run_dir, cfg), uaps)  # first, so a metrics file always has its UAPs
     write_json(metrics_path(run_dir, cfg), metrics)
     return RunResult(cfg, run_dir, metrics)
 
@@ -117,16 +120,35 @@ def run(cfg: Config | None = None, *, runs_dir: str | Path = "runs", progress: b
     run_dir = run_dir_for(cfg, runs_dir)
     done = metrics_path(run_dir, cfg)
     if done.exists():
-        log(f"{cfg.method} K={cfg.heads}: loaded finished run {done}")
-        return RunResult(cfg, run_dir, json.loads(done.read_text()))
-    ckpt_path = run_dir / CHECKPOINT
-    finished = ckpt_path.exists() and _read_checkpoint(run_dir).get("finished")
-    if not finished:
+        try:
+            metrics = json.loads(done.read_text())
+            load_uaps(run_dir, cfg)
+            log(f"{cfg.method} K={cfg.heads}: loaded finished run {done}")
+            return RunResult(cfg, run_dir, metrics)
+        except (ValueError, FileNotFoundError) as e:  # JSONDecodeError and CorruptFile are ValueErrors
+            log(f"The evaluation cached in {done} cannot be trusted ({e}); evaluating again.")
+    ckpt = read_checkpoint(run_dir / CHECKPOINT, cfg, "cpu", log)  # a corrupt one is moved aside
+    if not (ckpt and ckpt["finished"]):
+        train_split, _, _ = load_data(cfg)  # bad data fails here, before anything is written,
+        Loader(train_split, cfg.batch_size)  # and so does a batch larger than the split
         write_json(run_dir / "config.json", cfg.to_dict())
-        train_split, _, _ = load_data(cfg)
         log(f"training {cfg.method} K={cfg.heads} on {len(train_split)} images -> {run_dir}")
         train(cfg, train_split, run_dir=run_dir, progress=progress, log=log)
     return evaluate_run(run_dir, cfg, log=log)
+
+
+# What differs between two runs of one config on one machine: how long things took, and when.
+TIMING_KEYS = frozenset({"wall_s", "eval_wall_s", "seconds", "images_per_s", "date_utc"})
+
+
+def without_timings(obj: Any) -> Any:
+    """``obj`` (a metrics or results record) with every TIMING_KEYS entry removed at any depth:
+    on CPU, two runs of one config and seed give equal records after this (tested)."""
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj
 
 
 COLUMNS = (("method", "method", "{}"), ("K", "heads", "{}"), ("eval", "eval", "{}"),

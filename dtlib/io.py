@@ -1,6 +1,7 @@
 """Atomic file writes and provenance: nothing half-written is ever left where a later run would trust it."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -42,6 +43,59 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+class CorruptFile(ValueError):
+    """A saved file that cannot be trusted: unreadable, truncated, or failing its digest."""
+
+
+def state_digest(obj: Any) -> str:
+    """sha256 over a saved object's content: tensors by dtype, shape and bytes, containers in order
+    (dict keys sorted), anything else by repr. torch.load does not check the zip's CRCs, so a
+    flipped byte inside a tensor would otherwise load silently."""
+    h = hashlib.sha256()
+
+    def walk(o: Any) -> None:
+        if torch.is_tensor(o):
+            t = o.detach().to("cpu").contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(o.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(o, dict):
+            h.update(f"D{len(o)}".encode())
+            for k in sorted(o, key=repr):
+                h.update(repr(k).encode())
+                walk(o[k])
+        elif isinstance(o, (list, tuple)):
+            h.update(f"L{len(o)}".encode())
+            for v in o:
+                walk(v)
+        else:
+            h.update(repr(o).encode())
+
+    walk(obj)
+    return h.hexdigest()
+
+
+def save_verified(path: str | os.PathLike, obj: dict[str, Any]) -> None:
+    """``torch.save`` a dict with its ``state_digest`` under ``"sha256"``, atomically."""
+    save_torch(path, {**obj, "sha256": state_digest(obj)})
+
+
+def load_verified(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load what ``save_verified`` wrote, or raise CorruptFile (one sentence) if it is unreadable
+    or its content does not match its digest. Files saved before digests existed load unchecked."""
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # truncated zips, bad pickles and short reads raise many types
+        raise CorruptFile(f"{path} is unreadable ({type(e).__name__}: truncated or corrupt).") from None
+    if not isinstance(obj, dict):
+        raise CorruptFile(f"{path} does not hold a saved dict (it holds a {type(obj).__name__}).")
+    want = obj.pop("sha256", None)
+    if want is not None and state_digest(obj) != want:
+        raise CorruptFile(f"{path} fails its sha256 check (corrupt on disk).")
+    return obj
 
 
 # What the study writes: changes there say nothing about the code that produced them, and a batch

@@ -12,7 +12,9 @@ seed summary's figures are the constants in ``SEED``.
 """
 from __future__ import annotations
 
+import ast
 import csv
+import json
 import math
 import statistics
 import time
@@ -25,7 +27,7 @@ import torch
 from .bench import inference_latency, training_steps
 from .config import FIELD_TYPES, Config
 from .evaluate import accuracy, fooling_rate, predict, scored_subset
-from .experiment import RunResult, load_data, load_model, run, uaps_path
+from .experiment import RunResult, load_data, load_model, load_uaps, run
 from .io import atomic_path, provenance, write_json
 from .train import amp_dtype, resolve_device
 
@@ -99,6 +101,14 @@ def setup(profile: str = "cpu", overrides: dict[str, Any] | None = None, root: s
     preset's values; relative data folders are read from the project folder."""
     if profile not in PROFILES:
         raise ValueError(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
+    if isinstance(overrides, str):  # papermill -p passes a dict as its text
+        try:
+            overrides = json.loads(overrides) if overrides.strip() else {}
+        except json.JSONDecodeError:
+            overrides = None
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ValueError(f"overrides must be a dict of Study or Config fields, got {overrides!r} "
+                         "(with papermill: -y 'overrides: {seeds: [0, 1, 2]}').")
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - STUDY_FIELDS - set(FIELD_TYPES))
     if unknown:
@@ -116,6 +126,27 @@ def setup(profile: str = "cpu", overrides: dict[str, Any] | None = None, root: s
     if not 1 <= study.ablation_seeds <= len(study.seeds):
         raise ValueError(f"ablation_seeds={study.ablation_seeds} must be between 1 and the {len(study.seeds)} seeds.")
     return study
+
+
+# The names a study notebook's `parameters` cell declares (papermill's -p / -y names).
+NOTEBOOK_PARAMETERS = ("profile", "overrides", "root")
+
+
+def check_parameters(namespace: dict[str, Any]) -> None:
+    """Raise ValueError (one sentence) if papermill injected a name the notebooks do not declare.
+
+    papermill only warns about such names and runs on with the defaults; a notebook calls this
+    with ``globals()`` before any work, and it reads the cell papermill injected (IPython's
+    history ``In``; its first line is ``# Parameters``). Outside papermill there is none: no-op."""
+    injected = [src for src in namespace.get("In", []) if src.startswith("# Parameters")]
+    if not injected:
+        return
+    names = [t.id for node in ast.parse(injected[-1]).body if isinstance(node, ast.Assign)
+             for t in node.targets if isinstance(t, ast.Name)]
+    unknown = [n for n in names if n not in NOTEBOOK_PARAMETERS]
+    if unknown:
+        raise ValueError(f"Unknown notebook parameter {unknown[0]!r}; the notebooks take "
+                         f"{', '.join(NOTEBOOK_PARAMETERS)} (Study and Config fields go inside overrides).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -552,7 +583,7 @@ def transfer(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]
         model, cfg = load_model(res.run_dir, device)
         mode = "ensemble" if cfg.heads > 1 else "single"
         loaded[name] = (lambda x, model=model, mode=mode: model.scores(x, mode))
-        saved = torch.load(uaps_path(res.run_dir, res.config), map_location=device)
+        saved = load_uaps(res.run_dir, res.config, device)
         uaps[name] = saved["ensemble" if cfg.heads > 1 else f"head{cfg.eval_head}"]
     clean = {t: predict(fn, test.x, amp_dtype=dtype) for t, fn in loaded.items()}
     rows = []

@@ -14,6 +14,9 @@ UAP), attacks run on the unwrapped module, and only rank 0 writes checkpoints.
 from __future__ import annotations
 
 import math
+import os
+import signal
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +31,7 @@ from tqdm.auto import tqdm
 from .attacks import ascent, perturb, pgd, project
 from .config import Config
 from .data import Loader, Split
-from .io import provenance, save_torch
+from .io import CorruptFile, load_verified, provenance, save_verified
 from .losses import dt_loss, ensemble_cross_entropy, heads_cross_entropy
 from .models import MultiHead, build_model, ensemble_log_probs
 
@@ -225,10 +228,15 @@ def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
 
 def prepare(model: nn.Module, cfg: Config) -> nn.Module:
     """The module the training step calls: ``model`` itself, or compiled when ``cfg.compile``.
-    On CUDA, cuDNN may pick its fastest convolution algorithms (``cudnn.benchmark``; see the
-    README on what that means for determinism)."""
+    On CUDA, cuDNN may pick its fastest convolution algorithms (``cudnn.benchmark``), unless
+    ``cfg.deterministic`` asks for deterministic kernels instead (README, "Determinism")."""
     if next(model.parameters()).device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+        torch.backends.cudnn.deterministic = cfg.deterministic
+        # warn_only: some CUDA backward kernels (e.g. max-pool's) have no deterministic version
+        torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+        if cfg.deterministic:  # cuBLAS reads it when it first starts, which is after this point
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # static shapes: the benchmark compiles several models whose batch sizes differ, and a shape
     # change must give its own graph rather than turn every graph dynamic
     return torch.compile(model, dynamic=False) if cfg.compile else model
@@ -290,13 +298,68 @@ def train_step(step_fn: Step, opt: torch.optim.Optimizer, x: torch.Tensor, y: to
     return loss, logits
 
 
+class Stop:
+    """SIGTERM and SIGINT, caught for the length of a training run: the loop finishes its batch,
+    writes a checkpoint, then exits as the signal asked (SystemExit 143 for SIGTERM,
+    KeyboardInterrupt for SIGINT). Only the main thread can catch signals; elsewhere a no-op."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "Stop":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._catch)
+        return self
+
+    def _catch(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def exit(self) -> None:
+        if self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + int(self.signum or 0))
+
+
+def read_checkpoint(path: Path, cfg: Config, device: torch.device | str, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` to resume ``cfg`` from; None when there is none, or when it is
+    corrupt (then reported in one line and moved aside to ``<name>.corrupt``, and the config is
+    trained again from the start). A checkpoint of another training config is an error."""
+    if not path.exists():
+        return None
+    try:
+        ckpt = load_verified(path, map_location=device)
+    except CorruptFile as e:
+        path.replace(path.with_name(path.name + ".corrupt"))
+        log(f"{e} Training this config again from the start (the file is kept as {path.name}.corrupt).")
+        return None
+    written = Config.from_dict(ckpt["config"])
+    if written.group("train") != cfg.group("train"):
+        diff = next(k for k, v in cfg.group("train").items() if written.group("train")[k] != v)
+        raise ValueError(f"{path} was written for a different training config ({diff}={written.group('train')[diff]!r}, "
+                         f"asked {cfg.group('train')[diff]!r}); delete it or use another run directory.")
+    return ckpt
+
+
 def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None, progress: bool = True,
           log: Callable[[str], None] = print,
           wrap: Callable[[nn.Module], nn.Module] | None = None) -> tuple[MultiHead, dict[str, Any]]:
     """Train a model for ``cfg`` on ``train_split`` (uint8 images); returns (model in eval mode, stats).
 
     With ``run_dir``, a checkpoint ``{model, optimizer, step, config, ...}`` is written there
-    atomically after every epoch; an unfinished one of the same training config is resumed from.
+    atomically with its sha256 after every epoch, every ``cfg.checkpoint_minutes`` within an epoch,
+    and on SIGTERM/SIGINT (then the run stops). An unfinished checkpoint of the same training config
+    is resumed from, mid-epoch included: weights, optimizer, schedule, the method's state (running
+    UAP, PGD generator), the epoch's running sums and the torch RNG states are all restored, and
+    the data order and augmentation of an epoch depend only on (seed, epoch), so a resumed run ends
+    with the same weights and metrics as an uninterrupted one (on CPU, tested by killing a process).
     ``wrap`` wraps the built model for the forward/backward passes (e.g. ``DistributedDataParallel``)."""
     device = resolve_device(cfg.device)
     dtype = amp_dtype(cfg.precision, device)
@@ -311,61 +374,92 @@ def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None,
     step_fn = STEPS[cfg.method](net, cfg, device)
     made_by = provenance(device)
 
-    start_epoch, history, wall = 0, [], 0.0
+    start_epoch, start_batch, history, wall, partial = 0, 0, [], 0.0, None
     ckpt_path = Path(run_dir) / CHECKPOINT if run_dir else None
-    if ckpt_path and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if Config.from_dict(ckpt["config"]).group("train") != cfg.group("train"):
-            raise ValueError(f"{ckpt_path} was written for a different training config; delete it or use another run directory.")
+    ckpt = read_checkpoint(ckpt_path, cfg, device, log) if ckpt_path else None
+    if ckpt:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         step_fn.load_state_dict(ckpt["method_state"])
-        start_epoch, history, wall = ckpt["epoch"], ckpt["history"], ckpt["wall_s"]
-        made_by = ckpt["provenance"]
-        log(f"resuming {ckpt_path} at epoch {start_epoch}/{cfg.epochs}")
+        start_epoch, start_batch = ckpt["epoch"], ckpt.get("batch", 0)
+        history, wall, partial, made_by = ckpt["history"], ckpt["wall_s"], ckpt.get("partial"), ckpt["provenance"]
+        if "rng" in ckpt:
+            torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+            if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
+        log(f"resuming {ckpt_path} at epoch {start_epoch + 1}, batch {start_batch}/{len(loader)}"
+            if start_batch else f"resuming {ckpt_path} at epoch {start_epoch}/{cfg.epochs}")
 
-    def save(epoch: int) -> None:
+    def save(epoch: int, batch: int = 0, sums: dict[str, Any] | None = None) -> None:
+        """``epoch`` epochs done, plus ``batch`` batches of the next one whose running sums are ``sums``."""
         if ckpt_path and rank == 0:
-            save_torch(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                   "scheduler": sched.state_dict(), "step": epoch * len(loader), "epoch": epoch,
-                                   "config": cfg.to_dict(), "method_state": step_fn.state_dict(),
-                                   "history": history, "wall_s": wall, "finished": epoch == cfg.epochs,
-                                   "precision": "bf16" if dtype else "fp32", "provenance": made_by})
+            rng = {"torch": torch.get_rng_state(),
+                   "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+            save_verified(ckpt_path, {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "step": epoch * len(loader) + batch, "epoch": epoch, "batch": batch, "config": cfg.to_dict(),
+                "method_state": step_fn.state_dict(), "history": history, "wall_s": wall,
+                "finished": epoch == cfg.epochs, "precision": "bf16" if dtype else "fp32", "provenance": made_by,
+                "partial": sums, "rng": rng})
 
-    for epoch in range(start_epoch, cfg.epochs):
-        net.train()
-        loader.set_epoch(epoch)
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        part_sums: dict[str, torch.Tensor] = {}
-        seen = 0
-        bar = tqdm(loader, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
-                   leave=False, unit="batch")
-        for i, (x, y) in enumerate(bar):
-            loss, logits = train_step(step_fn, opt, x, y, dtype)
-            sched.step()
-            # accumulate on the device: no host sync inside the loop
-            loss_sum += loss.detach() * len(y)
-            correct += (ensemble_log_probs(logits.detach()).argmax(-1) == y).sum()
-            for k, v in step_fn.parts.items():
-                part_sums[k] = part_sums.get(k, 0) + v * len(y)
-            seen += len(y)
-            if progress and i % 10 == 9:
-                bar.set_postfix(img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-        sync(device)
-        dt = time.perf_counter() - t0
-        wall += dt
-        stats = {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-                 "images_per_s": seen / dt, "seconds": dt, **{k: v.item() / seen for k, v in part_sums.items()}}
-        if not math.isfinite(stats["loss"]):
-            raise FloatingPointError(f"Training loss became {stats['loss']} in epoch {epoch + 1}; lower lr or the loss weights.")
-        history.append(stats)
-        save(epoch + 1)
-        terms = "".join(f"  {k} {stats[k]:.3f}" for k in part_sums)
-        log(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss']:.3f}{terms}  train acc {stats['train_acc']:.3f}"
-            f"  {stats['images_per_s']:.0f} img/s  {dt:.1f} s")
+    every = 60.0 * cfg.checkpoint_minutes
+    with Stop() as stop:
+        last_save = time.perf_counter()
+        for epoch in range(start_epoch, cfg.epochs):
+            net.train()
+            loader.set_epoch(epoch)
+            first = start_batch if epoch == start_epoch else 0
+            t0 = time.perf_counter()
+            # running sums on the device: no host sync inside the loop
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device)
+            part_sums: dict[str, torch.Tensor] = {}
+            seen, before = 0, 0.0
+            if first and partial:
+                loss_sum, correct = partial["loss_sum"].to(device), partial["correct"].to(device)
+                part_sums = {k: v.to(device) for k, v in partial["parts"].items()}
+                seen, before = partial["seen"], partial["seconds"]
+
+            def sums() -> dict[str, Any]:
+                return {"loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "seen": seen,
+                        "parts": {k: v.cpu() for k, v in part_sums.items()},
+                        "seconds": before + time.perf_counter() - t0}
+
+            bar = tqdm(loader.batches(first), desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}",
+                       disable=not progress, leave=False, unit="batch", total=len(loader) - first)
+            for i, (x, y) in enumerate(bar, start=first):
+                loss, logits = train_step(step_fn, opt, x, y, dtype)
+                sched.step()
+                loss_sum += loss.detach() * len(y)
+                correct += (ensemble_log_probs(logits.detach()).argmax(-1) == y).sum()
+                for k, v in step_fn.parts.items():
+                    part_sums[k] = part_sums.get(k, 0) + v * len(y)
+                seen += len(y)
+                if progress and i % 10 == 9:
+                    bar.set_postfix(img_s=f"{(i + 1 - first) * cfg.batch_size / (time.perf_counter() - t0):.0f}")
+                if i + 1 < len(loader) and (stop.signum or time.perf_counter() - last_save > every):
+                    save(epoch, i + 1, sums())
+                    last_save = time.perf_counter()
+                    if stop.signum:
+                        log(f"stopped by signal {stop.signum} at epoch {epoch + 1}, batch {i + 1}; checkpoint {ckpt_path}")
+                        stop.exit()
+            sync(device)
+            dt = before + time.perf_counter() - t0
+            wall += dt
+            stats = {"epoch": epoch + 1, "loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
+                     "images_per_s": seen / dt, "seconds": dt, **{k: v.item() / seen for k, v in part_sums.items()}}
+            if not math.isfinite(stats["loss"]):
+                raise FloatingPointError(f"Training loss became {stats['loss']} in epoch {epoch + 1}; lower lr or the loss weights.")
+            history.append(stats)
+            save(epoch + 1)
+            last_save = time.perf_counter()
+            terms = "".join(f"  {k} {stats[k]:.3f}" for k in part_sums)
+            log(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss']:.3f}{terms}  train acc {stats['train_acc']:.3f}"
+                f"  {stats['images_per_s']:.0f} img/s  {dt:.1f} s")
+            if stop.signum:
+                log(f"stopped by signal {stop.signum} after epoch {epoch + 1}; checkpoint {ckpt_path}")
+                stop.exit()
     model.eval()
     record = {"history": history, "wall_s": wall, "step": total, "precision": "bf16" if dtype else "fp32",
               "provenance": made_by}

@@ -130,8 +130,8 @@ def test_the_benchmark_writes_every_ratio_target_and_memory_per_k(tmp_path):
     (["bogus=1"], "Unknown benchmark setting 'bogus'"),
     (["ks=1,2"], "ks=(1, 2) must hold 1, 5 and 10"),
     (["steps=0"], "steps must be at least 1, got 0"),
-    (["steps=many"], "steps='many' is not a valid int"),
-    (["epoch=ture"], "epoch='ture' is not a valid bool"),
+    (["steps=many"], "steps='many' is not an integer"),
+    (["epoch=ture"], "epoch='ture' is not true or false"),
     (["compile=true", "checkpointing=true"], "compile=true cannot be combined with checkpointing=true"),
     (["heads"], "Argument 'heads' is not of the form key=value"),
 ])

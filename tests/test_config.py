@@ -47,8 +47,8 @@ def test_a_training_field_added_later_keeps_earlier_runs_keys_at_its_legacy_valu
 @pytest.mark.parametrize("overrides,message", [
     ({"heads": 0}, "heads \\(K\\) must be at least 1, got 0"),
     ({"uap_objective": "ce"}, "Unknown uap_objective 'ce'; choose one of ensemble_ce, loss"),
-    ({"heads": "two"}, "heads='two' is not a valid int"),
-    ({"heads": 2.5}, "heads=2.5 must be a int"),
+    ({"heads": "two"}, "heads='two' is not an integer"),
+    ({"heads": 2.5}, "heads=2.5 must be an integer"),
     ({"eps": -0.1}, "eps=-0.1 is outside \\[0, 1\\]"),
     ({"eval_eps": 8}, "eval_eps=8.0 is outside \\[0, 1\\] for the linf norm"),
     ({"eval_norm": "l2", "eval_eps": 60}, "eval_eps=60.0 is outside \\[0, 55.43\\] for the l2 norm"),
@@ -63,7 +63,7 @@ def test_a_training_field_added_later_keeps_earlier_runs_keys_at_its_legacy_valu
     ({"heads": 3, "eval_head": 3}, "eval_head 3 is out of range for a model with 3 heads"),
     ({"lambda_div": -1.0}, "lambda_div must be non-negative"),
     ({"lambda_cons": float("nan")}, "lambda_cons=nan must be a finite number"),
-    ({"batch_size": 0}, "batch_size must be at least 1"),
+    ({"batch_size": 0}, "batch_size must be at least 2"),
     ({"seed": 2**40}, "seed must be in \\[0, 2\\*\\*31\\)"),
     ({"colour": "red"}, "Unknown config field 'colour'"),
 ])

@@ -16,7 +16,7 @@ import pytest
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
-from dtlib.study import NOTEBOOKS
+from dtlib.study import NOTEBOOK_PARAMETERS, NOTEBOOKS
 
 NB_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 RATES = {"clean_acc", "fooling_rate", "uap_acc", "random_fooling_rate", "val_clean_acc", "val_fooling_rate",
@@ -37,8 +37,22 @@ def test_committed_notebooks_are_clean_and_parameterised():
         assert all(not c.outputs and c.execution_count is None for c in code), f"{name} carries outputs"
         assert "parameters" in code[0].metadata.get("tags", []), f"{name}: first code cell is not tagged parameters"
         names = [line.split("=")[0].strip() for line in code[0].source.splitlines() if "=" in line and not line.startswith("#")]
-        assert names == ["profile", "overrides", "root"]
+        assert tuple(names) == NOTEBOOK_PARAMETERS
         assert 'profile = "cpu"' in code[0].source
+        setup_cell = code[1].source
+        assert setup_cell.index("S.check_parameters(globals())") < setup_cell.index("S.setup("), name
+
+
+def test_an_unknown_papermill_parameter_stops_the_notebook_before_any_work(tmp_path):
+    """papermill itself only warns about ``-p seedz 3``; the notebook's first cell after the
+    parameters refuses it, so a batch never runs on silently with the defaults."""
+    import papermill
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        papermill.execute_notebook(str(NB_DIR / "05_cost.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(NB_DIR),
+                                   parameters={"profile": "smoke", "root": str(tmp_path), "seedz": 3},
+                                   progress_bar=False, log_output=False)
+    assert "Unknown notebook parameter 'seedz'" in str(err.value)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
 
 
 def _numbers(obj, path=""):

@@ -1,0 +1,214 @@
+"""Nothing lost, nothing silently wrong: resume after a kill, determinism, corrupt files, the cache key."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import torch
+
+import dtlib
+from dtlib import Config
+from dtlib.config import BACKBONES, FIELD_TYPES, METHODS
+from dtlib.experiment import metrics_path, run_dir_for, without_timings
+from dtlib.io import CorruptFile, load_verified, save_verified
+from dtlib.train import CHECKPOINT
+
+from conftest import DATA_DIR, MINI
+
+ROOT = Path(__file__).resolve().parent.parent
+# DT keeps a running UAP and PGD-AT a random generator: both must come back exactly after a kill.
+KILLED = dict(method="dt", heads=2, train_size=1000, epochs=3, batch_size=50, uap_fit_size=200, uap_epochs=1,
+              eval_size=200, data="mini", data_dir=str(DATA_DIR), device="cpu", checkpoint_minutes=0.002)
+QUIET = dict(progress=False, log=lambda s: None)
+
+
+def _cli(cwd: Path, cfg: dict) -> subprocess.Popen:
+    args = [f"{k}={v}" for k, v in cfg.items()]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "dtlib", "train", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finished(cwd: Path, cfg: dict) -> tuple[dict, dict]:
+    """(final model weights, metrics without timings) of the run of ``cfg`` under ``cwd``/runs."""
+    run_dir = run_dir_for(Config(**cfg), cwd / "runs")
+    ckpt = load_verified(run_dir / CHECKPOINT)
+    assert ckpt["finished"]
+    metrics = json.loads(metrics_path(run_dir, Config(**cfg)).read_text())
+    return ckpt["model"], without_timings(metrics)
+
+
+def _interrupt_then_resume(tmp: Path, cfg: dict, sig: int) -> tuple[dict, dict, dict]:
+    """Start a training process, send ``sig`` once it has written a checkpoint and is past it, then
+    run the same command again to the end; returns (weights, metrics, the checkpoint it was stopped at)."""
+    proc = _cli(tmp, cfg)
+    ckpt = run_dir_for(Config(**cfg), tmp / "runs") / CHECKPOINT
+    deadline = time.time() + 120
+    while not ckpt.exists():
+        assert proc.poll() is None, f"training ended before its first checkpoint: {proc.communicate()}"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    time.sleep(0.7)  # into the run, well past the first checkpoint
+    assert proc.poll() is None, "training finished before it could be interrupted; make the run longer"
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    stopped_at = load_verified(ckpt)
+    assert not stopped_at["finished"]
+    again = _cli(tmp, cfg)
+    out2, err2 = again.communicate(timeout=300)
+    assert again.returncode == 0, err2
+    assert "resuming" in out2
+    weights, metrics = _finished(tmp, cfg)
+    return weights, metrics, {"returncode": proc.returncode, "stdout": out, "ckpt": stopped_at}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("whole")
+    proc = _cli(tmp, KILLED)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return _finished(tmp, KILLED)
+
+
+def _assert_same(a: tuple[dict, dict], b: tuple[dict, dict]) -> None:
+    assert a[0].keys() == b[0].keys()
+    for k in a[0]:
+        assert torch.equal(a[0][k], b[0][k]), k
+    assert a[1] == b[1]
+
+
+def test_a_run_killed_with_sigkill_and_started_again_ends_exactly_as_an_uninterrupted_one(tmp_path, uninterrupted):
+    weights, metrics, stopped = _interrupt_then_resume(tmp_path, KILLED, signal.SIGKILL)
+    assert stopped["returncode"] == -signal.SIGKILL
+    _assert_same((weights, metrics), uninterrupted)
+
+
+def test_sigterm_writes_a_mid_epoch_checkpoint_and_the_resumed_run_ends_the_same(tmp_path, uninterrupted):
+    weights, metrics, stopped = _interrupt_then_resume(tmp_path, KILLED, signal.SIGTERM)
+    assert stopped["returncode"] == 128 + signal.SIGTERM
+    assert "stopped by signal 15" in stopped["stdout"]
+    ckpt = stopped["ckpt"]
+    if ckpt["batch"]:  # stopped inside an epoch: the epoch's running sums and RNG states travel along
+        assert ckpt["partial"]["seen"] == ckpt["batch"] * KILLED["batch_size"]
+        assert set(ckpt["rng"]) == {"torch", "cuda"}
+    _assert_same((weights, metrics), uninterrupted)
+
+
+def test_sigint_in_process_checkpoints_and_raises_keyboard_interrupt(tmp_path, mini):
+    cfg = Config(**{**KILLED, "method": "pgd_at", "heads": 1, "epochs": 2, "checkpoint_minutes": 10.0})
+    train_split, _, _ = dtlib.experiment.load_data(cfg)
+    calls = []
+
+    def log(line: str) -> None:
+        calls.append(line)
+        if len(calls) == 1:  # after the first epoch's line: interrupt as Ctrl-C in a notebook would
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        dtlib.train.train(cfg, train_split, run_dir=tmp_path, progress=False, log=log)
+    ckpt = load_verified(tmp_path / CHECKPOINT)
+    assert ckpt["epoch"] == 1 and not ckpt["finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    _, stats = dtlib.train.train(cfg, train_split, run_dir=tmp_path, progress=False, log=calls.append)
+    _, whole = dtlib.train.train(cfg, train_split, run_dir=tmp_path / "whole", progress=False, log=lambda s: None)
+    assert without_timings(stats["history"]) == without_timings(whole["history"])
+    assert torch.equal(stats["method_state"]["generator"], whole["method_state"]["generator"])
+
+
+def test_two_runs_of_one_config_give_identical_results_minus_wall_times(tmp_path):
+    cfg = dict(method="dt", heads=2, train_size=400, epochs=1, batch_size=50, uap_fit_size=100, uap_epochs=1,
+               eval_size=100, **MINI)
+    a = dtlib.run(runs_dir=tmp_path / "a", **QUIET, **cfg).metrics
+    b = dtlib.run(runs_dir=tmp_path / "b", **QUIET, **cfg).metrics
+    assert a != b  # the wall times differ...
+    assert without_timings(a) == without_timings(b)  # ...and nothing else
+    assert "wall_s" not in json.dumps(without_timings(a))
+
+
+def test_a_truncated_checkpoint_is_reported_in_one_line_and_its_config_trained_again(tmp_path):
+    cfg = dict(train_size=200, epochs=1, batch_size=50, uap_fit_size=50, uap_epochs=1, eval_size=100, **MINI)
+    first = dtlib.run(runs_dir=tmp_path, **QUIET, **cfg)
+    ckpt = first.run_dir / CHECKPOINT
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    metrics_path(first.run_dir, first.config).unlink()
+    lines = []
+    again = dtlib.run(runs_dir=tmp_path, progress=False, log=lines.append, **cfg)
+    said = [line for line in lines if "unreadable" in line]
+    assert len(said) == 1 and "truncated or corrupt" in said[0] and "again from the start" in said[0]
+    assert any(line.startswith("training ") for line in lines)
+    assert (first.run_dir / (CHECKPOINT + ".corrupt")).exists()
+    assert without_timings(again.metrics) == without_timings(first.metrics)
+
+
+def test_a_flipped_byte_inside_a_tensor_fails_the_checkpoints_sha256(tmp_path):
+    path = tmp_path / "c.pt"
+    save_verified(path, {"w": torch.arange(50000, dtype=torch.float32), "epoch": 3})
+    assert load_verified(path)["epoch"] == 3
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # torch.load itself would load this without complaint
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptFile, match=r"c\.pt fails its sha256 check \(corrupt on disk\)\.$"):
+        load_verified(path)
+
+
+def test_a_corrupt_cached_evaluation_is_evaluated_again(tmp_path):
+    cfg = dict(train_size=200, epochs=1, batch_size=50, uap_fit_size=50, uap_epochs=1, eval_size=100, **MINI)
+    first = dtlib.run(runs_dir=tmp_path, **QUIET, **cfg)
+    path = metrics_path(first.run_dir, first.config)
+    path.write_text(path.read_text()[:100])
+    lines = []
+    again = dtlib.run(runs_dir=tmp_path, progress=False, log=lines.append, **cfg)
+    assert any("cannot be trusted" in line and "evaluating again" in line for line in lines)
+    assert not any(line.startswith("training ") for line in lines)  # the checkpoint was fine
+    assert without_timings(again.metrics) == without_timings(first.metrics)
+
+
+def test_a_checkpoint_of_another_config_is_refused_naming_the_field(tmp_path):
+    cfg = Config(train_size=200, epochs=1, batch_size=50, **MINI)
+    train_split, _, _ = dtlib.experiment.load_data(cfg)
+    dtlib.train.train(cfg, train_split, run_dir=tmp_path, progress=False, log=lambda s: None)
+    with pytest.raises(ValueError, match=r"was written for a different training config \(lr=0\.1, asked 0\.05\); "
+                                         r"delete it or use another run directory\.$"):
+        dtlib.train.train(cfg.replace(lr=0.05), train_split, run_dir=tmp_path, progress=False, log=lambda s: None)
+
+
+def _another_value(name: str, value):
+    """A different valid value of a Config field."""
+    choices = {"method": METHODS, "backbone": BACKBONES, "norm": ("linf", "l2"), "eval_norm": ("linf", "l2"),
+               "data": ("full", "mini"), "device": ("auto", "cpu"), "precision": ("auto", "bf16", "fp32"),
+               "eval_split": ("test", "val"), "uap_objective": ("ensemble_ce", "loss"),
+               "eval_modes": ("ensemble,single", "ensemble"), "uap_lr": ("0.1", "0.05,0.2"), "data_dir": ("data", "x")}
+    if name in choices:
+        return next(c for c in choices[name] if c != value)
+    kind = FIELD_TYPES[name]
+    if kind is bool:
+        return not value
+    if kind is int:
+        return value + 10 if name in ("train_size", "val_size", "eval_size") else value + 1
+    return value / 2 if value else 0.5
+
+
+def test_the_cache_keys_cover_every_field_that_changes_results():
+    """Every training field moves the run key, every evaluation field the evaluation key; runtime
+    fields (device, precision-neutral switches, where the data lives, checkpoint cadence) move
+    neither. A new field must be put in one of the groups, and this test holds it to its group."""
+    base = Config(method="dt", heads=2, val_size=100)
+    for f in fields(Config):
+        changed = base.replace(**{f.name: _another_value(f.name, getattr(base, f.name))})
+        group = f.metadata["group"]
+        assert (changed.train_hash() != base.train_hash()) == (group == "train"), f.name
+        assert (changed.eval_hash() != base.eval_hash()) == (group == "eval"), f.name
+    assert set(dtlib.config.ADDED_TRAIN_FIELDS) <= {f.name for f in fields(Config) if f.metadata["group"] == "train"}
+
+
+def test_the_code_version_is_part_of_both_keys(monkeypatch):
+    before = Config().train_hash("bf16"), Config().eval_hash()
+    monkeypatch.setattr(dtlib.config, "CODE_VERSION", "test-bump")
+    after = Config().train_hash("bf16"), Config().eval_hash()
+    assert before[0] != after[0] and before[1] != after[1]
