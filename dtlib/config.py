@@ -75,9 +75,11 @@ class Config:
     eval_eps: float = _f(10 / 255, "eval", "radius of the evaluation UAP, pixel units")
     eval_modes: str = _f("ensemble,single", "eval", "inference modes attacked and scored, comma-separated")
     eval_head: int = _f(0, "eval", "head used by the single mode")
-    eval_size: int = _f(0, "eval", "test images scored, a class-balanced subset (0 = the whole test split)")
+    eval_size: int = _f(0, "eval", "images scored, a class-balanced subset (0, or more than the split holds, = the "
+                        "whole split; the metrics record the number scored, n_test)")
     eval_split: str = _f("test", "eval", "images the UAP is scored on: test | val (the validation split, for model selection)")
-    uap_fit_size: int = _f(2000, "eval", "training images the evaluation UAP is fitted on")
+    uap_fit_size: int = _f(2000, "eval", "training images the evaluation UAP is fitted on (at most the training "
+                           "split; the metrics record the number used, n_fit)")
     uap_epochs: int = _f(5, "eval", "SGD-UAP passes over the fitting images")
     uap_lr: str = _f("0.1", "eval", "initial SGD-UAP step as a fraction of eval_eps; a comma-separated list "
                      "(e.g. 0.05,0.2) tries each and keeps the UAP strongest on the fitting images")

@@ -65,6 +65,11 @@ class Split:
         if self.x.dim() != 4 or self.x.shape[0] != self.y.shape[0] or self.y.dim() != 1:
             raise DataError(f"A Split needs images (N, 3, H, W) and labels (N,); got {tuple(self.x.shape)} and {tuple(self.y.shape)}.")
         check_images(self.x, "split's images")
+        if self.y.dtype not in (torch.int64, torch.int32, torch.uint8, torch.int16):
+            raise DataError(f"A Split's labels have dtype {self.y.dtype}; expected integers 0..9.")
+        if self.y.numel() and not (0 <= int(self.y.min()) and int(self.y.max()) < len(CLASSES)):
+            bad = int(self.y.min()) if int(self.y.min()) < 0 else int(self.y.max())
+            raise DataError(f"A Split's labels hold {bad}, outside 0..9.")
 
     def __len__(self) -> int:
         return len(self.y)

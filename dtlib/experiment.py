@@ -126,8 +126,8 @@ def run(cfg: Config | None = None, *, runs_dir: str | Path = "runs", progress: b
             log(f"{cfg.method} K={cfg.heads}: loaded finished run {done}")
             return RunResult(cfg, run_dir, metrics)
         except (ValueError, FileNotFoundError) as e:  # JSONDecodeError and CorruptFile are ValueErrors
-            log(f"The evaluation cached in {done} cannot be trusted ({e}); evaluating again.")
-    ckpt = read_checkpoint(run_dir / CHECKPOINT, cfg, "cpu", log)  # a corrupt one is moved aside
+            log(f"The evaluation cached in {done} cannot be trusted ({str(e).rstrip('.')}); evaluating again.")
+    ckpt = read_checkpoint(run_dir / CHECKPOINT, cfg, log)  # a corrupt one is moved aside
     if not (ckpt and ckpt["finished"]):
         train_split, _, _ = load_data(cfg)  # bad data fails here, before anything is written,
         Loader(train_split, cfg.batch_size)  # and so does a batch larger than the split

@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import zipfile
 import platform
 import subprocess
 import tempfile
@@ -29,6 +31,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+        with open(tmp, "rb") as fh:  # on disk before the rename, so a power cut cannot leave it empty
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -81,18 +85,27 @@ def save_verified(path: str | os.PathLike, obj: dict[str, Any]) -> None:
     save_torch(path, {**obj, "sha256": state_digest(obj)})
 
 
+# What torch.load raises on a damaged file (a truncated zip, a bad pickle, a short read); not
+# OSError or MemoryError, which say nothing about the file.
+_DAMAGED = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError, IndexError,
+            TypeError, AttributeError, UnicodeDecodeError)
+
+
 def load_verified(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Load what ``save_verified`` wrote, or raise CorruptFile (one sentence) if it is unreadable
-    or its content does not match its digest. Files saved before digests existed load unchecked."""
+    or its content does not match its digest. Files saved before digests existed (no ``rng``
+    entry, no ``sha256``) load unchecked; a newer one without its digest is corrupt."""
     try:
         obj = torch.load(path, map_location=map_location, weights_only=False)
-    except FileNotFoundError:
+    except torch.OutOfMemoryError:
         raise
-    except Exception as e:  # truncated zips, bad pickles and short reads raise many types
+    except _DAMAGED as e:
         raise CorruptFile(f"{path} is unreadable ({type(e).__name__}: truncated or corrupt).") from None
     if not isinstance(obj, dict):
         raise CorruptFile(f"{path} does not hold a saved dict (it holds a {type(obj).__name__}).")
     want = obj.pop("sha256", None)
+    if want is None and "rng" in obj:
+        raise CorruptFile(f"{path} has lost its sha256 entry.")
     if want is not None and state_digest(obj) != want:
         raise CorruptFile(f"{path} fails its sha256 check (corrupt on disk).")
     return obj

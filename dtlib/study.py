@@ -101,15 +101,18 @@ def setup(profile: str = "cpu", overrides: dict[str, Any] | None = None, root: s
     preset's values; relative data folders are read from the project folder."""
     if profile not in PROFILES:
         raise ValueError(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
+    given = overrides
     if isinstance(overrides, str):  # papermill -p passes a dict as its text
         try:
-            overrides = json.loads(overrides) if overrides.strip() else {}
+            overrides = json.loads(overrides)
         except json.JSONDecodeError:
-            overrides = None
-    if overrides is not None and not isinstance(overrides, dict):
-        raise ValueError(f"overrides must be a dict of Study or Config fields, got {overrides!r} "
+            pass
+    if overrides is None:
+        overrides = {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"overrides must be a dict of Study or Config fields, got {given!r} "
                          "(with papermill: -y 'overrides: {seeds: [0, 1, 2]}').")
-    overrides = dict(overrides or {})
+    overrides = dict(overrides)
     unknown = sorted(set(overrides) - STUDY_FIELDS - set(FIELD_TYPES))
     if unknown:
         raise ValueError(f"Unknown parameter {unknown[0]!r}; use a Study field ({', '.join(sorted(STUDY_FIELDS))}) "
@@ -121,11 +124,37 @@ def setup(profile: str = "cpu", overrides: dict[str, Any] | None = None, root: s
     data_dir = Path(cfg_kw.get("data_dir", "data"))
     cfg_kw["data_dir"] = str(data_dir if data_dir.is_absolute() else project_dir() / data_dir)
     study = Study(profile=profile, config=Config().replace(**cfg_kw), root=root or "", **study_kw)
+    check_study(study)
     if not any(d > 0 for d in study.grid_div):
         raise ValueError(f"grid_div={list(study.grid_div)} needs a value above 0: the diversity term is what the study tests.")
     if not 1 <= study.ablation_seeds <= len(study.seeds):
         raise ValueError(f"ablation_seeds={study.ablation_seeds} must be between 1 and the {len(study.seeds)} seeds.")
     return study
+
+
+def check_study(study: Study) -> None:
+    """Every config the study will build, made now: a bad seed, K, radius, loss weight or backbone
+    in a list fails here in one sentence, before the first model trains."""
+    c = study.config
+    for name, values, field_ in (("seeds", study.seeds, "seed"), ("ks", study.ks, "heads"),
+                                 ("grid_div", study.grid_div, "lambda_div"), ("grid_adv", study.grid_adv, "lambda_adv"),
+                                 ("transfer_backbones", study.transfer_backbones, "backbone")):
+        if not values:
+            raise ValueError(f"{name} is empty; give at least one value.")
+        for v in values:
+            try:
+                c.replace(**{field_: v})
+            except ValueError as e:
+                raise ValueError(f"{name} holds {v!r}: {str(e)[0].lower()}{str(e)[1:]}") from None
+    for name, values, norm in (("linf_radii", study.linf_radii, "linf"), ("l2_radii", study.l2_radii, "l2")):
+        for r in values:
+            try:
+                c.replace(eval_norm=norm, eval_eps=r)
+            except ValueError as e:
+                raise ValueError(f"{name} holds {r!r}: {e}") from None
+    if study.bench_steps < 1 or study.bench_warmup < 0:
+        raise ValueError(f"bench_steps={study.bench_steps} must be at least 1 and bench_warmup={study.bench_warmup} "
+                         "at least 0.")
 
 
 # The names a study notebook's `parameters` cell declares (papermill's -p / -y names).
@@ -143,7 +172,7 @@ def check_parameters(namespace: dict[str, Any]) -> None:
         return
     names = [t.id for node in ast.parse(injected[-1]).body if isinstance(node, ast.Assign)
              for t in node.targets if isinstance(t, ast.Name)]
-    unknown = [n for n in names if n not in NOTEBOOK_PARAMETERS]
+    unknown = [n for n in names if n not in NOTEBOOK_PARAMETERS and not n.startswith("PAPERMILL_")]  # --inject-paths
     if unknown:
         raise ValueError(f"Unknown notebook parameter {unknown[0]!r}; the notebooks take "
                          f"{', '.join(NOTEBOOK_PARAMETERS)} (Study and Config fields go inside overrides).")

@@ -301,7 +301,9 @@ def train_step(step_fn: Step, opt: torch.optim.Optimizer, x: torch.Tensor, y: to
 class Stop:
     """SIGTERM and SIGINT, caught for the length of a training run: the loop finishes its batch,
     writes a checkpoint, then exits as the signal asked (SystemExit 143 for SIGTERM,
-    KeyboardInterrupt for SIGINT). Only the main thread can catch signals; elsewhere a no-op."""
+    KeyboardInterrupt for SIGINT). A second signal is not caught: it acts at once. Only the main
+    thread can catch signals; elsewhere a no-op. Under DDP each rank stops at its own batch and
+    rank 0's checkpoint is the one written (the others may fail in their next collective)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -317,6 +319,8 @@ class Stop:
 
     def _catch(self, signum: int, frame: Any) -> None:
         self.signum = signum
+        for sig, handler in self._old.items():  # a second Ctrl-C interrupts right away
+            signal.signal(sig, handler)
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._old.items():
@@ -328,17 +332,21 @@ class Stop:
         raise SystemExit(128 + int(self.signum or 0))
 
 
-def read_checkpoint(path: Path, cfg: Config, device: torch.device | str, log: Callable[[str], None]) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` to resume ``cfg`` from; None when there is none, or when it is
-    corrupt (then reported in one line and moved aside to ``<name>.corrupt``, and the config is
-    trained again from the start). A checkpoint of another training config is an error."""
+def read_checkpoint(path: Path, cfg: Config, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` (tensors on the CPU) to resume ``cfg`` from; None when there is
+    none, or when it is corrupt (then reported in one line and moved aside to ``<name>.corrupt``,
+    and the config is trained again from the start). A checkpoint of another training config is
+    an error."""
     if not path.exists():
         return None
     try:
-        ckpt = load_verified(path, map_location=device)
+        ckpt = load_verified(path)
+        if ckpt.get("batch") and not ckpt.get("partial"):
+            raise CorruptFile(f"{path} stops inside an epoch but lacks that epoch's running sums.")
     except CorruptFile as e:
         path.replace(path.with_name(path.name + ".corrupt"))
-        log(f"{e} Training this config again from the start (the file is kept as {path.name}.corrupt).")
+        log(f"{str(e).rstrip('.')}; training this config again from the start (the bad file is kept as "
+            f"{path.name}.corrupt).")
         return None
     written = Config.from_dict(ckpt["config"])
     if written.group("train") != cfg.group("train"):
@@ -376,7 +384,7 @@ def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None,
 
     start_epoch, start_batch, history, wall, partial = 0, 0, [], 0.0, None
     ckpt_path = Path(run_dir) / CHECKPOINT if run_dir else None
-    ckpt = read_checkpoint(ckpt_path, cfg, device, log) if ckpt_path else None
+    ckpt = read_checkpoint(ckpt_path, cfg, log) if ckpt_path else None
     if ckpt:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])

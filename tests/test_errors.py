@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import dtlib
+import dtlib.evaluate
 from dtlib import Config
 from dtlib.attacks import sgd_uap
 from dtlib.config import parse_overrides
@@ -22,7 +23,7 @@ from dtlib.experiment import load_data
 from dtlib.losses import dt_loss
 from dtlib.models import build_model
 from dtlib.study import check_parameters, setup
-from dtlib.train import STEPS, amp_dtype, make_optimizer, train, train_step
+from dtlib.train import amp_dtype, train
 
 from conftest import DATA_DIR, MINI
 
@@ -132,7 +133,17 @@ BAD_INPUTS = [
     ("an unknown field inside overrides", lambda t: setup("smoke", {"seedz": [0]}),
      r"^Unknown parameter 'seedz'; use a Study field"),
     ("overrides that are not a dict", lambda t: setup("smoke", "[1, 2]"),
-     r"^overrides must be a dict of Study or Config fields, got \[1, 2\]"),
+     r"^overrides must be a dict of Study or Config fields, got '\[1, 2\]'"),
+    ("overrides given as text that is not JSON", lambda t: setup("smoke", "{'seeds': [0]}"),
+     r"^overrides must be a dict of Study or Config fields, got \"\{'seeds': \[0\]\}\""),
+    ("a K below 1 in the study's K list", lambda t: setup("smoke", {"ks": [1, 0]}),
+     r"^ks holds 0: heads \(K\) must be at least 1, got 0\.$"),
+    ("an eps above 1 in the study's radii", lambda t: setup("smoke", {"linf_radii": [1.5]}),
+     r"^linf_radii holds 1\.5: eval_eps=1\.5 is outside \[0, 1\] for the linf norm"),
+    ("an unknown backbone in the study's transfer list", lambda t: setup("smoke", {"transfer_backbones": ["resnet50"]}),
+     r"^transfer_backbones holds 'resnet50': unknown backbone 'resnet50'; choose one of cnn, vgg, resnet18\.$"),
+    ("labels out of range (a split)", lambda t: Split(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.tensor([3, 11])),
+     r"^A Split's labels hold 11, outside 0\.\.9\.$"),
     ("validation scoring without a validation split", lambda t: Config(eval_split="val"),
      r"^eval_split='val' scores on the validation split, but val_size=0 holds none out; set val_size\.$"),
 ]
@@ -232,30 +243,33 @@ CONFIGS = st.tuples(st.fixed_dictionaries({k: VALID[k] for k in REQUIRED},
                     ).map(lambda t: {**t[0], **dict(t[1])})
 
 
-@pytest.fixture(scope="module")
-def mini_splits():
-    return dtlib.data.load_cifar10("mini", DATA_DIR)
-
-
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None)
 @given(CONFIGS)
-def test_any_config_is_accepted_and_trains_a_step_or_is_refused_in_one_sentence(mini_splits, fields):
+def test_any_config_is_accepted_and_trains_and_evaluates_or_is_refused_in_one_sentence(fields):
+    """Through the library's own entry points: the data a run loads, ``train`` (a small split,
+    one epoch of at most two batches, with its loader, compile/checkpointing preparation and
+    method step) and ``evaluate_model`` (a small SGD-UAP against each inference mode)."""
     try:
         cfg = Config(**MINI).replace(**fields)
-        split, _, _ = load_data(cfg)
-        loader = Loader(split, cfg.batch_size, seed=cfg.seed)
+        split, val, test = load_data(cfg)
+        Loader(split, cfg.batch_size)
     except ValueError as e:
         text = str(e)
         assert "\n" not in text and text.endswith("."), text
         event(f"refused: {type(e).__name__}")
         return
     event(f"accepted: {cfg.method} {cfg.backbone}")
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg).train()
-    step = STEPS[cfg.method](model, cfg, torch.device("cpu"))
-    x, y = next(iter(loader))
-    loss, logits = train_step(step, make_optimizer(model, cfg), x[:8], y[:8], amp_dtype(cfg.precision, torch.device("cpu")))
-    assert math.isfinite(loss.item()) and logits.shape == (cfg.heads, min(8, cfg.batch_size), 10)
+    small = split.subset(torch.arange(min(len(split), 2 * cfg.batch_size)))
+    try:
+        model, stats = train(cfg.replace(epochs=1), small, progress=False, log=lambda s: None)
+    except FloatingPointError as e:  # a large step can diverge: said in one sentence, not a crash
+        assert "\n" not in str(e) and str(e).endswith("."), str(e)
+        return
+    assert math.isfinite(stats["final_loss"])
+    scored = (val if cfg.eval_split == "val" else test).subset(torch.arange(20))
+    rows, uaps = dtlib.evaluate.evaluate_model(model, cfg.replace(uap_fit_size=16, uap_epochs=1, eval_size=0),
+                                               small, scored, amp_dtype(cfg.precision, torch.device("cpu")))
+    assert set(rows) == set(uaps) and all(0 <= r["clean_acc"] <= 1 for r in rows.values())
 
 
 if __name__ == "__main__":  # the closing note's list: each bad input and the message it gets

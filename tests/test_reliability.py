@@ -44,17 +44,21 @@ def _finished(cwd: Path, cfg: dict) -> tuple[dict, dict]:
 
 
 def _interrupt_then_resume(tmp: Path, cfg: dict, sig: int) -> tuple[dict, dict, dict]:
-    """Start a training process, send ``sig`` once it has written a checkpoint and is past it, then
-    run the same command again to the end; returns (weights, metrics, the checkpoint it was stopped at)."""
+    """Start a training process, send ``sig`` as soon as it has written a checkpoint from inside an
+    epoch (still in its first of three epochs, so never during evaluation), then run the same
+    command again to the end; returns (weights, metrics, what the stopped process left)."""
     proc = _cli(tmp, cfg)
     ckpt = run_dir_for(Config(**cfg), tmp / "runs") / CHECKPOINT
     deadline = time.time() + 120
-    while not ckpt.exists():
-        assert proc.poll() is None, f"training ended before its first checkpoint: {proc.communicate()}"
+    while True:
+        assert proc.poll() is None, f"training ended before it was interrupted: {proc.communicate()}"
         assert time.time() < deadline
-        time.sleep(0.02)
-    time.sleep(0.7)  # into the run, well past the first checkpoint
-    assert proc.poll() is None, "training finished before it could be interrupted; make the run longer"
+        try:
+            if load_verified(ckpt)["batch"] > 0:
+                break
+        except (FileNotFoundError, CorruptFile):
+            pass
+        time.sleep(0.01)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     stopped_at = load_verified(ckpt)
@@ -62,9 +66,8 @@ def _interrupt_then_resume(tmp: Path, cfg: dict, sig: int) -> tuple[dict, dict, 
     again = _cli(tmp, cfg)
     out2, err2 = again.communicate(timeout=300)
     assert again.returncode == 0, err2
-    assert "resuming" in out2
     weights, metrics = _finished(tmp, cfg)
-    return weights, metrics, {"returncode": proc.returncode, "stdout": out, "ckpt": stopped_at}
+    return weights, metrics, {"returncode": proc.returncode, "stdout": out, "ckpt": stopped_at, "resumed": out2}
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +89,9 @@ def _assert_same(a: tuple[dict, dict], b: tuple[dict, dict]) -> None:
 def test_a_run_killed_with_sigkill_and_started_again_ends_exactly_as_an_uninterrupted_one(tmp_path, uninterrupted):
     weights, metrics, stopped = _interrupt_then_resume(tmp_path, KILLED, signal.SIGKILL)
     assert stopped["returncode"] == -signal.SIGKILL
+    ckpt = stopped["ckpt"]  # the last periodic checkpoint before the kill: inside an epoch
+    assert ckpt["batch"] > 0 and ckpt["partial"]["seen"] == ckpt["batch"] * KILLED["batch_size"]
+    assert f"batch {ckpt['batch']}/20" in stopped["resumed"]
     _assert_same((weights, metrics), uninterrupted)
 
 
@@ -93,30 +99,39 @@ def test_sigterm_writes_a_mid_epoch_checkpoint_and_the_resumed_run_ends_the_same
     weights, metrics, stopped = _interrupt_then_resume(tmp_path, KILLED, signal.SIGTERM)
     assert stopped["returncode"] == 128 + signal.SIGTERM
     assert "stopped by signal 15" in stopped["stdout"]
-    ckpt = stopped["ckpt"]
-    if ckpt["batch"]:  # stopped inside an epoch: the epoch's running sums and RNG states travel along
-        assert ckpt["partial"]["seen"] == ckpt["batch"] * KILLED["batch_size"]
-        assert set(ckpt["rng"]) == {"torch", "cuda"}
+    ckpt = stopped["ckpt"]  # written on the signal, at the batch it came in (inside the first epoch)
+    assert ckpt["epoch"] == 0 and ckpt["batch"] > 0
+    assert ckpt["partial"]["seen"] == ckpt["batch"] * KILLED["batch_size"] and set(ckpt["rng"]) == {"torch", "cuda"}
+    assert f"batch {ckpt['batch']}/20" in stopped["resumed"]
     _assert_same((weights, metrics), uninterrupted)
 
 
-def test_sigint_in_process_checkpoints_and_raises_keyboard_interrupt(tmp_path, mini):
+def test_sigint_inside_an_epoch_checkpoints_raises_keyboard_interrupt_and_resumes_exactly(tmp_path, monkeypatch):
+    """Ctrl-C (as Jupyter's interrupt sends it) in the middle of PGD-AT's second epoch: the batch
+    finishes, the checkpoint holds the epoch's running sums and the attack generator's state, and
+    the resumed run ends as one never interrupted."""
     cfg = Config(**{**KILLED, "method": "pgd_at", "heads": 1, "epochs": 2, "checkpoint_minutes": 10.0})
     train_split, _, _ = dtlib.experiment.load_data(cfg)
-    calls = []
+    real, calls = dtlib.train.train_step, []
 
-    def log(line: str) -> None:
-        calls.append(line)
-        if len(calls) == 1:  # after the first epoch's line: interrupt as Ctrl-C in a notebook would
+    def step_then_interrupt(*a, **k):
+        out = real(*a, **k)
+        calls.append(1)
+        if len(calls) == 27:  # batch 7 of the second epoch (20 batches an epoch)
             os.kill(os.getpid(), signal.SIGINT)
+        return out
 
+    monkeypatch.setattr(dtlib.train, "train_step", step_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        dtlib.train.train(cfg, train_split, run_dir=tmp_path, progress=False, log=log)
+        dtlib.train.train(cfg, train_split, run_dir=tmp_path, **QUIET)
     ckpt = load_verified(tmp_path / CHECKPOINT)
-    assert ckpt["epoch"] == 1 and not ckpt["finished"]
+    assert (ckpt["epoch"], ckpt["batch"], ckpt["partial"]["seen"]) == (1, 7, 7 * 50)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
-    _, stats = dtlib.train.train(cfg, train_split, run_dir=tmp_path, progress=False, log=calls.append)
-    _, whole = dtlib.train.train(cfg, train_split, run_dir=tmp_path / "whole", progress=False, log=lambda s: None)
+    lines = []
+    _, stats = dtlib.train.train(cfg, train_split, run_dir=tmp_path, progress=False, log=lines.append)
+    assert lines[0].startswith("resuming") and "epoch 2, batch 7/20" in lines[0]
+    monkeypatch.setattr(dtlib.train, "train_step", real)
+    _, whole = dtlib.train.train(cfg, train_split, run_dir=tmp_path / "whole", **QUIET)
     assert without_timings(stats["history"]) == without_timings(whole["history"])
     assert torch.equal(stats["method_state"]["generator"], whole["method_state"]["generator"])
 
@@ -144,6 +159,20 @@ def test_a_truncated_checkpoint_is_reported_in_one_line_and_its_config_trained_a
     assert any(line.startswith("training ") for line in lines)
     assert (first.run_dir / (CHECKPOINT + ".corrupt")).exists()
     assert without_timings(again.metrics) == without_timings(first.metrics)
+
+
+def test_a_checkpoint_that_lost_its_digest_or_its_running_sums_is_not_trusted(tmp_path):
+    path = tmp_path / "c.pt"
+    torch.save({"model": {}, "rng": {}, "epoch": 1}, path)  # a current checkpoint without its sha256
+    with pytest.raises(CorruptFile, match=r"c\.pt has lost its sha256 entry\.$"):
+        load_verified(path)
+    torch.save({"model": {}, "epoch": 1}, path)  # from before digests: loads
+    assert load_verified(path)["epoch"] == 1
+    cfg = Config(**MINI)
+    save_verified(tmp_path / CHECKPOINT, {"config": cfg.to_dict(), "batch": 3, "partial": None, "rng": {}})
+    lines = []
+    assert dtlib.train.read_checkpoint(tmp_path / CHECKPOINT, cfg, lines.append) is None
+    assert len(lines) == 1 and "lacks that epoch's running sums; training this config again" in lines[0]
 
 
 def test_a_flipped_byte_inside_a_tensor_fails_the_checkpoints_sha256(tmp_path):
