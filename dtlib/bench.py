@@ -31,7 +31,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from .config import KIND_NAMES, Config, coerce, key_values
+from .config import KIND_NAMES, Config, coerce, key_values, parse_text
 from .data import DataError, Loader, Split
 from .io import atomic_path, provenance, write_json
 from .models import build_model
@@ -301,14 +301,9 @@ def _bench_value(name: str, value: Any) -> Any:
     if not isinstance(value, str):
         return tuple(value) if kind is tuple else value
     try:
-        if kind is tuple:
-            return tuple(int(v) for v in value.split(",") if v.strip())
-        if kind is bool:
-            return {"1": True, "true": True, "yes": True, "on": True,
-                    "0": False, "false": False, "no": False, "off": False}[value.strip().lower()]
-        return kind(value)
-    except (ValueError, KeyError):
-        raise ValueError(f"Benchmark setting {name}={value!r} is not {KIND_NAMES.get(kind, 'a list of integers')}.") from None
+        return parse_text(value, kind)
+    except ValueError:
+        raise ValueError(f"Benchmark setting {name}={value!r} is not {KIND_NAMES[kind]}.") from None
 
 
 def train_cases(b: Bench) -> dict[str, dict[str, Any]]:
@@ -327,11 +322,14 @@ def train_cases(b: Bench) -> dict[str, dict[str, Any]]:
     return cases
 
 
+# The issue's names for some ratios; every other case is reported as <case>_train or <case>_infer.
+RATIO_KEYS = {"pgd_at": "pgd_train", "single_head_k5": "single_head_infer", "ensemble_k5": "ensemble_k5_infer"}
 INFER_CASES = {"plain": dict(heads=1, mode="single"), "single_head_k5": dict(heads=5, mode="single"),
                "ensemble_k5": dict(heads=5, mode="ensemble")}
 
 
-def _bench_split(cfg: Config, images: int) -> Split:
+def bench_split(cfg: Config, images: int) -> Split:
+    """The first ``images`` training images of ``cfg``'s data (uint8), which every case draws from."""
     from .experiment import load_data
     train_split, _, _ = load_data(cfg)
     return train_split.subset(torch.arange(min(images, len(train_split))))
@@ -377,23 +375,24 @@ def run(bench: Bench | None = None, *, root: str | Path = ".", log: Callable[[st
         for name in ("recompile_limit", "cache_size_limit"):
             if hasattr(dynamo_config, name):
                 setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
-    split = _bench_split(cfg, 2 * cfg.batch_size * 8)
+    split = bench_split(cfg, 2 * cfg.batch_size * 8)
     cases = train_cases(b)
     steps = training_steps(cfg, split, cases, steps=b.steps, warmup=b.warmup,
                            profile=("standard", "standard_2b", "dt_k5", "dt_k5_loss"), profile_steps=b.profile_steps)
     infer = inference_latency(cfg, INFER_CASES, batch_size=b.infer_batch, steps=b.infer_steps, warmup=b.warmup)
     epoch = time_epoch(cfg, log) if b.epoch else None
 
-    ratios = {f"{name}_train": c["ratio"] for name, c in steps.items() if name.startswith("dt_k") and name != "dt_k5_loss"}
-    ratios.update(dt_k5_loss_train=steps["dt_k5_loss"]["ratio"], standard_2b_train=steps["standard_2b"]["ratio"],
-                  pgd_train=steps["pgd_at"]["ratio"], uat_train=steps["uat"]["ratio"],
-                  single_head_infer=infer["single_head_k5"]["ratio"], ensemble_k5_infer=infer["ensemble_k5"]["ratio"])
-    spread = {key: (steps if key.endswith("_train") else infer)[_case_of(key)]["ratio_quartiles"] for key in ratios}
+    ratios, spread = {}, {}
+    for kind, part in (("train", steps), ("infer", infer)):
+        for name, c in part.items():
+            if name not in ("standard", "plain"):
+                key = RATIO_KEYS.get(name, f"{name}_{kind}")
+                ratios[key], spread[key] = c["ratio"], c["ratio_quartiles"]
     keys = ("peak_mb", "cuda_peak_mb") if device.type == "cuda" else ("peak_mb",)
     memory = {k: {**{key: steps[f"dt_k{k}"]["memory"][key] for key in keys},
                   **{f"{key}_checkpointing": steps[f"dt_k{k}_ckpt"]["memory"][key] for key in keys
                      if f"dt_k{k}_ckpt" in steps}} for k in b.ks}
-    mem_key = "cuda_peak_mb" if device.type == "cuda" else "peak_mb"
+    mem_key = keys[-1]  # the allocator's peak on CUDA
     measured = {"dt_k5_train": ratios["dt_k5_train"], "single_head_infer": ratios["single_head_infer"],
                 "ensemble_k5_infer": ratios["ensemble_k5_infer"],
                 "memory_k10_over_k1": memory[10][mem_key] / memory[1][mem_key]}
@@ -422,11 +421,6 @@ def write_report(record: dict[str, Any], path: Path) -> Path:
         tmp.write_text(f"<!-- written by `python -m dtlib.bench` (or `python -m dtlib.figures`) from "
                        f"{path.with_suffix('.json').name} -->\n" + report(record) + "\n")
     return path
-
-
-def _case_of(key: str) -> str:
-    return {"pgd_train": "pgd_at", "uat_train": "uat", "single_head_infer": "single_head_k5",
-            "ensemble_k5_infer": "ensemble_k5"}.get(key, key.removesuffix("_train"))
 
 
 def report(record: dict[str, Any]) -> str:

@@ -146,7 +146,29 @@ class Config:
 
 
 FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Config)}
-KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+              tuple: "a comma-separated list of integers"}
+
+
+def parse_text(text: str, kind: type) -> Any:
+    """A command-line value as ``kind`` (bool words, ints, floats with fractions such as 10/255,
+    comma-separated ints for a tuple; a string as it is); ValueError when it is not one."""
+    if kind is str:
+        return text
+    text = text.strip()
+    if kind is bool:
+        words = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+        if text.lower() not in words:
+            raise ValueError(text)
+        return words[text.lower()]
+    if kind is tuple:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    if kind is int:
+        return int(text)
+    try:  # floats accept fractions, so eps=10/255 works on the command line
+        return float(Fraction(text)) if "/" in text else float(text)
+    except ZeroDivisionError:
+        raise ValueError(text) from None
 
 
 def _parse(name: str, value: Any) -> Any:
@@ -157,19 +179,9 @@ def _parse(name: str, value: Any) -> Any:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         return value
-    text = value.strip()
     try:
-        if kind is bool:
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if kind is int:
-            return int(text)
-        # floats accept fractions, so eps=10/255 works on the command line
-        return float(Fraction(text)) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
+        return parse_text(value, kind)
+    except ValueError:
         raise ValueError(f"Config field {name}={value!r} is not {KIND_NAMES[kind]}.") from None
 
 

@@ -31,11 +31,11 @@ def load_data(cfg: Config) -> tuple[Split, Split, Split]:
     return train_split, val_split, d["test"]
 
 
-def _read_checkpoint(run_dir: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+def _read_checkpoint(run_dir: Path) -> dict[str, Any]:
     path = run_dir / CHECKPOINT
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} holds no {CHECKPOINT}; train it with dtlib.run or `python -m dtlib train`.")
-    return load_verified(path, device)
+    return load_verified(path)
 
 
 def load_uaps(run_dir: str | Path, cfg: Config, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -50,7 +50,10 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
     ``model.classifier("ensemble")`` or ``model.classifier("single", head=i)`` is a plain
     (B, 10)-scores module for outside attack libraries."""
     run_dir = Path(run_dir)
-    ckpt = _read_checkpoint(run_dir, device)
+    return _model_from(_read_checkpoint(run_dir), run_dir, device)
+
+
+def _model_from(ckpt: dict[str, Any], run_dir: Path, device: str | torch.device) -> tuple[MultiHead, Config]:
     cfg = Config.from_dict(ckpt["config"])
     if not ckpt.get("finished"):
         raise ValueError(f"{run_dir} stopped at epoch {ckpt['epoch']} of {cfg.epochs}; run its config again to finish it.")
@@ -97,7 +100,7 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, *, log: Callabl
     if cfg.group("train") != trained.group("train"):
         raise ValueError(f"{run_dir} was trained with a different config; only evaluation fields may change.")
     device = resolve_device(cfg.device)
-    model, _ = load_model(run_dir, device)
+    model, _ = _model_from(ckpt, run_dir, device)  # the checkpoint read once: it is hashed on every read
     model = model.to(memory_format=torch.channels_last)
     train_split, val, test = load_data(cfg)
     scored = val if cfg.eval_split == "val" else test

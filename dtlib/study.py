@@ -22,9 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
-from .bench import inference_latency, training_steps
+from .bench import bench_split, inference_latency, training_steps
 from .config import FIELD_TYPES, Config
 from .evaluate import accuracy, fooling_rate, predict, scored_subset
 from .experiment import RunResult, load_data, load_model, load_uaps, run
@@ -508,10 +506,8 @@ def k_ablation(study: Study, log: Callable[[str], None] = print) -> dict[str, An
 
 def time_training_steps(study: Study, cases: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """``bench.training_steps`` for ``cases`` on the first training images, as many as one pass needs."""
-    train_split, _, _ = load_data(study.config)
-    n = min(study.config.batch_size * (study.bench_steps + study.bench_warmup + 1), len(train_split))
-    return training_steps(study.config, train_split.subset(torch.arange(n)), cases, steps=study.bench_steps,
-                          warmup=study.bench_warmup)
+    split = bench_split(study.config, study.config.batch_size * (study.bench_steps + study.bench_warmup + 1))
+    return training_steps(study.config, split, cases, steps=study.bench_steps, warmup=study.bench_warmup)
 
 
 def k_claims(ens: dict[int, dict[str, Any]], rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any]]:
