@@ -11,17 +11,25 @@ SHARED_DATA ?= ../shared/data/cifar10.npz
 PROFILE ?= cpu
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
-.PHONY: install test reproduce bench figures data mini readme clean
+.PHONY: install test test-other-precision reproduce bench figures data mini readme lab clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH) -e '.[test]'
+# the notebooks' kernel `dtlib`, inside the venv, where papermill, nbval and `make lab` look for it
+	$(PY) -m ipykernel install --sys-prefix --name dtlib --display-name "Python (dtlib)"
 	touch $@
 
 test: install
 	$(PY) -m pytest -q
+
+# The precision-sensitive tests (marker `precision`) once more under the precision this machine's
+# precision=auto does not pick, so one machine proves both kinds of CPU (with and without AMX-BF16).
+OTHER_PRECISION = $(PY) -c 'import torch; from dtlib.train import auto_precision; print({"bf16": "fp32", "fp32": "bf16"}[auto_precision(torch.device("cpu"))])'
+test-other-precision: install
+	other=$$($(OTHER_PRECISION)) && test -n "$$other" && DTLIB_AUTO_PRECISION=$$other $(PY) -m pytest -q -m precision
 
 # Full CIFAR-10 into data/: keep one that is there, else link this workplace's copy, else
 # `make data DOWNLOAD=1` lets torchvision download it.
@@ -41,7 +49,7 @@ reproduce: install data
 	done
 	$(PY) -m dtlib.figures
 
-# What each method costs, as ratios to standard training (STUDY.md C3-C5): results/bench-<device>.{json,md}.
+# What each method costs, as ratios to standard training (docs/protocol.md, C3-C5): results/bench-<device>.{json,md}.
 # Settings as key=value, e.g. `make bench ARGS="steps=50 batch_size=256"`; about 2 minutes on 2 CPU cores.
 bench: install
 	$(PY) -m dtlib.bench $(ARGS)
@@ -57,6 +65,11 @@ mini: install data
 # Copy the committed results tables into README.md (never typed by hand).
 readme: install
 	$(PY) scripts/update_readme.py
+
+# The design card's interactive entry point; --user so a JupyterLab installed elsewhere offers the kernel too.
+lab: install
+	$(PY) -m ipykernel install --user --name dtlib --display-name "Python (dtlib)"
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache .hypothesis

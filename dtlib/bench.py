@@ -1,4 +1,4 @@
-"""Cost measured in one process (STUDY.md section 3): median training-step time per method and
+"""Cost measured in one process (docs/protocol.md section 3): median training-step time per method and
 inference latency per mode, on the same data and backbone, after warm-up; ``python -m dtlib.bench``.
 
 Cases are timed round-robin (one step of each case per round), so drift of a shared machine (CPU
@@ -33,6 +33,7 @@ from torch.utils._pytree import tree_leaves
 
 from .config import KIND_NAMES, Config, coerce, key_values, parse_text
 from .data import DataError, Loader, Split
+from .experiment import load_data
 from .io import atomic_path, provenance, write_json
 from .models import build_model
 from .train import (STEPS, amp_dtype, make_optimizer, phase_clock, precision_name, prepare, resolve_device,
@@ -263,7 +264,7 @@ BENCH_FIELDS = {f.name: f for f in fields(Bench) if f.name != "config"}
 # cheap), and the epoch time of the issue's bar (standard ResNet-18, CIFAR-10, <= 5 s on an H100).
 CUDA_DEFAULTS: dict[str, Any] = dict(steps=50, warmup=10, epoch=True, infer_batch=1024, backbone="resnet18",
                                      batch_size=512)
-# What the issue's targets compare (STUDY.md C4, C5): a ratio key and its bound.
+# What the issue's targets compare (docs/protocol.md, C4 and C5): a ratio key and its bound.
 TARGETS = {"dt_k5_train": 2.0, "single_head_infer": 1.02, "ensemble_k5_infer": 1.10, "memory_k10_over_k1": 1.10,
            "standard_epoch_s": 5.0}
 
@@ -330,7 +331,6 @@ INFER_CASES = {"plain": dict(heads=1, mode="single"), "single_head_k5": dict(hea
 
 def bench_split(cfg: Config, images: int) -> Split:
     """The first ``images`` training images of ``cfg``'s data (uint8), which every case draws from."""
-    from .experiment import load_data
     train_split, _, _ = load_data(cfg)
     return train_split.subset(torch.arange(min(images, len(train_split))))
 
@@ -339,7 +339,6 @@ def time_epoch(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any
     """Wall time of a standard training epoch on 50,000 images: CIFAR-10's training set when it is
     in place, random images otherwise (the time does not depend on the pixels). Two epochs are run
     and the second is reported, so one-time costs (cuDNN autotuning, compilation) stay out."""
-    from .experiment import load_data
     try:
         split, source = load_data(cfg.replace(data="full", train_size=0, val_size=0))[0], "cifar10"
     except DataError:

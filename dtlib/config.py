@@ -69,7 +69,8 @@ class Config:
     data: str = _f("full", "train", "full (data/cifar10.npz or a torchvision folder) | mini (data/cifar10-mini.npz)")
     train_size: int = _f(0, "train", "class-balanced subset of the training images to use (0 = all)")
     val_size: int = _f(0, "train", "training images held out as a validation split (never trained on)")
-    precision: str = _f("auto", "train", "auto (bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16) | bf16 | fp32")
+    precision: str = _f("auto", "train", "auto (bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16; the environment "
+                        "variable DTLIB_AUTO_PRECISION=bf16|fp32 pins what auto means) | bf16 | fp32")
     # --- evaluation: SGD-UAP (Shafahi et al. 2020) fitted on training images, scored on test images
     eval_norm: str = _f("linf", "eval", "ball of the evaluation UAP: linf | l2")
     eval_eps: float = _f(10 / 255, "eval", "radius of the evaluation UAP, pixel units")
@@ -94,7 +95,8 @@ class Config:
                              "(slower; see the README on determinism). CPU runs are deterministic anyway")
     checkpoint_minutes: float = _f(10.0, "runtime", "wall-clock minutes between checkpoints within an epoch (one is "
                                    "written after every epoch and on SIGTERM/SIGINT regardless)")
-    data_dir: str = _f("data", "runtime", "folder holding cifar10.npz, cifar10-mini.npz or cifar-10-batches-py")
+    data_dir: str = _f("data", "runtime", "folder holding cifar10.npz, cifar10-mini.npz or cifar-10-batches-py; a "
+                       "relative path is read from the project folder and recorded as given")
     download: bool = _f(False, "runtime", "let torchvision download CIFAR-10 into data_dir when it is missing")
 
     def __post_init__(self) -> None:

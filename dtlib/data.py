@@ -17,6 +17,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .io import data_path
+
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
@@ -150,7 +152,7 @@ def load_arrays(name: str = "full", data_dir: str | Path = "data", download: boo
     """The four CIFAR-10 arrays (uint8 HWC images, int64 labels) of ``name`` ('full' or 'mini')."""
     if name not in FILES:
         raise DataError(f"Unknown dataset {name!r}; choose 'full' or 'mini'.")
-    root = Path(data_dir)
+    root = data_path(data_dir)
     npz = root / FILES[name]
     if npz.exists():
         return _load_npz(npz, name)

@@ -1,4 +1,4 @@
-"""Metrics of STUDY.md section 3 and the evaluation of a trained model under SGD-UAP.
+"""Metrics of docs/protocol.md section 3 and the evaluation of a trained model under SGD-UAP.
 
 - accuracy: fraction of images whose prediction equals the label;
 - fooling rate: fraction of images whose prediction changes when the UAP is added;

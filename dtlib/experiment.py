@@ -116,9 +116,10 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, *, log: Callabl
     return RunResult(cfg, run_dir, metrics)
 
 
-def run(cfg: Config | None = None, *, runs_dir: str | Path = "runs", progress: bool = True,
+def run(cfg: Config | None = None, *, runs_dir: str | Path = "runs", progress: bool | str = True,
         log: Callable[[str], None] = print, **overrides: Any) -> RunResult:
-    """Train (or load) and evaluate one configuration; ``overrides`` are Config fields."""
+    """Train (or load) and evaluate one configuration; ``overrides`` are Config fields;
+    ``progress`` as in ``train`` (True, False or a ``train.PROGRESS`` name)."""
     cfg = (cfg or Config()).replace(**overrides)
     run_dir = run_dir_for(cfg, runs_dir)
     done = metrics_path(run_dir, cfg)

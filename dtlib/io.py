@@ -21,6 +21,22 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def project_dir() -> Path:
+    """The project folder: the first of the working directory and its parents holding dtlib/ and
+    pyproject.toml (notebooks run in notebooks/), else the folder above the installed package."""
+    for d in (Path.cwd(), *Path.cwd().parents):
+        if (d / "dtlib").is_dir() and (d / "pyproject.toml").exists():
+            return d
+    return REPO
+
+
+def data_path(data_dir: str | os.PathLike) -> Path:
+    """Where ``data_dir`` points: an absolute path as it is, a relative one read from the project
+    folder, so configs and results keep the path as the user gave it, never this machine's."""
+    p = Path(data_dir).expanduser()
+    return p if p.is_absolute() else project_dir() / p
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""

@@ -17,6 +17,7 @@ import csv
 import json
 import math
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,12 +27,12 @@ from .bench import bench_split, inference_latency, training_steps
 from .config import FIELD_TYPES, Config
 from .evaluate import accuracy, fooling_rate, predict, scored_subset
 from .experiment import RunResult, load_data, load_model, load_uaps, run
-from .io import atomic_path, provenance, write_json
-from .train import amp_dtype, resolve_device
+from .io import atomic_path, project_dir, provenance, write_json
+from .train import amp_dtype, progress_mode, resolve_device
 
 NOTEBOOKS = ("01_headline", "02_k_ablation", "03_cross_norm", "04_transfer", "05_cost")
 
-# The seed summary's figures (ImageNet, ResNet-50), as fractions / ratios: STUDY.md section 1.
+# The seed summary's figures (ImageNet, ResNet-50), as fractions / ratios: docs/protocol.md section 1.
 SEED = {"C1": {"standard": 0.934, "dt": 0.187}, "C2": {"standard": 0.766, "dt": 0.762},
         "C3": {"fooling": 0.345, "cost": 8.0}, "C4": {"cost": 2.3}, "C5": {"overhead": 0.0},
         "C6": {2: 0.41, 5: 0.187, 10: 0.169}, "C7": {"dt": 0.713, "defenses": 0.124}, "C8": {"change": -0.64}}
@@ -39,14 +40,19 @@ SEED = {"C1": {"standard": 0.934, "dt": 0.187}, "C2": {"standard": 0.766, "dt": 
 
 @dataclass(frozen=True)
 class Study:
-    """One record of the study's settings; its fields and every ``Config`` field are the notebooks'
-    papermill parameters (``overrides``). Radii are in pixel units (images in [0, 1])."""
+    """One record of the study's settings; its fields and the Config fields that are not set per
+    run (``PER_RUN``) are the notebooks' papermill parameters (``overrides``). ``backbone`` and
+    ``eval_eps`` are the study's, written into ``config``: every run uses them except where an
+    experiment varies them (``transfer_backbones``; ``linf_radii`` and ``l2_radii`` in 03).
+    Radii are in pixel units (images in [0, 1])."""
     profile: str = "cpu"
     seeds: tuple[int, ...] = (0, 1)            # headline arms: mean and spread over these
     ablation_seeds: int = 1                    # the first n seeds for the K ablation, grid, cross-norm
     ks: tuple[int, ...] = (1, 2, 3, 5, 10)     # K ablation
     grid_div: tuple[float, ...] = (0.0, 1.0, 3.0)   # sensitivity grid at K = 5: lambda_div ...
     grid_adv: tuple[float, ...] = (0.0, 1.0)        # ... x lambda_adv (0 = the seed's literal loss)
+    backbone: str = "cnn"                      # the headline's, K ablation's, cross-norm's and cost's model
+    eval_eps: float = 10 / 255                 # L-inf radius of every evaluation UAP outside 03_cross_norm
     linf_radii: tuple[float, ...] = (4 / 255, 10 / 255, 16 / 255)
     l2_radii: tuple[float, ...] = (0.5, 1.0, 2.0)
     transfer_backbones: tuple[str, ...] = ("cnn", "vgg")
@@ -54,26 +60,18 @@ class Study:
     bench_warmup: int = 3
     config: Config = field(default_factory=Config)  # every run starts from this config
     root: str = ""                             # folder of runs/, results/, figures/ ("" = the project)
+    progress: str = "auto"                     # training bars (train.PROGRESS); setup picks it, see bars_for
 
     @property
     def dir(self) -> Path:
         return Path(self.root) if self.root else project_dir()
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("config", "root")}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("config", "root", "progress")}
         return {**d, "config": self.config.to_dict()}
 
     def run(self, log: Callable[[str], None] = print, **overrides: Any) -> RunResult:
-        return run(self.config, runs_dir=self.dir / "runs", progress=False, log=log, **overrides)
-
-
-def project_dir() -> Path:
-    """The project folder: the first parent of the working directory holding dtlib/ and
-    pyproject.toml (notebooks run in notebooks/), else the folder above the installed package."""
-    for d in (Path.cwd(), *Path.cwd().parents):
-        if (d / "dtlib").is_dir() and (d / "pyproject.toml").exists():
-            return d
-    return Path(__file__).resolve().parent.parent
+        return run(self.config, runs_dir=self.dir / "runs", progress=self.progress, log=log, **overrides)
 
 
 # Named presets. `smoke` runs every notebook in seconds on the committed mini set (the tests);
@@ -86,17 +84,36 @@ PROFILES: dict[str, dict[str, Any]] = {
     "cpu": dict(config=dict(train_size=8000, val_size=1000, epochs=4, uap_fit_size=1000, uap_epochs=5,
                             uap_lr="0.05,0.2", eval_size=5000, device="cpu")),
     "gpu": dict(seeds=(0, 1, 2), ablation_seeds=3, grid_div=(0.0, 0.3, 1.0, 3.0), grid_adv=(0.0, 0.5, 1.0),
-                linf_radii=(4 / 255, 8 / 255, 10 / 255, 16 / 255), l2_radii=(0.25, 0.5, 1.0, 2.0),
+                backbone="resnet18", linf_radii=(4 / 255, 8 / 255, 10 / 255, 16 / 255), l2_radii=(0.25, 0.5, 1.0, 2.0),
                 transfer_backbones=("resnet18", "vgg"), bench_steps=50, bench_warmup=10,
-                config=dict(backbone="resnet18", val_size=5000, epochs=15, uap_fit_size=5000, uap_epochs=10,
+                config=dict(val_size=5000, epochs=15, uap_fit_size=5000, uap_epochs=10,
                             uap_lr="0.05,0.1,0.2", uap_restarts=2, device="cuda")),
 }
-STUDY_FIELDS = {f.name for f in fields(Study)} - {"config", "profile", "root"}
+STUDY_FIELDS = {f.name for f in fields(Study)} - {"config", "profile", "root", "progress"}
+# Study fields that are also Config fields: the study writes them into every run's config.
+SHARED_FIELDS = ("backbone", "eval_eps")
+
+# Config fields the experiments set run by run, with the Study field (or rule) that controls them:
+# an override of one would be accepted and then replaced, so it is refused.
+PER_RUN: dict[str, str] = {
+    "method": "the experiments' arms (standard, pgd_at, uat, dt and its controls)",
+    "heads": "ks (the headline's DT arms use K = 5, its controls K = 1)",
+    "lambda_div": "grid_div (the headline uses the cell chosen on the validation split)",
+    "lambda_adv": "grid_adv (the headline uses the cell chosen on the validation split)",
+    "seed": "seeds and ablation_seeds",
+    "eval_norm": "linf_radii and l2_radii in 03_cross_norm (every other attack is L-inf at eval_eps)",
+    "eval_modes": "each experiment, which scores the inference modes it reports",
+    "eval_split": "each experiment (the selection grid scores on the validation split, the rest on test)",
+    "eval_head": "the study, whose single-head rows are head 0 (its K = 1 arms have no other)",
+}
 
 
-def setup(profile: str = "cpu", overrides: dict[str, Any] | None = None, root: str | None = None) -> Study:
-    """The study for a profile, with ``overrides`` (Study or Config field names) replacing the
-    preset's values; relative data folders are read from the project folder."""
+def setup(profile: str = "cpu", overrides: dict[str, Any] | None = None, root: str | None = None,
+          progress: bool | str | None = None) -> Study:
+    """The study for a profile, with ``overrides`` (Study fields, or Config fields not in
+    ``PER_RUN``) replacing the preset's values. A name that is both (``SHARED_FIELDS``) is the
+    Study's. Paths are kept as given (a relative data_dir is read from the project folder).
+    ``progress`` (train.PROGRESS) defaults to ``bars_for`` the session this runs in."""
     if profile not in PROFILES:
         raise ValueError(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
     given = overrides
@@ -115,13 +132,22 @@ def setup(profile: str = "cpu", overrides: dict[str, Any] | None = None, root: s
     if unknown:
         raise ValueError(f"Unknown parameter {unknown[0]!r}; use a Study field ({', '.join(sorted(STUDY_FIELDS))}) "
                          f"or a Config field (python -m dtlib fields).")
+    per_run = sorted(set(overrides) & set(PER_RUN))
+    if per_run:
+        name = per_run[0]
+        raise ValueError(f"Config field {name!r} is set run by run by the study, so an override would not reach "
+                         f"the runs; it is controlled by {PER_RUN[name]}.")
     preset = {k: v for k, v in PROFILES[profile].items() if k != "config"}
     study_kw = {**preset, **{k: v for k, v in overrides.items() if k in STUDY_FIELDS}}
     study_kw = {k: tuple(v) if isinstance(v, list) else v for k, v in study_kw.items()}
-    cfg_kw = {**PROFILES[profile].get("config", {}), **{k: v for k, v in overrides.items() if k in FIELD_TYPES}}
-    data_dir = Path(cfg_kw.get("data_dir", "data"))
-    cfg_kw["data_dir"] = str(data_dir if data_dir.is_absolute() else project_dir() / data_dir)
-    study = Study(profile=profile, config=Config().replace(**cfg_kw), root=root or "", **study_kw)
+    cfg_kw = {**PROFILES[profile].get("config", {}),
+              **{k: v for k, v in overrides.items() if k in FIELD_TYPES and k not in STUDY_FIELDS}}
+    shared = {k: study_kw.get(k, getattr(Study, k)) for k in SHARED_FIELDS}
+    config = Config().replace(**cfg_kw, **shared)
+    study_kw.update({k: getattr(config, k) for k in SHARED_FIELDS})  # as the Config parsed them
+    study = Study(profile=profile, config=config, root=root or "",
+                  progress=bars_for() if progress is None else progress_mode(progress),
+                  **study_kw)
     check_study(study)
     if not any(d > 0 for d in study.grid_div):
         raise ValueError(f"grid_div={list(study.grid_div)} needs a value above 0: the diversity term is what the study tests.")
@@ -130,10 +156,37 @@ def setup(profile: str = "cpu", overrides: dict[str, Any] | None = None, root: s
     return study
 
 
+# The element type of each Study list field, by its annotation.
+LIST_KINDS = {"tuple[int, ...]": ((int,), "integers"), "tuple[float, ...]": ((int, float), "numbers"),
+              "tuple[str, ...]": ((str,), "names")}
+
+
+def check_types(study: Study) -> None:
+    """Each Study field holds what its annotation says; a list holds no value twice (a repeated
+    seed would count one run as two seeds and shrink the spread)."""
+    for f in fields(Study):
+        if f.name not in STUDY_FIELDS or f.name in SHARED_FIELDS:
+            continue  # the shared fields are checked as Config fields
+        v = getattr(study, f.name)
+        if f.type in LIST_KINDS:
+            kinds, what = LIST_KINDS[f.type]
+            if not (isinstance(v, tuple) and all(isinstance(x, kinds) and not isinstance(x, bool) for x in v)):
+                raise ValueError(f"{f.name}={v!r} must be a list of {what}.")
+            if len(set(v)) != len(v):
+                raise ValueError(f"{f.name}={list(v)} holds a value twice; give each once.")
+        elif f.type == "int" and not (isinstance(v, int) and not isinstance(v, bool)):
+            raise ValueError(f"{f.name}={v!r} must be an integer.")
+
+
 def check_study(study: Study) -> None:
     """Every config the study will build, made now: a bad seed, K, radius, loss weight or backbone
     in a list fails here in one sentence, before the first model trains."""
+    check_types(study)
     c = study.config
+    try:  # every experiment first scores its selection grid on the validation split
+        c.replace(eval_split="val", eval_modes="ensemble")
+    except ValueError as e:
+        raise ValueError(f"The selection grid scores on the validation split: {str(e)[0].lower()}{str(e)[1:]}") from None
     for name, values, field_ in (("seeds", study.seeds, "seed"), ("ks", study.ks, "heads"),
                                  ("grid_div", study.grid_div, "lambda_div"), ("grid_adv", study.grid_adv, "lambda_adv"),
                                  ("transfer_backbones", study.transfer_backbones, "backbone")):
@@ -150,6 +203,13 @@ def check_study(study: Study) -> None:
                 c.replace(eval_norm=norm, eval_eps=r)
             except ValueError as e:
                 raise ValueError(f"{name} holds {r!r}: {e}") from None
+    if study.backbone not in study.transfer_backbones:
+        raise ValueError(f"transfer_backbones {list(study.transfer_backbones)} must include the study's backbone "
+                         f"{study.backbone!r}, whose headline models are the transfer sources.")
+    for name in SHARED_FIELDS:
+        if getattr(c, name) != getattr(study, name):
+            raise ValueError(f"config.{name}={getattr(c, name)!r} differs from the study's {name}={getattr(study, name)!r}; "
+                             "build the study with dtlib.study.setup.")
     if study.bench_steps < 1 or study.bench_warmup < 0:
         raise ValueError(f"bench_steps={study.bench_steps} must be at least 1 and bench_warmup={study.bench_warmup} "
                          "at least 0.")
@@ -159,13 +219,30 @@ def check_study(study: Study) -> None:
 NOTEBOOK_PARAMETERS = ("profile", "overrides", "root")
 
 
+def _injected(namespace: dict[str, Any]) -> list[str]:
+    """The cells papermill injected into a kernel's history (``In``; first line ``# Parameters``)."""
+    return [src for src in namespace.get("In", []) if isinstance(src, str) and src.startswith("# Parameters")]
+
+
+def bars_for(shell: Any = None) -> str:
+    """Training bars for the session: widgets in an interactive Jupyter kernel ("auto"), text
+    lines under papermill, whose executed notebooks keep text, not widgets ("text": detected by
+    its injected parameters cell), the terminal's bars elsewhere ("auto"). ``shell`` defaults to
+    the running IPython shell, if any."""
+    ipython = sys.modules.get("IPython")
+    shell = shell or (ipython.get_ipython() if ipython else None)
+    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
+        return "auto"
+    return "text" if _injected(shell.user_ns) else "auto"
+
+
 def check_parameters(namespace: dict[str, Any]) -> None:
     """Raise ValueError (one sentence) if papermill injected a name the notebooks do not declare.
 
     papermill only warns about such names and runs on with the defaults; a notebook calls this
     with ``globals()`` before any work, and it reads the cell papermill injected (IPython's
     history ``In``; its first line is ``# Parameters``). Outside papermill there is none: no-op."""
-    injected = [src for src in namespace.get("In", []) if src.startswith("# Parameters")]
+    injected = _injected(namespace)
     if not injected:
         return
     names = [t.id for node in ast.parse(injected[-1]).body if isinstance(node, ast.Assign)
@@ -179,21 +256,48 @@ def check_parameters(namespace: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 # statistics and verdicts
 
-def mean_spread(values: list[float]) -> dict[str, Any]:
-    """Mean, sample standard deviation (None for one value) and n."""
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    return {"mean": statistics.fmean(vals) if vals else float("nan"),
-            "std": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals)}
+def mean_spread(values: list[float | None]) -> dict[str, Any]:
+    """Mean, sample standard deviation (None for one value) and n of the finite values (None and
+    NaN are missing, not zero)."""
+    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    try:
+        return {"mean": statistics.fmean(vals) if vals else float("nan"),
+                "std": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals)}
+    except OverflowError:  # not rates at all (|v| near 1e308): no measurement to read
+        return {"mean": float("nan"), "std": None, "n": 0}
 
 
 def fmt(ms: dict[str, Any], pct: bool = True) -> str:
+    if not ms["n"]:
+        return "n/a (n=0)"
     f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.2f}x")
     spread = f" ± {(100 if pct else 1) * ms['std']:.1f}{'pt' if pct else 'x'}" if ms["std"] is not None else ""
     return f"{f(ms['mean'])}{spread} (n={ms['n']})"
 
 
-INCONCLUSIVE = "inconclusive: the UAP does not beat the random floor on the standard model"
+def ratio(num: float | None, den: float | None) -> float:
+    """``num / den``, NaN where it cannot be formed (a zero, missing or non-finite term)."""
+    return num / den if finite(num, den) and den != 0 else float("nan")
+
+
+def finite(*values: float | None) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+def inconclusive(why: str) -> str:
+    return f"inconclusive: {why}"
+
+
+def missing(**groups: dict[str, Any]) -> str | None:
+    """``inconclusive: no measurement of ...`` naming each compared group without a finite value
+    (``mean_spread`` with n = 0), or None when every group has one."""
+    empty = [name for name, ms in groups.items() if not ms["n"]]
+    return inconclusive(f"no measurement of {', '.join(empty)}") if empty else None
+
+
+INCONCLUSIVE = inconclusive("the UAP does not beat the random floor on the standard model")
 MIN_NOISE = 0.02  # an absolute difference of rates below 2 points is never read as an effect
+ORDER = ("does not hold", "partly", "holds")  # verdicts from weakest to strongest
 
 
 def noise(*stats: dict[str, Any]) -> float:
@@ -206,8 +310,11 @@ def verdict(effect: float, seed_effect: float, margin: float) -> str:
     """The rule for an effect claim. ``effect`` is the measured change in the claim's direction
     (positive = as claimed), ``seed_effect`` the seed's, both on the same scale; ``margin`` the
     smallest change read as real on that scale. holds: at least half the seed's effect and beyond
-    the margin; partly: beyond the margin but under half; does not hold: otherwise."""
-    if not math.isfinite(effect) or effect <= margin:
+    the margin; partly: beyond the margin but under half; does not hold: otherwise; inconclusive
+    when the effect or the margin is not a number (e.g. a ratio over a zero rate)."""
+    if not finite(effect, seed_effect, margin):
+        return inconclusive("the effect cannot be formed from these numbers (a zero or missing rate)")
+    if effect <= margin:
         return "does not hold"
     return "holds" if effect >= seed_effect / 2 else "partly"
 
@@ -215,16 +322,16 @@ def verdict(effect: float, seed_effect: float, margin: float) -> str:
 def cost_verdict(measured: float, claimed: float) -> str:
     """The rule for a cost bound ("costs only X"): holds if at most 10% over the claimed cost,
     partly if at most 50% over, does not hold otherwise."""
-    if not math.isfinite(measured):
-        return "does not hold"
+    if not (finite(measured) and measured > 0):
+        return inconclusive(f"the measured cost {measured} is not a positive number")
     return "holds" if measured <= claimed * 1.1 else "partly" if measured <= claimed * 1.5 else "does not hold"
 
 
 def figure_verdict(measured: float, claimed: float) -> str:
     """The rule for a reported figure ("PGD-AT costs 8x"): holds within 25% of it either way,
     partly within a factor of 2, does not hold otherwise."""
-    if not (math.isfinite(measured) and measured > 0):
-        return "does not hold"
+    if not (finite(measured) and measured > 0):
+        return inconclusive(f"the measured figure {measured} is not a positive number")
     r = measured / claimed
     return "holds" if 0.75 <= r <= 1.25 else "partly" if 0.5 <= r <= 2 else "does not hold"
 
@@ -232,13 +339,17 @@ def figure_verdict(measured: float, claimed: float) -> str:
 def accuracy_cost_verdict(drop: float) -> str:
     """The rule for "DT costs (almost) no clean accuracy": holds if the mean drop is at most 1
     point, partly if at most 3 points, does not hold otherwise."""
+    if not finite(drop):
+        return inconclusive("the accuracy drop cannot be formed (a missing accuracy)")
     return "holds" if drop <= 0.01 else "partly" if drop <= 0.03 else "does not hold"
 
 
-def overhead_verdict(ratio: float) -> str:
+def overhead_verdict(ratio_: float) -> str:
     """The rule for "no inference overhead": holds if within 5% of the plain model (timing noise),
     partly within 20%, does not hold otherwise."""
-    return "holds" if ratio <= 1.05 else "partly" if ratio <= 1.2 else "does not hold"
+    if not (finite(ratio_) and ratio_ > 0):
+        return inconclusive(f"the latency ratio {ratio_} is not a positive number")
+    return "holds" if ratio_ <= 1.05 else "partly" if ratio_ <= 1.2 else "does not hold"
 
 
 def claim(cid: str, what: str, seed: str, measured: str, setting: str, result: str, n: int | None = None,
@@ -325,7 +436,7 @@ def _val_row(res: RunResult, key: str) -> dict[str, float]:
 
 
 def arms(selection: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The headline's methods and the controls of STUDY.md section 3, as Config overrides.
+    """The headline's methods and the controls of docs/protocol.md section 3, as Config overrides.
 
     ``dt_best`` is the grid's best cell on validation; ``dt_div`` the best cell *with* the diversity
     term (lambda_div > 0), which the controls (K = 1, lambda_div = 0, at its lambda_adv) are read
@@ -382,7 +493,7 @@ def headline(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]
             for key, m in res.metrics["eval"].items():
                 rows.append({"arm": arm, "eval": key, "seed": seed, "heads": res.config.heads,
                              "lambda_div": res.config.lambda_div, "lambda_adv": res.config.lambda_adv,
-                             **{k: m[k] for k in METRICS}, "train_s": wall, "cost_ratio": wall / base_wall,
+                             **{k: m[k] for k in METRICS}, "train_s": wall, "cost_ratio": ratio(wall, base_wall),
                              "run": res.run_dir.name})
     table = summarise(rows, ("arm", "eval"), (*METRICS, "cost_ratio"))
     check = attack_check(study, selection, log)
@@ -393,7 +504,7 @@ def headline(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]
 
 def attack_check(study: Study, selection: dict[str, Any], log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Is the evaluation attack converged? Refit with twice the epochs and one more restart: the
-    fooling rate must not rise by more than MIN_NOISE (STUDY.md section 3)."""
+    fooling rate must not rise by more than MIN_NOISE (docs/protocol.md section 3)."""
     out = []
     c = study.config
     stronger = dict(uap_epochs=2 * c.uap_epochs, uap_restarts=c.uap_restarts + 1)
@@ -410,14 +521,26 @@ def attack_check(study: Study, selection: dict[str, Any], log: Callable[[str], N
 
 
 def _pick(rows: list[dict[str, Any]], metric: str, **where: Any) -> dict[str, Any]:
-    return mean_spread([r[metric] for r in rows if all(r[k] == v for k, v in where.items())])
+    """``mean_spread`` of ``metric`` over the rows matching ``where`` (rows lacking a key do not match)."""
+    return mean_spread([r.get(metric) for r in rows if all(r.get(k) == v for k, v in where.items())])
+
+
+def pgd_setting(c: Config) -> str:
+    return f"PGD-AT {c.pgd_steps} x {c.pgd_alpha * 255:g}/255 in L-inf {c.pgd_eps * 255:g}/255"
+
+
+def training_threat(c: Config) -> str:
+    radius = f"{c.eps * 255:g}/255" if c.norm == "linf" else f"{c.eps:g}"
+    return f"trained against {c.norm} {radius} UAPs (DT, UAT) or {pgd_setting(c)}"
 
 
 def headline_claims(rows: list[dict[str, Any]], study: Study, selection: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """C1, C1-ctl, C2, C3 and C4-wall from the headline's rows (one per arm, inference mode, seed)."""
     eps = f"L-inf {study.config.eval_eps * 255:.0f}/255 white-box SGD-UAP"
-    best = (selection or {}).get("best")
-    chosen = (f"DT weights chosen on validation: lambda_div={best['lambda_div']:g}, lambda_adv={best['lambda_adv']:g}"
-              + (" (no diversity term)" if best["lambda_div"] == 0 else "")) if best else "DT weights chosen on validation"
+    best = (selection or {}).get("best") or {}
+    div, adv = best.get("lambda_div"), best.get("lambda_adv")
+    chosen = "DT weights chosen on validation" + (
+        f": lambda_div={div:g}, lambda_adv={adv:g}" + (" (no diversity term)" if div == 0 else "") if finite(div, adv) else "")
     std_fr = _pick(rows, "fooling_rate", arm="standard", eval="head0")
     dt_fr = _pick(rows, "fooling_rate", arm="dt_best", eval="ensemble")
     dt_single = _pick(rows, "fooling_rate", arm="dt_best", eval="head0")
@@ -426,49 +549,64 @@ def headline_claims(rows: list[dict[str, Any]], study: Study, selection: dict[st
     floor = _pick(rows, "random_fooling_rate", arm="standard", eval="head0")
     n = min(std_fr["n"], dt_fr["n"])
     # a reduction of fooling means nothing if the attack does not beat random noise to begin with
-    weak = std_fr["mean"] - floor["mean"] <= noise(std_fr, floor)
-    gate = lambda v: INCONCLUSIVE if weak else v
+    weak = missing(**{"the standard model's fooling rate": std_fr, "its random floor": floor}) or (
+        INCONCLUSIVE if std_fr["mean"] - floor["mean"] <= noise(std_fr, floor) else None)
     s1 = SEED["C1"]
     seed_rel = (s1["standard"] - s1["dt"]) / s1["standard"]
-    rel = (std_fr["mean"] - dt_fr["mean"]) / std_fr["mean"]
+    rel = ratio(std_fr["mean"] - dt_fr["mean"], std_fr["mean"])
+    result = weak or missing(**{"DT (chosen, ensemble)": dt_fr}) or verdict(
+        rel, seed_rel, ratio(noise(std_fr, dt_fr), std_fr["mean"]))
     out = [claim("C1", "UAP fooling rate, standard -> DT (K=5, ensemble)", "93.4% -> 18.7%",
                  f"{fmt(std_fr)} -> {fmt(dt_fr)}; single head {fmt(dt_single)}; best with diversity {fmt(div_fr)};"
-                 f" literal loss {fmt(lit_fr)}", f"{eps}; {chosen}",
-                 gate(verdict(rel, seed_rel, noise(std_fr, dt_fr) / std_fr["mean"])), n=n, effect=rel,
-                 seed_effect=seed_rel)]
+                 f" literal loss {fmt(lit_fr)}", f"{eps}; {chosen}", result, n=n, effect=rel, seed_effect=seed_rel)]
+
     controls = {a: _pick(rows, "fooling_rate", arm=a, eval="ensemble" if a == "dt_nodiv" else "head0")
                 for a in ("uat", "dt_k1", "dt_nodiv")}
-    best_ctrl = min(controls, key=lambda a: controls[a]["mean"])
-    diff = controls[best_ctrl]["mean"] - div_fr["mean"]
-    out.append(claim("C1-ctl", "the part credited to diversity: DT with lambda_div > 0 vs its best control",
-                     "(implied: all of C1)", f"DT with diversity {fmt(div_fr)} vs {best_ctrl} {fmt(controls[best_ctrl])}",
-                     "controls at the same lambda_adv: UAT, DT with K=1, DT with lambda_div=0; lower fooling is better",
-                     gate("holds" if diff > noise(div_fr, controls[best_ctrl]) else "does not hold"),
-                     n=min(div_fr["n"], controls[best_ctrl]["n"]), effect=diff))
+    measured = {a: ms for a, ms in controls.items() if ms["n"]}
+    what = "the part credited to diversity: DT with lambda_div > 0 vs its best control"
+    setting = "controls at the same lambda_adv: UAT, DT with K=1, DT with lambda_div=0; lower fooling is better"
+    if not measured:
+        out.append(claim("C1-ctl", what, "(implied: all of C1)", f"DT with diversity {fmt(div_fr)}; no control measured",
+                         setting, inconclusive("no control arm was measured")))
+    else:
+        best_ctrl = min(measured, key=lambda a: measured[a]["mean"])
+        diff = measured[best_ctrl]["mean"] - div_fr["mean"]
+        result = weak or missing(**{"DT with diversity": div_fr}) or (
+            "holds" if diff > noise(div_fr, measured[best_ctrl]) else "does not hold")
+        out.append(claim("C1-ctl", what, "(implied: all of C1)",
+                         f"DT with diversity {fmt(div_fr)} vs {best_ctrl} {fmt(measured[best_ctrl])}", setting, result,
+                         n=min(div_fr["n"], measured[best_ctrl]["n"]), effect=diff))
+
     std_acc = _pick(rows, "clean_acc", arm="standard", eval="head0")
     dt_acc = _pick(rows, "clean_acc", arm="dt_best", eval="ensemble")
     drop = std_acc["mean"] - dt_acc["mean"]
     out.append(claim("C2", "clean accuracy, standard -> DT (mean drop at most 1 point)", "76.6% -> 76.2%",
-                     f"{fmt(std_acc)} -> {fmt(dt_acc)}", "CIFAR-10 test", accuracy_cost_verdict(drop), n=n,
-                     effect=-drop))
+                     f"{fmt(std_acc)} -> {fmt(dt_acc)}", "CIFAR-10 test",
+                     missing(**{"the standard model's accuracy": std_acc, "DT's accuracy": dt_acc})
+                     or accuracy_cost_verdict(drop), n=min(std_acc["n"], dt_acc["n"]), effect=-drop))
+
     pgd_fr = _pick(rows, "fooling_rate", arm="pgd_at", eval="head0")
     pgd_acc = _pick(rows, "clean_acc", arm="pgd_at", eval="head0")
     pgd_cost = _pick(rows, "cost_ratio", arm="pgd_at", eval="head0")
     s3 = SEED["C3"]
     seed_rel3 = (s1["standard"] - s3["fooling"]) / s1["standard"]
-    rel3 = (std_fr["mean"] - pgd_fr["mean"]) / std_fr["mean"]
+    rel3 = ratio(std_fr["mean"] - pgd_fr["mean"], std_fr["mean"])
     # a classifier that is mostly wrong is hard to fool: low fooling then says little about robustness
-    weak_pgd = std_acc["mean"] - pgd_acc["mean"] > 0.10
-    result = (f"inconclusive: PGD-AT is undertrained (clean {fmt(pgd_acc)} vs standard {fmt(std_acc)})" if weak_pgd
-              else gate(verdict(rel3, seed_rel3, noise(std_fr, pgd_fr) / std_fr["mean"])))
+    result = missing(**{"PGD-AT's accuracy": pgd_acc, "the standard model's accuracy": std_acc})
+    if not result and std_acc["mean"] - pgd_acc["mean"] > 0.10:
+        result = inconclusive(f"PGD-AT is undertrained (clean {fmt(pgd_acc)} vs standard {fmt(std_acc)})")
+    result = result or weak or missing(**{"PGD-AT's fooling rate": pgd_fr}) or verdict(
+        rel3, seed_rel3, ratio(noise(std_fr, pgd_fr), std_fr["mean"]))
     out.append(claim("C3", "PGD-AT: fooling rate, training cost", "34.5% at 8x",
                      f"{fmt(pgd_fr)} at {fmt(pgd_cost, pct=False)} (wall time); clean {fmt(pgd_acc)}",
-                     eps + "; PGD-AT 7 x 2/255 in 8/255; cost judged in 05_cost", result, n=pgd_fr["n"],
+                     f"{eps}; {pgd_setting(study.config)}; cost judged in 05_cost", result, n=min(pgd_fr["n"], std_fr["n"]),
                      effect=rel3, seed_effect=seed_rel3))
+
     dt_cost = _pick(rows, "cost_ratio", arm="dt_best", eval="ensemble")
     out.append(claim("C4-wall", "DT training wall time / standard", "2.3x", f"{fmt(dt_cost, pct=False)}",
                      "whole runs: same data, epochs, batch size (05_cost times single steps)",
-                     cost_verdict(dt_cost["mean"], SEED["C4"]["cost"]), effect=dt_cost["mean"]))
+                     missing(**{"DT's wall-time ratio": dt_cost}) or cost_verdict(dt_cost["mean"], SEED["C4"]["cost"]),
+                     effect=dt_cost["mean"]))
     return out
 
 
@@ -511,18 +649,22 @@ def time_training_steps(study: Study, cases: dict[str, dict[str, Any]]) -> dict[
 
 
 def k_claims(ens: dict[int, dict[str, Any]], rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any]]:
+    """C6: the ensemble's fooling rate from the smallest to the largest of K = 2, 5, 10 measured."""
     s6 = SEED["C6"]
+    what, seed = "fooling rate falls with K", "41% / 18.7% / 16.9%"
     ks = [k for k in (2, 5, 10) if k in ens]
     measured = " / ".join(f"K={k}: {fmt(_pick(rows, 'fooling_rate', heads=k, eval='ensemble'))}" for k in ks)
     if len(ks) < 2:
-        return [not_measured("C6", "fooling rate falls with K", "41% / 18.7% / 16.9%",
-                             f"needs two of K = 2, 5, 10; K in {list(study.ks)}")]
+        return [not_measured("C6", what, seed, f"needs two of K = 2, 5, 10; K in {list(study.ks)}")]
     lo, hi = ks[0], ks[-1]
     a, b = (_pick(rows, "fooling_rate", heads=k, eval="ensemble") for k in (lo, hi))
-    rel = (a["mean"] - b["mean"]) / a["mean"]
+    rel = ratio(a["mean"] - b["mean"], a["mean"])
     seed_rel = (s6[lo] - s6[hi]) / s6[lo]
-    return [claim("C6", f"fooling rate falls with K (K={lo} -> K={hi}, ensemble)", "41% / 18.7% / 16.9%", measured,
-                  "DT at the best validated weights with lambda_div > 0", verdict(rel, seed_rel, noise(a, b) / a["mean"]),
+    result = missing(**{f"K={lo}": a, f"K={hi}": b}) or (
+        inconclusive(f"K={lo} is never fooled, so no relative fall can be formed") if a["mean"] == 0 else
+        verdict(rel, seed_rel, ratio(noise(a, b), a["mean"])))
+    return [claim("C6", f"{what} (K={lo} -> K={hi}, ensemble)", seed, measured,
+                  "DT at the best validated weights with lambda_div > 0", result,
                   n=min(a["n"], b["n"]), effect=rel, seed_effect=seed_rel)]
 
 
@@ -556,28 +698,33 @@ def cross_norm(study: Study, log: Callable[[str], None] = print) -> dict[str, An
 
 def cross_claims(rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any]]:
     """C7, read at every L2 radius: DT (with its diversity term) against the stronger of UAT and
-    PGD-AT at that radius; the verdict is the weakest over the radii (the seed names none)."""
+    PGD-AT at that radius; the verdict is the weakest over the radii (the seed names none), and
+    inconclusive if any radius lacks a measurement."""
     what, seed = "accuracy under L2 UAPs, DT vs the stronger standard defense", "71.3% vs 12.4%"
     if not study.l2_radii:
         return [not_measured("C7", what, seed, "no L2 radius in the profile")]
     s7 = SEED["C7"]
-    parts, verdicts, gaps, n = [], [], [], 99
+    parts, verdicts, gaps, n = [], [], [], None
     for r in study.l2_radii:
         at = lambda arm, m="uap_acc": _pick(rows, m, arm=arm, norm="l2", radius=r)
-        dt, defenses = at("dt_div"), {a: at(a) for a in ("uat", "pgd_at")}
+        dt = at("dt_div")
+        defenses = {a: ms for a in ("uat", "pgd_at") if (ms := at(a))["n"]}
+        if not (dt["n"] and defenses):
+            verdicts.append(missing(**{"DT": dt, "UAT or PGD-AT": {"n": len(defenses)}}) + f" at r={r:g}")
+            parts.append(f"r={r:g}: DT {fmt(dt)}, no defense measured" if not defenses else f"r={r:g}: DT {fmt(dt)}")
+            continue
         strongest = max(defenses, key=lambda a: defenses[a]["mean"])
         gap = dt["mean"] - defenses[strongest]["mean"]
         gaps.append(gap)
-        n = min(n, dt["n"], defenses[strongest]["n"])
+        n = min(n if n is not None else dt["n"], dt["n"], defenses[strongest]["n"])
         verdicts.append(verdict(gap, s7["dt"] - s7["defenses"], noise(dt, defenses[strongest])))
         parts.append(f"r={r:g}: DT {fmt(dt)} vs {strongest} {fmt(defenses[strongest])}"
                      f" (fooling {fmt(at('dt_div', 'fooling_rate'))} vs {fmt(at(strongest, 'fooling_rate'))})")
-    order = ("does not hold", "partly", "holds")
-    worst = min(verdicts, key=order.index)
+    unsure = [v for v in verdicts if v not in ORDER]
+    worst = unsure[0] if unsure else min(verdicts, key=ORDER.index)
     return [claim("C7", what, seed, "; ".join(parts),
-                  "trained against L-inf 10/255 (DT, UAT) or PGD 8/255; white-box L2 SGD-UAP; verdict = weakest radius",
-                  worst, n=n, effect=min(gaps), seed_effect=s7["dt"] - s7["defenses"])]
-
+                  f"{training_threat(study.config)}; white-box L2 SGD-UAP; verdict = weakest radius",
+                  worst, n=n, effect=min(gaps) if gaps else float("nan"), seed_effect=s7["dt"] - s7["defenses"])]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -585,12 +732,9 @@ def cross_claims(rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any
 
 def transfer(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Each source model's white-box UAP (fitted against its default inference mode) applied to
-    every target model: transfer success = the target's fooling rate (STUDY.md section 3)."""
+    every target model: transfer success = the target's fooling rate (docs/protocol.md section 3)."""
     t0 = time.perf_counter()
     selection = select_dt(study, log)
-    if study.config.backbone not in study.transfer_backbones:
-        raise ValueError(f"transfer_backbones {list(study.transfer_backbones)} must include the study's backbone "
-                         f"{study.config.backbone!r}, whose headline models are the sources.")
     seed = study.seeds[0]
     models: dict[str, dict[str, Any]] = {}
     for bb in study.transfer_backbones:
@@ -626,15 +770,18 @@ def transfer_claims(rows: list[dict[str, Any]], study: Study) -> list[dict[str, 
     """C8: for each architecture, UAPs from the other architectures' models, on the DT target vs
     the standard target of that architecture: mean relative change of transfer success."""
     what, seed = "cross-model UAP transfer success, relative change on a DT target", "-64%"
-    fr = {(r["source"], r["target"]): r["fooling_rate"] for r in rows}
-    per_arch, diffs = [], []
+    fr = {(r.get("source"), r.get("target")): r.get("fooling_rate") for r in rows}
+    fr = {k: v for k, v in fr.items() if finite(v)}
+    sources = sorted({s for s, _ in fr if isinstance(s, str)})
+    per_arch, diffs, bases = [], [], []
     for bb in study.transfer_backbones:
         std, dt = f"{bb}/standard", f"{bb}/dt_div"
         changes = []
-        for s in sorted({r["source"] for r in rows if not r["source"].startswith(bb + "/")}):
-            if (s, std) in fr and (s, dt) in fr and fr[(s, std)] > 0:
+        for s in sources:
+            if not s.startswith(bb + "/") and (s, std) in fr and (s, dt) in fr and fr[(s, std)] > 0:
                 changes.append((fr[(s, dt)] - fr[(s, std)]) / fr[(s, std)])
                 diffs.append(fr[(s, dt)] - fr[(s, std)])
+                bases.append(fr[(s, std)])
         if changes:
             per_arch.append(statistics.fmean(changes))
     if not per_arch:
@@ -642,12 +789,11 @@ def transfer_claims(rows: list[dict[str, Any]], study: Study) -> list[dict[str, 
     change = statistics.fmean(per_arch)  # each target architecture weighs the same
     # margin: 2 standard errors of the pairs' absolute differences (at least MIN_NOISE), relative
     se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
-    base = statistics.fmean(fr[(s, t)] for s, t in fr if t.endswith("/standard") and s.split("/")[0] != t.split("/")[0])
-    margin = max(MIN_NOISE, 2 * se) / max(1e-9, base)
+    margin = max(MIN_NOISE, 2 * se) / statistics.fmean(bases)
     return [claim("C8", what, seed,
                   f"{100 * change:+.0f}% (mean over target architectures of {len(diffs)} cross-architecture "
                   f"pairs; absolute {100 * statistics.fmean(diffs):+.1f}pt)",
-                  f"DT = best validated lambda_div > 0; sources: {', '.join(sorted({r['source'] for r in rows}))}",
+                  f"DT = best validated lambda_div > 0; sources: {', '.join(sources)}",
                   verdict(-change, -SEED["C8"]["change"], margin), n=1, effect=change,
                   seed_effect=SEED["C8"]["change"])]
 
@@ -657,7 +803,7 @@ def transfer_claims(rows: list[dict[str, Any]], study: Study) -> list[dict[str, 
 
 def cost(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Per-step training time of each method over standard's, and inference latency of DT's single
-    head and ensemble over a plain one-head model, measured in one process (STUDY.md section 3)."""
+    head and ensemble over a plain one-head model, measured in one process (docs/protocol.md section 3)."""
     t0 = time.perf_counter()
     selection = select_dt(study, log)
     a = arms(selection)
@@ -670,19 +816,27 @@ def cost(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
     table = [{"kind": kind, "case": k, "median_ms": 1e3 * v["median_s"], "ratio": v["ratio"],
               "ratio_q1": v["ratio_quartiles"][0], "ratio_q3": v["ratio_quartiles"][1]}
              for kind, part in (("train step", steps), ("inference", infer)) for k, v in part.items()]
-    r = {row["case"]: row["ratio"] for row in table}
-    setting = f"{study.config.backbone}, batch {study.config.batch_size}, median of {study.bench_steps} steps"
-    claims = [
-        claim("C3-cost", "PGD-AT training cost / standard", "8x", f"{r['pgd_at']:.2f}x", setting + ", 7 PGD steps",
-              figure_verdict(r["pgd_at"], SEED["C3"]["cost"]), effect=r["pgd_at"]),
-        claim("C4", "DT (K=5) training step / standard", "2.3x", f"{r['dt_k5']:.2f}x", setting,
-              cost_verdict(r["dt_k5"], SEED["C4"]["cost"]), effect=r["dt_k5"]),
-        claim("C5", "single-head inference / plain model", "1.00x (no overhead)", f"{r['single_head_k5']:.3f}x"
-              f" (ensemble K=5: {r['ensemble_k5']:.3f}x)", "batch 256, forward only",
-              overhead_verdict(r["single_head_k5"]), effect=r["single_head_k5"]),
-    ]
+    claims = cost_claims({row["case"]: row["ratio"] for row in table}, study)
     payload = {"selection": selection, "train_steps": steps, "inference": infer, "table": table, "claims": claims}
     return save(study, "05_cost", payload, t0)
+
+
+def cost_claims(ratios: dict[str, float], study: Study) -> list[dict[str, Any]]:
+    """C3-cost, C4 and C5 from the step-time and latency ratios to standard (cases ``pgd_at``,
+    ``dt_k5``, ``single_head_k5``, ``ensemble_k5``); a missing case is NaN, its row inconclusive."""
+    r = {k: v if finite(v) else float("nan") for k, v in ratios.items()}
+    get = lambda k: r.get(k, float("nan"))
+    x = lambda k, digits=2: f"{get(k):.{digits}f}x" if finite(get(k)) else "n/a"
+    setting = f"{study.config.backbone}, batch {study.config.batch_size}, median of {study.bench_steps} steps"
+    return [
+        claim("C3-cost", "PGD-AT training cost / standard", "8x", x("pgd_at"), f"{setting}, {study.config.pgd_steps} PGD steps",
+              figure_verdict(get("pgd_at"), SEED["C3"]["cost"]), effect=get("pgd_at")),
+        claim("C4", "DT (K=5) training step / standard", "2.3x", x("dt_k5"), setting,
+              cost_verdict(get("dt_k5"), SEED["C4"]["cost"]), effect=get("dt_k5")),
+        claim("C5", "single-head inference / plain model", "1.00x (no overhead)",
+              f"{x('single_head_k5', 3)} (ensemble K=5: {x('ensemble_k5', 3)})", "batch 256, forward only",
+              overhead_verdict(get("single_head_k5")), effect=get("single_head_k5")),
+    ]
 
 
 EXPERIMENTS: dict[str, Callable[..., dict[str, Any]]] = {

@@ -2,7 +2,7 @@
 
 A step builds the batch's loss (``loss``) and, after the loop's backward pass, updates whatever
 attack state it keeps (``after_backward``): the running universal perturbation of ``dt`` and
-``uat`` (STUDY.md section 1: one signed-gradient step per batch on the ensemble loss, projected to
+``uat`` (docs/protocol.md section 1: one signed-gradient step per batch on the ensemble loss, projected to
 eps), nothing for ``standard`` and ``pgd_at``. The loop owns the optimizer, the schedule, mixed
 precision, checkpoints and logging.
 
@@ -26,7 +26,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.profiler import record_function
-from tqdm.auto import tqdm
+from tqdm.auto import tqdm as auto_bar
+from tqdm.std import tqdm as text_bar
 
 from .attacks import ascent, perturb, pgd, project
 from .config import Config
@@ -126,7 +127,7 @@ class DT(RunningUAP):
     images plus the running UAP, both in one forward pass (one batch of 2B images).
 
     What the UAP ascends is ``cfg.uap_objective``: ``ensemble_ce``, the ensemble's cross-entropy on
-    the perturbed half (STUDY.md section 1), whose gradient is not the loss's and so takes one
+    the perturbed half (docs/protocol.md section 1), whose gradient is not the loss's and so takes one
     input-gradient pass of its own through the same graph (no extra forward); or ``loss``, the DT
     loss itself (the min-max game's simultaneous update, as in UAT), whose gradient the weights'
     backward pass leaves in ``delta.grad`` at no cost. The two differ even at lambda_div = 0:
@@ -191,16 +192,31 @@ def _cpu_has_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 for autocast, or None for float32. ``auto`` picks bf16 where it is fast: CUDA, and CPUs
-    with AMX or AVX512-BF16 (1.6-2.8x faster training steps measured on such a CPU)."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
+# What precision="auto" resolves to, when set (bf16 | fp32). The machines this project runs on
+# differ in CPU features, so CI runs the precision-sensitive tests once more under the precision
+# this CPU would not pick; a user can pin it the same way.
+PRECISION_ENV = "DTLIB_AUTO_PRECISION"
+
+
+def auto_precision(device: torch.device) -> str:
+    """What ``precision=auto`` means on ``device``: ``$DTLIB_AUTO_PRECISION`` when set, else bf16
+    where it is fast (CUDA with bf16; CPUs with AMX or AVX512-BF16: 1.6-2.8x faster training
+    steps measured on such a CPU), else fp32."""
+    forced = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if forced:
+        if forced not in ("bf16", "fp32"):
+            raise ValueError(f"{PRECISION_ENV}={forced!r} must be bf16 or fp32 (or unset for this machine's choice).")
+        return forced
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if _cpu_has_bf16() else None
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if _cpu_has_bf16() else "fp32"
+
+
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 for autocast, or None for float32; ``auto`` as ``auto_precision`` resolves it."""
+    if precision == "auto":
+        precision = auto_precision(device)
+    return torch.bfloat16 if precision == "bf16" else None
 
 
 def precision_name(cfg: Config) -> str:
@@ -356,7 +372,28 @@ def read_checkpoint(path: Path, cfg: Config, log: Callable[[str], None]) -> dict
     return ckpt
 
 
-def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None, progress: bool = True,
+# Progress bars: "auto" = a widget in JupyterLab, text in a terminal; "text" = text lines at most
+# every TEXT_BAR_S seconds (what papermill stores in an executed notebook); "off".
+PROGRESS = ("auto", "text", "off")
+TEXT_BAR_S = 30.0
+
+
+def progress_mode(progress: bool | str) -> str:
+    """A PROGRESS name for ``progress`` (True = auto, False = off)."""
+    mode = "auto" if progress is True else "off" if progress is False else progress
+    if mode not in PROGRESS:
+        raise ValueError(f"progress={progress!r} is not one of {', '.join(PROGRESS)}.")
+    return mode
+
+
+def progress_bar(iterable: Any, mode: str, **kw: Any) -> Any:
+    """``iterable`` wrapped in the tqdm bar of ``mode`` (a PROGRESS name)."""
+    if mode == "auto":
+        return auto_bar(iterable, **kw)
+    return text_bar(iterable, disable=mode == "off", mininterval=TEXT_BAR_S, **kw)
+
+
+def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None, progress: bool | str = True,
           log: Callable[[str], None] = print,
           wrap: Callable[[nn.Module], nn.Module] | None = None) -> tuple[MultiHead, dict[str, Any]]:
     """Train a model for ``cfg`` on ``train_split`` (uint8 images); returns (model in eval mode, stats).
@@ -369,6 +406,7 @@ def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None,
     the data order and augmentation of an epoch depend only on (seed, epoch), so a resumed run ends
     with the same weights and metrics as an uninterrupted one (on CPU, tested by killing a process).
     ``wrap`` wraps the built model for the forward/backward passes (e.g. ``DistributedDataParallel``)."""
+    progress = progress_mode(progress)
     device = resolve_device(cfg.device)
     dtype = amp_dtype(cfg.precision, device)
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed() else (0, 1)
@@ -434,8 +472,8 @@ def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None,
                         "parts": {k: v.cpu() for k, v in part_sums.items()},
                         "seconds": before + time.perf_counter() - t0}
 
-            bar = tqdm(loader.batches(first), desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}",
-                       disable=not progress, leave=False, unit="batch", total=len(loader) - first)
+            bar = progress_bar(loader.batches(first), progress, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}",
+                               leave=False, unit="batch", total=len(loader) - first)
             for i, (x, y) in enumerate(bar, start=first):
                 loss, logits = train_step(step_fn, opt, x, y, dtype)
                 sched.step()
@@ -444,7 +482,7 @@ def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None,
                 for k, v in step_fn.parts.items():
                     part_sums[k] = part_sums.get(k, 0) + v * len(y)
                 seen += len(y)
-                if progress and i % 10 == 9:
+                if progress != "off" and i % 10 == 9:
                     bar.set_postfix(img_s=f"{(i + 1 - first) * cfg.batch_size / (time.perf_counter() - t0):.0f}")
                 if i + 1 < len(loader) and (stop.signum or time.perf_counter() - last_save > every):
                     save(epoch, i + 1, sums())

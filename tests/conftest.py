@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -5,10 +6,18 @@ import torch
 
 import dtlib
 from dtlib.data import load_cifar10
+from dtlib.train import PRECISION_ENV, auto_precision
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 # device="cpu": these tests assert CPU determinism and exact equalities, also on a CUDA machine
 MINI = dict(data="mini", data_dir=str(DATA_DIR), device="cpu")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Which precision this run's tests trained in (printed under -q too): CI runs both."""
+    forced = os.environ.get(PRECISION_ENV)
+    why = f"{PRECISION_ENV}={forced}" if forced else f"this CPU's choice; {PRECISION_ENV} unset"
+    terminalreporter.write_line(f"dtlib: precision=auto resolved to {auto_precision(torch.device('cpu'))} ({why})")
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,8 @@ from dtlib.attacks import perturb, pgd, project, random_uap, sgd_uap
 from dtlib.data import to_float
 from dtlib.evaluate import fit_images, fooling_rate, predict, targeted_success
 
+pytestmark = pytest.mark.precision  # trains or evaluates: run under both precisions (make test-other-precision)
+
 EPS = 10 / 255
 
 

@@ -14,6 +14,8 @@ from dtlib.train import STEPS, make_optimizer, phase_clock, prepare, train_step,
 
 from conftest import DATA_DIR, MINI
 
+pytestmark = pytest.mark.precision  # times real training steps: run under both precisions (make test-other-precision)
+
 
 def test_peak_tensor_bytes_counts_what_the_block_creates_at_its_peak():
     before = torch.zeros(1000)

@@ -1,12 +1,15 @@
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
+from dtlib import Config
 from dtlib.data import (CLASSES, DataError, Loader, Split, augment, check_arrays, content_digest,
                         load_arrays, load_cifar10, split_train, to_float)
+from dtlib.io import data_path
 
 from conftest import DATA_DIR
 
@@ -152,3 +155,14 @@ def test_loader_takes_the_epochs_augmentation_draws_at_once_but_as_each_batch_wo
         sel = idx[b * 100:(b + 1) * 100]
         assert torch.equal(x, augment(to_float(mini["train"].x[sel]), g))
         assert torch.equal(y, mini["train"].y[sel])
+
+
+def test_a_relative_data_dir_is_read_from_the_project_folder_and_kept_as_given(monkeypatch, tmp_path):
+    """Notebooks run in notebooks/, the CLI wherever it is started: both find data/ of the project,
+    and configs (hence every results JSON) keep "data", never this machine's absolute path."""
+    project = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(project / "notebooks")
+    assert data_path("data") == project / "data"
+    assert load_cifar10("mini", "data")["train"].x.shape[0] == 2000
+    assert data_path(tmp_path) == tmp_path
+    assert Config(data_dir="data").data_dir == "data"

@@ -27,6 +27,7 @@ from dtlib.train import amp_dtype, train
 
 from conftest import DATA_DIR, MINI
 
+
 def _model(heads: int = 2):
     torch.manual_seed(0)
     return build_model(Config(heads=heads, **MINI)).eval()

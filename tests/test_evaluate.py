@@ -1,8 +1,11 @@
 import math
 
+import pytest
 import torch
 
 from dtlib.evaluate import accuracy, fooling_rate, predict, targeted_success
+
+pytestmark = pytest.mark.precision  # trains or evaluates: run under both precisions (make test-other-precision)
 
 
 def test_metric_definitions():

@@ -16,9 +16,12 @@ import pytest
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
-from dtlib.study import NOTEBOOK_PARAMETERS, NOTEBOOKS
+from dtlib.study import NOTEBOOK_PARAMETERS, NOTEBOOKS, PER_RUN, SHARED_FIELDS
+
+pytestmark = pytest.mark.precision  # trains or evaluates: run under both precisions (make test-other-precision)
 
 NB_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+OVERRIDES = {"uap_decay": 0.9}  # a value other than the profile's, to see it reach every run
 RATES = {"clean_acc", "fooling_rate", "uap_acc", "random_fooling_rate", "val_clean_acc", "val_fooling_rate",
          "val_uap_acc", "stronger_fooling_rate"}
 VERDICTS = ("holds", "partly", "does not hold", "not measured", "inconclusive")
@@ -69,7 +72,7 @@ def _numbers(obj, path=""):
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_under_nbval_and_writes_its_results(name, root, tmp_path):
     nb = parameterize_notebook(load_notebook_node(str(NB_DIR / f"{name}.ipynb")),
-                               {"profile": "smoke", "root": str(root)})
+                               {"profile": "smoke", "root": str(root), "overrides": OVERRIDES})
     path = tmp_path / f"{name}.ipynb"
     nbformat.write(nb, path)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider",
@@ -91,6 +94,13 @@ def test_notebook_runs_under_nbval_and_writes_its_results(name, root, tmp_path):
         assert math.isfinite(value), where
         if key in RATES:
             assert 0 <= value <= 1, where
+    # accepted means applied: every run the results record has the study's value of each field
+    # a user may override (the ones the experiments vary run by run are refused by setup)
+    study_cfg = res["study"]["config"]
+    assert study_cfg["uap_decay"] == OVERRIDES["uap_decay"] and study_cfg["data_dir"] == "data"
+    for run in res.get("runs", {}).values():
+        differ = {k for k, v in study_cfg.items() if run["config"][k] != v}
+        assert differ <= set(PER_RUN) | set(SHARED_FIELDS), (name, differ)
     assert (root / "results" / f"{name}-smoke.csv").exists()
     for ext in ("png", "pdf"):
         assert (root / "figures" / f"{name}-smoke.{ext}").stat().st_size > 1000

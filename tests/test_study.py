@@ -1,12 +1,18 @@
 """The study's rules: profiles and parameters, the verdict rules, claims computed from rows, and
 the choice of DT's loss weights on the validation split."""
+import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from dtlib import study as S
+from dtlib.data import Split
 from dtlib.experiment import RunResult
+
+pytestmark = pytest.mark.precision  # the study under the precision CI also forces; cheap (fakes and rules)
 
 
 def test_verdict_rules():
@@ -14,7 +20,7 @@ def test_verdict_rules():
     assert S.verdict(0.3, 0.8, 0.02) == "partly"       # real but under half
     assert S.verdict(0.01, 0.8, 0.02) == "does not hold"  # within noise
     assert S.verdict(-0.2, 0.8, 0.02) == "does not hold"  # the other way
-    assert S.verdict(float("nan"), 0.8, 0.02) == "does not hold"
+    assert S.verdict(float("nan"), 0.8, 0.02).startswith("inconclusive: ")
     assert S.cost_verdict(2.5, 2.3) == "holds" and S.cost_verdict(3.1, 2.3) == "partly"
     assert S.cost_verdict(3.5, 2.3) == "does not hold" and S.cost_verdict(1.0, 2.3) == "holds"
     assert S.figure_verdict(6.5, 8) == "holds" and S.figure_verdict(4.5, 8) == "partly"
@@ -37,57 +43,47 @@ def test_setup_applies_profile_and_overrides():
     st = S.setup("cpu", {"seeds": [0, 1, 2], "epochs": 2, "grid_adv": [0.0]})
     assert st.seeds == (0, 1, 2) and st.grid_adv == (0.0,) and st.config.epochs == 2
     assert st.config.train_size == S.PROFILES["cpu"]["config"]["train_size"]
-    assert Path(st.config.data_dir).is_absolute() and Path(st.config.data_dir).name == "data"
+    assert st.config.data_dir == "data"  # kept as given: results never carry this machine's paths
+    assert S.setup("smoke", {"data_dir": "/elsewhere/cifar"}).config.data_dir == "/elsewhere/cifar"
+    gpu = S.setup("gpu", {"eval_eps": "8/255"})
+    assert gpu.backbone == gpu.config.backbone == "resnet18"
+    assert gpu.eval_eps == gpu.config.eval_eps == pytest.approx(8 / 255)
     assert S.setup("smoke").config.data == "mini"
+
+
+PER_RUN_CONTROLS = {"method": "arms", "heads": "ks", "lambda_div": "grid_div", "lambda_adv": "grid_adv", "seed": "seeds",
+                    "eval_norm": "l2_radii", "eval_modes": "experiment", "eval_split": "experiment", "eval_head": "head 0"}
+
+
+def test_every_field_set_per_run_has_its_controller_named():
+    assert set(PER_RUN_CONTROLS) == set(S.PER_RUN)
+    assert not set(S.PER_RUN) & S.STUDY_FIELDS
+    assert set(S.SHARED_FIELDS) <= S.STUDY_FIELDS & set(S.FIELD_TYPES)
 
 
 @pytest.mark.parametrize("profile, overrides, needle", [
     ("tiny", {}, "'tiny'"),
     ("smoke", {"epochz": 3}, "'epochz'"),
-    ("smoke", {"heads": 0}, "heads (K)"),
+    ("smoke", {"ks": [1, 0]}, "ks holds 0: heads (K)"),
     ("smoke", {"ablation_seeds": 2}, "ablation_seeds=2"),
     ("smoke", {"grid_div": [0.0]}, "grid_div=[0.0] needs a value above 0"),
+    ("smoke", {"backbone": "resnet18"}, "must include the study's backbone 'resnet18'"),
+    ("smoke", {"seeds": [0, 0]}, "seeds=[0, 0] holds a value twice"),
+    ("smoke", {"ks": [5.0]}, "ks=(5.0,) must be a list of integers"),
+    ("smoke", {"seeds": "0,1"}, "seeds='0,1' must be a list of integers"),
+    ("smoke", {"bench_steps": 1.5}, "bench_steps=1.5 must be an integer"),
+    ("smoke", {"val_size": 0}, "The selection grid scores on the validation split: eval_split='val'"),
+    *[("smoke", {name: getattr(S.Config(), name)}, f"Config field {name!r} is set run by run by the study")
+      for name in S.PER_RUN],
 ])
 def test_setup_rejects_bad_parameters_in_one_sentence(profile, overrides, needle):
     with pytest.raises(ValueError) as e:
         S.setup(profile, overrides)
     msg = str(e.value)
     assert needle in msg and msg.count(". ") == 0 and "\n" not in msg
-
-
-def _rows(std_fr, dt_fr, floor=0.05, seeds=(0, 1)):
-    rows = []
-    for s in seeds:
-        for arm, key, fr in (("standard", "head0", std_fr), ("pgd_at", "head0", 0.3), ("uat", "head0", 0.5),
-                             ("dt_k1", "head0", 0.6), ("dt_nodiv", "ensemble", 0.6), ("dt_literal", "ensemble", 0.7),
-                             ("dt_best", "ensemble", dt_fr), ("dt_best", "head0", dt_fr), ("dt_div", "ensemble", dt_fr)):
-            rows.append({"arm": arm, "eval": key, "seed": s, "clean_acc": 0.8, "fooling_rate": fr + 0.001 * s,
-                         "uap_acc": 0.5, "random_fooling_rate": floor, "cost_ratio": 3.0 if arm.startswith("dt") else 1.0})
-    return rows
-
-
-def test_an_undertrained_pgd_model_makes_c3_inconclusive():
-    rows = _rows(0.8, 0.15)
-    for r in rows:
-        if r["arm"] == "pgd_at":
-            r["clean_acc"] = 0.3
-    c3 = {c["claim"]: c for c in S.headline_claims(rows, S.setup("smoke"))}["C3"]
-    assert c3["verdict"].startswith("inconclusive: PGD-AT is undertrained")
-
-
-def test_headline_claims_are_computed_from_the_rows():
-    st = S.setup("smoke")
-    by = lambda rows: {c["claim"]: c for c in S.headline_claims(rows, st)}
-    c = by(_rows(0.8, 0.15))
-    assert c["C1"]["verdict"] == "holds" and c["C1"]["effect"] == pytest.approx((0.8 - 0.15) / 0.8, abs=1e-2)
-    assert c["C1-ctl"]["verdict"] == "holds"  # 0.15 vs the best control's 0.5
-    assert c["C2"]["verdict"] == "holds" and c["C4-wall"]["verdict"] == "partly"  # 3.0x vs 2.3x
-    assert "80.0%" in c["C1"]["measured"] and "15.0%" in c["C1"]["measured"]
-    assert by(_rows(0.8, 0.6))["C1"]["verdict"] == "partly"
-    assert by(_rows(0.8, 0.79))["C1"]["verdict"] == "does not hold"
-    # an attack no stronger than random noise makes every fooling-rate claim inconclusive
-    weak = by(_rows(0.06, 0.01, floor=0.06))
-    assert weak["C1"]["verdict"].startswith("inconclusive") and weak["C3"]["verdict"].startswith("inconclusive")
+    name = next(iter(overrides), "")
+    if name in S.PER_RUN:  # the refusal names what controls the field instead
+        assert PER_RUN_CONTROLS[name] in msg
 
 
 def test_dt_weights_are_chosen_on_the_validation_split(monkeypatch):
@@ -117,3 +113,73 @@ def test_dt_weights_are_chosen_on_the_validation_split(monkeypatch):
     assert a["dt_nodiv"]["lambda_adv"] == a["dt_div"]["lambda_adv"] == a["dt_k1"]["lambda_adv"] == 1.0
     assert calls and all(c["eval_split"] == "val" for c in calls)
     assert {c["method"] for c in calls} == {"dt", "standard", "uat"}
+
+
+# A value other than the smoke profile's for every Config field a study accepts in overrides.
+ACCEPTED = {"lambda_cons": 0.5, "norm": "l2", "eps": 0.5, "uap_step": 0.05, "uap_objective": "loss", "pgd_eps": 4 / 255,
+            "pgd_steps": 3, "pgd_alpha": 1 / 255, "epochs": 2, "batch_size": 32, "lr": 0.05, "weight_decay": 1e-4,
+            "warmup": 0.1, "data": "full", "train_size": 300, "val_size": 50, "precision": "fp32", "eval_size": 100,
+            "uap_fit_size": 64, "uap_epochs": 2, "uap_lr": "0.3", "uap_decay": 0.9, "uap_restarts": 2,
+            "device": "auto", "checkpointing": True, "compile": True, "deterministic": True,
+            "checkpoint_minutes": 5.0, "data_dir": "elsewhere", "download": True}
+
+
+def test_the_value_table_covers_every_accepted_config_field():
+    accepted = set(S.FIELD_TYPES) - set(S.PER_RUN) - S.STUDY_FIELDS
+    assert set(ACCEPTED) == accepted
+    smoke = S.setup("smoke").config
+    assert all(getattr(smoke, k) != v for k, v in ACCEPTED.items())
+
+
+def _fake_runs(monkeypatch):
+    """Study.run, the data, the model loading and the timings replaced by stand-ins, so the five
+    experiments run in a second and record the configs they would have trained."""
+    def fake_run(self, log=print, **o):
+        cfg = self.config.replace(**o)
+        keys = dict.fromkeys("ensemble" if m == "ensemble" and cfg.heads > 1 else f"head{cfg.eval_head}" for m in cfg.modes)
+        m = {k: {"clean_acc": 0.8, "fooling_rate": 0.5, "uap_acc": 0.4, "random_fooling_rate": 0.1} for k in keys}
+        return RunResult(cfg, Path("runs") / cfg.train_hash(), {"eval": m, "train": {"wall_s": 1.0}, "provenance": {}})
+
+    def timings(study, cases, **kw):
+        assert all(set(o) <= set(S.PER_RUN) | {"mode"} for o in cases.values()), cases
+        return {k: {"median_s": 0.1, "ratio": 1.0, "ratio_quartiles": [1.0, 1.0], "memory": {"peak_mb": 1.0}}
+                for k in cases}
+
+    images = Split(torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8), torch.arange(100) % 10)
+    model = SimpleNamespace(scores=lambda x, mode: x.flatten(1)[:, :10].float())
+    monkeypatch.setattr(S.Study, "run", fake_run)
+    monkeypatch.setattr(S, "time_training_steps", timings)
+    monkeypatch.setattr(S, "inference_latency", lambda cfg, cases, **kw: timings(None, cases))
+    monkeypatch.setattr(S, "load_data", lambda cfg: (images, images, images))
+    monkeypatch.setattr(S, "load_model", lambda run_dir, device: (model, S.Config()))
+    monkeypatch.setattr(S, "load_uaps", lambda run_dir, cfg, device: {"ensemble": torch.zeros(1, 3, 32, 32),
+                                                                       "head0": torch.zeros(1, 3, 32, 32)})
+
+
+@pytest.mark.parametrize("name", sorted(ACCEPTED))
+def test_an_accepted_config_field_reaches_every_run_the_study_records(name, monkeypatch, tmp_path):
+    """What `overrides` may name takes effect: each run in every results JSON has the given value
+    (fields the experiments set per run are refused by setup instead)."""
+    _fake_runs(monkeypatch)
+    overrides = {name: ACCEPTED[name], **({"checkpointing": False} if name == "compile" else {})}
+    study = S.setup("smoke", overrides, root=str(tmp_path))
+    want = getattr(study.config, name)
+    for notebook, experiment in S.EXPERIMENTS.items():
+        experiment(study, log=lambda s: None)
+        res = json.loads((tmp_path / "results" / f"{notebook}-smoke.json").read_text())
+        assert res["study"]["config"][name] == want
+        for run in res.get("runs", {}).values():
+            assert run["config"][name] == want, (notebook, run["config"])
+
+
+def test_training_bars_are_widgets_in_jupyterlab_and_text_under_papermill():
+    ZMQInteractiveShell = type("ZMQInteractiveShell", (), {})  # the class name IPython's kernel shell has
+    kernel = ZMQInteractiveShell()
+    kernel.user_ns = {"In": ["", "profile = 'cpu'"]}
+    assert S.bars_for(kernel) == "auto"  # tqdm.auto: a widget in a Jupyter kernel
+    kernel.user_ns["In"].append("# Parameters\nprofile = \"smoke\"\n")
+    assert S.bars_for(kernel) == "text"
+    assert S.bars_for(SimpleNamespace(user_ns={})) == "auto"  # a terminal IPython or plain Python
+    assert S.setup("smoke", progress="off").progress == "off" == S.setup("smoke", progress=False).progress
+    with pytest.raises(ValueError, match="progress='loud' is not one of auto, text, off"):
+        S.setup("smoke", progress="loud")

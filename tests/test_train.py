@@ -1,5 +1,6 @@
 import copy
 import json
+import math
 import subprocess
 import sys
 
@@ -11,13 +12,15 @@ from dtlib import Config
 from dtlib.attacks import ascent, perturb, project
 from dtlib.data import split_train
 from dtlib.evaluate import accuracy, predict
-from dtlib.losses import dt_loss, ensemble_cross_entropy
+from dtlib.losses import dt_loss, ensemble_cross_entropy, heads_cross_entropy
 from dtlib.models import build_model
 from dtlib.experiment import metrics_path, run_dir_for
 from dtlib.losses import jsd
-from dtlib.train import DT, UAT, amp_dtype, lr_factor, resolve_device, train
+from dtlib.train import DT, PRECISION_ENV, UAT, amp_dtype, auto_precision, lr_factor, resolve_device, train
 
 from conftest import DATA_DIR, MINI
+
+pytestmark = pytest.mark.precision  # trains or evaluates: run under both precisions (make test-other-precision)
 
 QUIET = dict(progress=False, log=lambda s: None)
 
@@ -44,15 +47,39 @@ def test_device_auto_is_cpu_here_and_cuda_without_one_is_a_clear_error():
     assert amp_dtype("bf16", torch.device("cpu")) == torch.bfloat16
 
 
+def test_the_environment_pins_what_auto_precision_means_and_the_cache_key_follows(monkeypatch):
+    cfg = Config(**MINI)
+    keys = {}
+    for forced, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        monkeypatch.setenv(PRECISION_ENV, forced)
+        assert auto_precision(torch.device("cpu")) == forced and amp_dtype("auto", torch.device("cpu")) == dtype
+        assert amp_dtype("fp32", torch.device("cpu")) is None  # an explicit precision is never overridden
+        keys[forced] = run_dir_for(cfg).name
+    assert keys["fp32"] != keys["bf16"]  # a bf16 run is never reused for fp32, nor the reverse
+    monkeypatch.setenv(PRECISION_ENV, "fp16")
+    with pytest.raises(ValueError, match=f"{PRECISION_ENV}='fp16' must be bf16 or fp32"):
+        amp_dtype("auto", torch.device("cpu"))
+
+
 @pytest.mark.parametrize("method,heads", [("standard", 1), ("dt", 3), ("uat", 1), ("pgd_at", 1)])
 def test_every_method_trains_through_the_one_loop(small, method, heads):
-    cfg = Config(method=method, heads=heads, epochs=2, pgd_steps=2, **MINI)
+    """Each method learns through the one loop, in fp32 and bf16 alike: 30 steps at a learning rate
+    the tiny set tolerates take the eval-mode accuracy on the training images above chance (0.10;
+    measured 0.18-0.35 in either precision, PGD-AT lowest). A single epoch-to-epoch comparison of
+    the training loss is no margin (it rose in fp32 at lr 0.1), nor is the eval loss for PGD-AT
+    (2.30 -> 2.28-2.30 measured)."""
+    cfg = Config(method=method, heads=heads, epochs=3, batch_size=64, lr=0.03, pgd_steps=2, **MINI)
     torch.manual_seed(cfg.seed)
-    init = build_model(cfg).state_dict()
+    init_model = build_model(cfg).eval()
+    init = init_model.state_dict()
     model, stats = train(cfg, small, **QUIET)
     assert not model.training
-    assert len(stats["history"]) == 2 and all(h["images_per_s"] > 0 for h in stats["history"])
-    assert stats["history"][1]["loss"] < stats["history"][0]["loss"] or method == "dt"
+    assert len(stats["history"]) == 3 and all(h["images_per_s"] > 0 for h in stats["history"])
+    with torch.no_grad():
+        x = small.x.float() / 255
+        before, after = (heads_cross_entropy(m(x), small.y).item() for m in (init_model, model))
+        acc = (model(x).mean(0).argmax(-1) == small.y).float().mean().item()
+    assert math.isfinite(after) and acc > 0.13, (before, after, acc)  # chance is 0.10
     changed = {k: not torch.equal(init[k], v) for k, v in model.state_dict().items()
                if v.is_floating_point() and not k.startswith("normalize.")}  # mean/std are constants
     assert all(changed.values()), [k for k, c in changed.items() if not c]
@@ -143,16 +170,19 @@ def test_uat_step_moves_the_running_uap_up_the_training_loss():
 
 
 def test_dt_training_drives_the_heads_apart_on_the_running_uap_and_together_on_clean_images(small):
-    """The diversity term at work (the training log's loss terms, in nats): after about 250 steps
-    the network picks out its running UAP and the heads disagree on it (JSD towards log 4 = 1.39)
-    while agreeing on clean images; with lambda_div = 0 (the control) they never disagree."""
+    """The diversity term at work (the training log's loss terms, in nats): within about 80 steps
+    the network picks out its running UAP and the heads disagree on it (JSD near log 4 = 1.39)
+    while agreeing on clean images; with lambda_div = 0 (the control) they never disagree.
+    lambda_div = 2 gets there by epoch 4 in fp32 and bf16 alike (epoch 8: JSD 1.37 on the UAP, 0.02
+    clean, measured in both); at lambda_div = 1 the split comes near epoch 15 and its timing
+    depends on the precision, too close to call in a test."""
     last = {}
-    for lam in (0.0, 1.0):
-        cfg = Config(method="dt", heads=4, epochs=16, batch_size=32, lambda_div=lam, **MINI)
+    for lam in (0.0, 2.0):
+        cfg = Config(method="dt", heads=4, epochs=8, batch_size=32, lambda_div=lam, **MINI)
         _, stats = train(cfg, small, **QUIET)
         last[lam] = stats["history"][-1]
         assert {"ce", "jsd_clean", "jsd_uap"} <= set(last[lam])
-    assert last[1.0]["jsd_uap"] > 0.5 and last[1.0]["jsd_uap"] > 10 * last[1.0]["jsd_clean"], last[1.0]
+    assert last[2.0]["jsd_uap"] > 1.0 and last[2.0]["jsd_uap"] > 10 * last[2.0]["jsd_clean"], last[2.0]
     assert last[0.0]["jsd_uap"] < 0.05, last[0.0]
 
 
