@@ -372,8 +372,9 @@ def read_checkpoint(path: Path, cfg: Config, log: Callable[[str], None]) -> dict
     return ckpt
 
 
-# Progress bars: "auto" = a widget in JupyterLab, text in a terminal; "text" = text lines at most
-# every TEXT_BAR_S seconds (what papermill stores in an executed notebook); "off".
+# Progress bars: "auto" = a widget in JupyterLab, text in a terminal, gone when the epoch ends
+# (its log line stays); "text" = plain text redrawn at most every TEXT_BAR_S seconds and kept as
+# one line per epoch (what papermill stores in an executed notebook); "off".
 PROGRESS = ("auto", "text", "off")
 TEXT_BAR_S = 30.0
 
@@ -389,8 +390,8 @@ def progress_mode(progress: bool | str) -> str:
 def progress_bar(iterable: Any, mode: str, **kw: Any) -> Any:
     """``iterable`` wrapped in the tqdm bar of ``mode`` (a PROGRESS name)."""
     if mode == "auto":
-        return auto_bar(iterable, **kw)
-    return text_bar(iterable, disable=mode == "off", mininterval=TEXT_BAR_S, **kw)
+        return auto_bar(iterable, leave=False, **kw)
+    return text_bar(iterable, disable=mode == "off", mininterval=TEXT_BAR_S, leave=True, **kw)
 
 
 def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None, progress: bool | str = True,
@@ -473,7 +474,7 @@ def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None,
                         "seconds": before + time.perf_counter() - t0}
 
             bar = progress_bar(loader.batches(first), progress, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}",
-                               leave=False, unit="batch", total=len(loader) - first)
+                               unit="batch", total=len(loader) - first)
             for i, (x, y) in enumerate(bar, start=first):
                 loss, logits = train_step(step_fn, opt, x, y, dtype)
                 sched.step()
