@@ -1,4 +1,6 @@
-"""The set-up files agree: one torch pin in the Makefile and environment.yml, pyproject's bounds admit it."""
+"""The set-up files agree: one torch pin in the Makefile and environment.yml, pyproject's bounds admit it;
+the docs link nothing outside the repository."""
+import json
 import re
 from pathlib import Path
 
@@ -44,3 +46,27 @@ def test_readme_numbers_are_the_committed_results_files():
     blocks = mod.BLOCK.findall(readme)
     assert blocks, "README has no results block"
     assert mod.render(readme) == readme, "README.md is out of date: run `make readme`"
+
+
+def _docs():
+    """The project's prose: README, docs/, every folder's README and the notebooks' markdown."""
+    for path in [ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("*/README.md")]:
+        yield path, path.read_text()
+    for path in ROOT.glob("notebooks/0*.ipynb"):
+        cells = json.loads(path.read_text())["cells"]
+        yield path, "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+
+
+def test_the_docs_stand_on_their_own():
+    """Every relative link in the project's prose points at a file inside the repository (a clone
+    made elsewhere has nothing beside it), and README and notebooks link the protocol."""
+    for path, text in _docs():
+        inline, reference = re.findall(r"\]\(([^)\s#]+)", text), re.findall(r"(?m)^\[[^\]]+\]:\s*([^\s#]+)", text)
+        for target in inline + reference:
+            if re.match(r"[a-z]+:", target):
+                continue  # https://, mailto:
+            resolved = (path.parent / target).resolve()
+            assert resolved.is_relative_to(ROOT) and resolved.exists(), f"{path.name} links {target}"
+    linked = [p.name for p, text in _docs() if "protocol.md" in text]
+    assert "README.md" in linked and all(f"{n}.ipynb" in linked for n in
+                                         ("01_headline", "02_k_ablation", "03_cross_norm", "04_transfer", "05_cost"))
