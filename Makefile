@@ -1,4 +1,4 @@
-# Two commands do all the set-up on a fresh machine: `make reproduce` and `make test`.
+# `make test`, `make reproduce` and `make lab` do all the set-up on a fresh machine.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -66,10 +66,11 @@ mini: install data
 readme: install
 	$(PY) scripts/update_readme.py
 
-# The design card's interactive entry point; --user so a JupyterLab installed elsewhere offers the kernel too.
+# The interactive entry point; --user so a JupyterLab installed elsewhere offers the kernel too. Served from
+# the project folder so the notebooks' links to ../docs resolve; it opens on notebooks/.
 lab: install
 	$(PY) -m ipykernel install --user --name dtlib --display-name "Python (dtlib)"
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(ARGS)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache .hypothesis

@@ -7,6 +7,7 @@ import os
 import pickle
 import zipfile
 import platform
+import re
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -150,7 +151,19 @@ def git_commit() -> str:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_model()}, {platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def cpu_model() -> str:
+    """The CPU's model name and the bf16 features that decide what precision=auto means (results
+    from CPUs with and without them differ: the provenance has to say which)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    name = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+    flags = [f for f in ("amx_bf16", "avx512_bf16") if re.search(rf"\b{f}\b", info)]
+    return f"{name.group(1).strip() if name else 'unknown CPU'}; {', '.join(flags) or 'no bf16 instructions'}"
 
 
 def provenance(device: torch.device) -> dict[str, Any]:

@@ -205,7 +205,8 @@ def check_study(study: Study) -> None:
                 raise ValueError(f"{name} holds {r!r}: {e}") from None
     if study.backbone not in study.transfer_backbones:
         raise ValueError(f"transfer_backbones {list(study.transfer_backbones)} must include the study's backbone "
-                         f"{study.backbone!r}, whose headline models are the transfer sources.")
+                         f"{study.backbone!r}, whose headline models are the transfer sources (try transfer_backbones: "
+                         f"[{study.backbone}, {next((b for b in study.transfer_backbones if b != study.backbone), 'vgg')}]).")
     for name in SHARED_FIELDS:
         if getattr(c, name) != getattr(study, name):
             raise ValueError(f"config.{name}={getattr(c, name)!r} differs from the study's {name}={getattr(study, name)!r}; "
