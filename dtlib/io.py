@@ -154,16 +154,25 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({cpu_model()}, {platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def cpu_model() -> str:
-    """The CPU's model name and the bf16 features that decide what precision=auto means (results
-    from CPUs with and without them differ: the provenance has to say which)."""
+def _cpuinfo() -> str:
     try:
-        info = Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        return platform.processor() or "unknown CPU"
-    name = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
-    flags = [f for f in ("amx_bf16", "avx512_bf16") if re.search(rf"\b{f}\b", info)]
-    return f"{name.group(1).strip() if name else 'unknown CPU'}; {', '.join(flags) or 'no bf16 instructions'}"
+        return ""
+
+
+def cpu_bf16_features() -> list[str]:
+    """The CPU's bf16 instruction sets (amx_bf16, avx512_bf16): what precision=auto looks for."""
+    info = _cpuinfo()
+    return [f for f in ("amx_bf16", "avx512_bf16") if re.search(rf"\b{f}\b", info)]
+
+
+def cpu_model() -> str:
+    """The CPU's model name and its bf16 features (results from CPUs with and without them
+    differ: the provenance has to say which)."""
+    name = re.search(r"^model name\s*:\s*(.+)$", _cpuinfo(), re.M)
+    model = name.group(1).strip() if name else platform.processor() or "unknown CPU"
+    return f"{model}; {', '.join(cpu_bf16_features()) or 'no bf16 instructions'}"
 
 
 def provenance(device: torch.device) -> dict[str, Any]:

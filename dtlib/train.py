@@ -32,7 +32,7 @@ from tqdm.std import tqdm as text_bar
 from .attacks import ascent, perturb, pgd, project
 from .config import Config
 from .data import Loader, Split
-from .io import CorruptFile, load_verified, provenance, save_verified
+from .io import CorruptFile, cpu_bf16_features, load_verified, provenance, save_verified
 from .losses import dt_loss, ensemble_cross_entropy, heads_cross_entropy
 from .models import MultiHead, build_model, ensemble_log_probs
 
@@ -184,14 +184,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 # What precision="auto" resolves to, when set (bf16 | fp32). The machines this project runs on
 # differ in CPU features, so CI runs the precision-sensitive tests once more under the precision
 # this CPU would not pick; a user can pin it the same way.
@@ -209,7 +201,7 @@ def auto_precision(device: torch.device) -> str:
         return forced
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if _cpu_has_bf16() else "fp32"
+    return "bf16" if cpu_bf16_features() else "fp32"
 
 
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
