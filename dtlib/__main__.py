@@ -2,7 +2,8 @@
 
   train key=value ...       train (or load) and evaluate one configuration, print its table
   evaluate RUN_DIR [k=v]    re-evaluate a finished run (evaluation fields may be overridden)
-  study [PROFILE]           the five study experiments without Jupyter (make reproduce runs the notebooks)
+  study [PROFILE] [k=v]     the five study experiments without Jupyter (make reproduce runs the notebooks);
+                            k=v: Study or Config fields, as the notebooks' overrides (seeds=0,1,2)
   download [DATA_DIR]       fetch CIFAR-10 with torchvision into DATA_DIR (default data)
   fields                    list every config field with its default and meaning
 """
@@ -11,9 +12,10 @@ from __future__ import annotations
 import sys
 from dataclasses import fields
 
-from .config import Config, parse_overrides
+from . import figures, study
+from .config import Config, key_values, parse_overrides
 from .data import DataError, load_arrays
-from .experiment import evaluate_run, results_table, run
+from .experiment import evaluate_run, load_model, results_table, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,13 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         elif cmd == "evaluate":
             if not args:
                 raise ValueError("evaluate needs a run directory: python -m dtlib evaluate runs/<hash>.")
-            from .experiment import load_model
             _, trained = load_model(args[0])
             res = evaluate_run(args[0], trained.replace(**parse_overrides(args[1:])))
             print(results_table([res]))
         elif cmd == "study":
-            from . import figures, study
-            s = study.setup(args[0] if args else "cpu")
+            profile = args[0] if args and "=" not in args[0] else "cpu"
+            s = study.setup(profile, key_values(args[1:] if args and "=" not in args[0] else args))
             for name, experiment in study.EXPERIMENTS.items():
                 res = experiment(s)
                 print(f"{name}: " + "; ".join(f"{c['claim']} {c['verdict']}" for c in res["claims"]))

@@ -6,15 +6,14 @@ that is evaluated (white-box, adaptive).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .config import NORMS, check_radius
 from .data import check_images, to_float
-
-ScoresFn = Callable[[torch.Tensor], torch.Tensor]
+from .metrics import ScoresFn, fooling_rate, perturb, predict, targeted_success
 
 
 def _check(eps: float, norm: str) -> None:
@@ -41,11 +40,6 @@ def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
 def ascent(grad: torch.Tensor, norm: str) -> torch.Tensor:
     """Steepest-ascent direction of unit ``norm`` size: sign for L-inf, normalised gradient for L2."""
     return grad.sign() if norm == "linf" else grad / _l2(grad)
-
-
-def perturb(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """x + delta, clamped to valid pixels [0, 1]."""
-    return (x + delta).clamp(0, 1)
 
 
 def random_uap(shape: tuple[int, ...], eps: float, norm: str = "linf",
@@ -110,7 +104,6 @@ def sgd_uap(scores_fn: ScoresFn, images: torch.Tensor, labels: torch.Tensor, *, 
 @torch.no_grad()
 def _fit_score(scores_fn: ScoresFn, images: torch.Tensor, labels: torch.Tensor, delta: torch.Tensor,
                target: int | None, batch_size: int, amp_dtype: torch.dtype | None) -> float:
-    from .evaluate import fooling_rate, predict, targeted_success
     adv = predict(scores_fn, images, delta=delta, batch_size=batch_size, amp_dtype=amp_dtype)
     if target is not None:
         return targeted_success(adv, labels.cpu(), target)

@@ -148,13 +148,36 @@ class Config:
 
 
 FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Config)}
-KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-              tuple: "a comma-separated list of integers"}
+SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
+KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+LIST_NAMES = {int: "integers", float: "numbers", str: "names"}
+# The kind of a setting: a scalar type, or (tuple, item type) for a list such as tuple[int, ...].
+Kind = Any
 
 
-def parse_text(text: str, kind: type) -> Any:
+def field_kinds(cls: type) -> dict[str, Kind]:
+    """The kind of each scalar or list field of a settings dataclass (Config, Study, Bench), by
+    its annotation; fields of other types (a nested Config) are left out."""
+    out: dict[str, Kind] = {}
+    for f in fields(cls):
+        t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        item = t.removeprefix("tuple[").removesuffix(", ...]")
+        if t.startswith("tuple[") and item in SCALARS:
+            out[f.name] = (tuple, SCALARS[item])
+        elif t in SCALARS:
+            out[f.name] = SCALARS[t]
+    return out
+
+
+def kind_name(kind: Kind) -> str:
+    return f"a comma-separated list of {LIST_NAMES[kind[1]]}" if isinstance(kind, tuple) else KIND_NAMES[kind]
+
+
+def parse_text(text: str, kind: Kind) -> Any:
     """A command-line value as ``kind`` (bool words, ints, floats with fractions such as 10/255,
-    comma-separated ints for a tuple; a string as it is); ValueError when it is not one."""
+    comma-separated items for a list; a string as it is); ValueError when it is not one."""
+    if isinstance(kind, tuple):
+        return tuple(parse_text(v, kind[1]) for v in text.split(",") if v.strip())
     if kind is str:
         return text
     text = text.strip()
@@ -163,8 +186,6 @@ def parse_text(text: str, kind: type) -> Any:
         if text.lower() not in words:
             raise ValueError(text)
         return words[text.lower()]
-    if kind is tuple:
-        return tuple(int(v) for v in text.split(",") if v.strip())
     if kind is int:
         return int(text)
     try:  # floats accept fractions, so eps=10/255 works on the command line
@@ -173,18 +194,27 @@ def parse_text(text: str, kind: type) -> Any:
         raise ValueError(text) from None
 
 
+def parse_setting(name: str, value: Any, kind: Kind, what: str = "Config field") -> Any:
+    """One setting of Config, Study or the benchmark as ``kind``: text (the command line's
+    ``key=value``, papermill's ``-p``) is parsed; a list becomes a tuple; an int for a float field
+    becomes a float; any other value is kept for the record's own checks to judge."""
+    if isinstance(value, str) and kind is not str:
+        try:
+            return parse_text(value, kind)
+        except ValueError:
+            raise ValueError(f"{what} {name}={value!r} is not {kind_name(kind)}.") from None
+    if isinstance(kind, tuple) and isinstance(value, list):
+        return tuple(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def _parse(name: str, value: Any) -> Any:
     kind = FIELD_TYPES[name]
-    if not isinstance(value, str) or kind is str:
-        if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)  # configs written when a field was numeric (e.g. uap_lr=0.1) still load
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        return value
-    try:
-        return parse_text(value, kind)
-    except ValueError:
-        raise ValueError(f"Config field {name}={value!r} is not {KIND_NAMES[kind]}.") from None
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # configs written when a field was numeric (e.g. uap_lr=0.1) still load
+    return parse_setting(name, value, kind)
 
 
 def coerce(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -234,7 +264,7 @@ def validate(cfg: Config) -> None:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
         if not ok:
-            raise ValueError(f"Config field {f.name}={value!r} must be {KIND_NAMES[kind]}.")
+            raise ValueError(f"Config field {f.name}={value!r} must be {kind_name(kind)}.")
         if kind is float and not math.isfinite(value):
             raise ValueError(f"Config field {f.name}={value!r} must be a finite number.")
     choices = {"method": METHODS, "backbone": BACKBONES, "norm": NORMS, "eval_norm": NORMS,

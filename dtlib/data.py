@@ -16,7 +16,9 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from torchvision.datasets import CIFAR10
 
+from .config import Config
 from .io import data_path
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -132,7 +134,6 @@ def _load_npz(path: Path, name: str) -> dict[str, np.ndarray]:
 
 
 def _load_torchvision(root: Path, download: bool) -> dict[str, np.ndarray]:
-    from torchvision.datasets import CIFAR10
     try:
         tr = CIFAR10(str(root), train=True, download=download)
         te = CIFAR10(str(root), train=False, download=False)
@@ -204,6 +205,16 @@ def split_train(train: Split, train_size: int = 0, val_size: int = 0, seed: int 
     else:
         train_idx = np.setdiff1d(np.arange(len(y)), val_idx)
     return train.subset(train_idx), train.subset(val_idx)
+
+
+DATA_SEED = 0  # fixes which images form the subsets and the validation split, for every run
+
+
+def load_data(cfg: Config) -> tuple[Split, Split, Split]:
+    """(train, validation, test) splits of ``cfg``'s data, uint8 images on the CPU."""
+    d = load_cifar10(cfg.data, cfg.data_dir, cfg.download)
+    train_split, val_split = split_train(d["train"], cfg.train_size, cfg.val_size, seed=DATA_SEED)
+    return train_split, val_split, d["test"]
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,5 @@
-"""Metrics of docs/protocol.md section 3 and the evaluation of a trained model under SGD-UAP.
-
-- accuracy: fraction of images whose prediction equals the label;
-- fooling rate: fraction of images whose prediction changes when the UAP is added;
-- accuracy under UAP: accuracy on x + UAP;
-- targeted success: fraction predicted as the target among images not of the target class.
-"""
+"""The evaluation of a trained model under SGD-UAP (docs/protocol.md section 3): which images fit
+the UAP and which are scored, and the metrics (``metrics``) of every inference mode."""
 from __future__ import annotations
 
 from typing import Any
@@ -12,38 +7,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .attacks import ScoresFn, perturb, random_uap, sgd_uap
+from .attacks import random_uap, sgd_uap
 from .config import Config
-from .data import CLASSES, Split, balanced_indices, check_images, to_float
+from .data import CLASSES, Split, balanced_indices
+from .metrics import accuracy, fooling_rate, predict
 from .models import MultiHead
-
-
-@torch.no_grad()
-def predict(scores_fn: ScoresFn, images: torch.Tensor, *, delta: torch.Tensor | None = None,
-            batch_size: int = 500, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Predicted labels (N,) on the CPU for images (uint8 or [0, 1] floats), optionally plus ``delta``."""
-    check_images(images, "images to predict")
-    out = []
-    for b in range(0, len(images), batch_size):
-        x = to_float(images[b:b + batch_size])
-        if delta is not None:
-            x = perturb(x, delta)
-        with torch.autocast(x.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            out.append(scores_fn(x).argmax(-1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
-
-
-def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
-    return (pred == labels.cpu()).float().mean().item()
-
-
-def fooling_rate(clean_pred: torch.Tensor, adv_pred: torch.Tensor) -> float:
-    return (clean_pred != adv_pred).float().mean().item()
-
-
-def targeted_success(adv_pred: torch.Tensor, labels: torch.Tensor, target: int) -> float:
-    keep = labels.cpu() != target
-    return (adv_pred[keep] == target).float().mean().item() if keep.any() else float("nan")
 
 
 def fit_images(train: Split, n: int, seed: int) -> Split:

@@ -15,20 +15,14 @@ from typing import Any, Callable
 
 import torch
 
+from .checkpoint import CHECKPOINT, read_checkpoint, train_summary
 from .config import Config
-from .data import Loader, Split, load_cifar10, split_train
+from .data import Loader, load_data
 from .evaluate import evaluate_model
 from .io import load_verified, provenance, save_verified, write_json
 from .models import MultiHead, build_model
-from .train import CHECKPOINT, amp_dtype, precision_name, read_checkpoint, resolve_device, train, train_summary
-DATA_SEED = 0  # fixes which images form the subsets and the validation split, for every run
-
-
-def load_data(cfg: Config) -> tuple[Split, Split, Split]:
-    """(train, validation, test) splits of ``cfg``'s data, uint8 images on the CPU."""
-    d = load_cifar10(cfg.data, cfg.data_dir, cfg.download)
-    train_split, val_split = split_train(d["train"], cfg.train_size, cfg.val_size, seed=DATA_SEED)
-    return train_split, val_split, d["test"]
+from .runtime import amp_dtype, precision_name, resolve_device
+from .train import train
 
 
 def _read_checkpoint(run_dir: Path) -> dict[str, Any]:

@@ -21,9 +21,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from . import bench  # noqa: E402
+from .bench_report import write_report  # noqa: E402
 from .io import atomic_path  # noqa: E402
-from .study import NOTEBOOKS, SEED  # noqa: E402
+from .study.claims import SEED  # noqa: E402
 
 SEED_STYLE = dict(marker="X", color="black", s=90, zorder=5, label="seed (ImageNet)")
 ARM_LABELS = {"standard": "standard", "pgd_at": "PGD-AT", "uat": "UAT", "dt_k1": "DT K=1 (ctl)",
@@ -221,7 +221,7 @@ def regenerate(results_dir: str | Path = "results", figures_dir: str | Path = "f
     """Redraw every figure from the results files and rewrite each profile's claims table."""
     results_dir, figures_dir = Path(results_dir), Path(figures_dir)
     written, by_profile = [], {}
-    for nb in NOTEBOOKS:
+    for nb in PLOTS:  # in notebook order
         for path in sorted(results_dir.glob(f"{nb}-*.json")):
             res = json.loads(path.read_text())
             written += PLOTS[nb](res, figures_dir / path.stem)
@@ -238,7 +238,7 @@ def regenerate(results_dir: str | Path = "results", figures_dir: str | Path = "f
                            + claims_table(results))
         written.append(str(path))
     for path in sorted(results_dir.glob("bench-*.json")):
-        written.append(str(bench.write_report(json.loads(path.read_text()), path.with_suffix(".md"))))
+        written.append(str(write_report(json.loads(path.read_text()), path.with_suffix(".md"))))
     return written
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+from torchvision.models import resnet18
 
 from .config import BACKBONES, MODES, Config
 from .data import CLASSES, MEAN, STD
@@ -65,7 +66,6 @@ def vgg(widths: tuple[int, ...] = (16, "M", 32, "M", 64, 64, "M", 128, 128, "M",
 
 def resnet18_cifar() -> tuple[nn.Sequential, int]:
     """torchvision's ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no max-pool): the GPU profile."""
-    from torchvision.models import resnet18
     r = resnet18(num_classes=len(CLASSES))
     r.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
     stem = nn.Sequential(r.conv1, r.bn1, r.relu)

@@ -1,0 +1,58 @@
+"""The benchmark's tables (Markdown) from its record, ``results/bench-<device>.json``: written by
+``python -m dtlib.bench`` and redrawn by ``python -m dtlib.figures`` without measuring anything."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .io import atomic_path
+from .phases import PHASES, phase_split
+
+
+def write_report(record: dict[str, Any], path: Path) -> Path:
+    """``report(record)`` into ``path`` atomically (what ``make readme`` copies into the README)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(f"<!-- written by `python -m dtlib.bench` (or `python -m dtlib.figures`) from "
+                       f"{path.with_suffix('.json').name} -->\n" + report(record) + "\n")
+    return path
+
+
+def report(record: dict[str, Any]) -> str:
+    """The benchmark's tables (Markdown): ratios to standard with their spread, images per
+    second, memory per K, the targets, and where DT's step time goes."""
+    gpu = record["device"] != "cpu"
+    lines = ["| case | ratio to standard | per-round IQR | images/s | training memory (MB) |" + (" median ms |" if gpu else ""),
+             "| --- | --- | --- | --- | --- |" + (" --- |" if gpu else "")]
+    mem = "cuda_peak_mb" if gpu else "peak_mb"
+    for name, c in record["train"].items():
+        q = c["ratio_quartiles"]
+        lines.append(f"| train: {name} | {c['ratio']:.2f}x | {q[0]:.2f}-{q[1]:.2f} | {c['images_per_s']:.0f} | "
+                     f"{c['memory'][mem]:.1f} |" + (f" {1e3 * c['median_s']:.1f} |" if gpu else ""))
+    for name, c in record["inference"].items():
+        q = c["ratio_quartiles"]
+        lines.append(f"| inference: {name} | {c['ratio']:.3f}x | {q[0]:.3f}-{q[1]:.3f} | {c['images_per_s']:.0f} | |"
+                     + (f" {1e3 * c['median_s']:.2f} |" if gpu else ""))
+    lines += ["", "| target | bound | measured | met |", "| --- | --- | --- | --- |"]
+    for key, t in record["targets"].items():
+        lines.append(f"| {key} | <= {t['target']:g} | {t['measured']:.3f} | {'yes' if t['met'] else 'no'} |")
+    lines += ["", "| case | " + " | ".join(PHASES) + " | step (sum) |", "| --- |" + " --- |" * (len(PHASES) + 1)]
+    for name, c in record["train"].items():
+        if "phases_ms" in c:
+            ph = phase_split(c["phases_ms"])
+            lines.append(f"| {name} | " + " | ".join(f"{ph[p]:.1f}" for p in PHASES) + f" | {sum(ph.values()):.1f} |")
+    s = record["settings"]["config"]
+    lines.append(f"\nPhases in ms per step (device-synchronised at each boundary); {s['backbone']}, batch "
+                 f"{s['batch_size']}, {record['precision']}, {record['provenance']['device']}, torch "
+                 f"{record['provenance']['torch']}, commit {record['provenance']['git_commit'][:12]}.")
+    ops = record["train"].get("dt_k5", {}).get("ops_ms")
+    if ops:
+        lines += ["", "Where a DT (K=5) step's time goes: operators with the most self time in each phase "
+                  "(ms per step under torch.profiler, which adds overhead):", ""]
+        for ph, top in ops.items():
+            shown = [f"{k.removeprefix('aten::')} {v:.1f}" for k, v in top.items() if v >= 0.5]
+            if shown:
+                lines.append(f"- {ph}: " + ", ".join(shown))
+    if record.get("epoch"):
+        e = record["epoch"]
+        lines.append(f"\nStandard epoch: {e['seconds']:.2f} s ({e['images_per_s']:.0f} images/s, {e['images']} images, {e['data']}).")
+    return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""A training run's checkpoint and its stop signals: what is written, how it is read back
+(verified, moved aside when corrupt, refused when it belongs to another config), and SIGTERM /
+SIGINT turned into "finish the batch, write a checkpoint, then stop"."""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import Config
+from .io import CorruptFile, load_verified, save_verified
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class Stop:
+    """SIGTERM and SIGINT, caught for the length of a training run: the loop finishes its batch,
+    writes a checkpoint, then exits as the signal asked (SystemExit 143 for SIGTERM,
+    KeyboardInterrupt for SIGINT). A second signal is not caught: it acts at once. Only the main
+    thread can catch signals; elsewhere a no-op. Under DDP each rank stops at its own batch and
+    rank 0's checkpoint is the one written (the others may fail in their next collective)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "Stop":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._catch)
+        return self
+
+    def _catch(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        for sig, handler in self._old.items():  # a second Ctrl-C interrupts right away
+            signal.signal(sig, handler)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def exit(self) -> None:
+        if self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + int(self.signum or 0))
+
+
+class Writer:
+    """Writes a run's checkpoints to ``path`` (None: a run without a directory, or a rank other
+    than 0, writes nothing) and says when the next one within an epoch is due (every ``minutes``)."""
+
+    def __init__(self, path: Path | None, minutes: float):
+        self.path, self.every = path, 60.0 * minutes
+        self.last = time.perf_counter()
+
+    def due(self) -> bool:
+        return time.perf_counter() - self.last > self.every
+
+    def write(self, ckpt: dict[str, Any]) -> None:
+        if self.path:
+            save_verified(self.path, ckpt)
+        self.last = time.perf_counter()
+
+
+def read_checkpoint(path: Path, cfg: Config, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` (tensors on the CPU) to resume ``cfg`` from; None when there is
+    none, or when it is corrupt (then reported in one line and moved aside to ``<name>.corrupt``,
+    and the config is trained again from the start). A checkpoint of another training config is
+    an error."""
+    if not path.exists():
+        return None
+    try:
+        ckpt = load_verified(path)
+        if ckpt.get("batch") and not ckpt.get("partial"):
+            raise CorruptFile(f"{path} stops inside an epoch but lacks that epoch's running sums.")
+    except CorruptFile as e:
+        path.replace(path.with_name(path.name + ".corrupt"))
+        log(f"{str(e).rstrip('.')}; training this config again from the start (the bad file is kept as "
+            f"{path.name}.corrupt).")
+        return None
+    written = Config.from_dict(ckpt["config"])
+    if written.group("train") != cfg.group("train"):
+        diff = next(k for k, v in cfg.group("train").items() if written.group("train")[k] != v)
+        raise ValueError(f"{path} was written for a different training config ({diff}={written.group('train')[diff]!r}, "
+                         f"asked {cfg.group('train')[diff]!r}); delete it or use another run directory.")
+    return ckpt
+
+
+def train_summary(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What training cost and where it ran, from a checkpoint (or the same fields of a live run)."""
+    h, wall = ckpt["history"], ckpt["wall_s"]
+    images = sum(e["images_per_s"] * e["seconds"] for e in h)
+    return {"wall_s": wall, "images_per_s": images / wall if wall else float("nan"), "steps": ckpt["step"],
+            "final_loss": h[-1]["loss"], "final_train_acc": h[-1]["train_acc"], "precision": ckpt["precision"],
+            "provenance": ckpt["provenance"], "history": h}

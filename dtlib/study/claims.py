@@ -1,0 +1,337 @@
+"""The study's claims rows: the seed summary's figures (``SEED``), the named verdict rules, and one
+``*_claims`` function per experiment, each computing its rows from measured numbers alone.
+
+No torch and no training here (``dtlib.figures`` redraws the claims tables with this module):
+every function takes result rows (dicts), so each verdict can be reached from synthetic rows.
+Rates are fractions in [0, 1]; the rules are in the docstrings (docs/protocol.md section 4).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from typing import TYPE_CHECKING, Any
+
+from ..config import Config
+
+if TYPE_CHECKING:  # for annotations only: the settings module brings the run cache with it
+    from .settings import Study
+
+# The seed summary's figures (ImageNet, ResNet-50), as fractions / ratios: docs/protocol.md section 1.
+SEED = {"C1": {"standard": 0.934, "dt": 0.187}, "C2": {"standard": 0.766, "dt": 0.762},
+        "C3": {"fooling": 0.345, "cost": 8.0}, "C4": {"cost": 2.3}, "C5": {"overhead": 0.0},
+        "C6": {2: 0.41, 5: 0.187, 10: 0.169}, "C7": {"dt": 0.713, "defenses": 0.124}, "C8": {"change": -0.64}}
+
+
+def mean_spread(values: list[float | None]) -> dict[str, Any]:
+    """Mean, sample standard deviation (None for one value) and n of the finite values (None and
+    NaN are missing, not zero)."""
+    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    try:
+        return {"mean": statistics.fmean(vals) if vals else float("nan"),
+                "std": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals)}
+    except OverflowError:  # not rates at all (|v| near 1e308): no measurement to read
+        return {"mean": float("nan"), "std": None, "n": 0}
+
+
+def fmt(ms: dict[str, Any], pct: bool = True) -> str:
+    if not ms["n"]:
+        return "n/a (n=0)"
+    f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.2f}x")
+    spread = f" ± {(100 if pct else 1) * ms['std']:.1f}{'pt' if pct else 'x'}" if ms["std"] is not None else ""
+    return f"{f(ms['mean'])}{spread} (n={ms['n']})"
+
+
+def ratio(num: float | None, den: float | None) -> float:
+    """``num / den``, NaN where it cannot be formed (a zero, missing or non-finite term)."""
+    return num / den if finite(num, den) and den != 0 else float("nan")
+
+
+def finite(*values: float | None) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+def inconclusive(why: str) -> str:
+    return f"inconclusive: {why}"
+
+
+def missing(**groups: dict[str, Any]) -> str | None:
+    """``inconclusive: no measurement of ...`` naming each compared group without a finite value
+    (``mean_spread`` with n = 0), or None when every group has one."""
+    empty = [name for name, ms in groups.items() if not ms["n"]]
+    return inconclusive(f"no measurement of {', '.join(empty)}") if empty else None
+
+
+INCONCLUSIVE = inconclusive("the UAP does not beat the random floor on the standard model")
+MIN_NOISE = 0.02  # an absolute difference of rates below 2 points is never read as an effect
+ORDER = ("does not hold", "partly", "holds")  # verdicts from weakest to strongest
+
+
+def noise(*stats: dict[str, Any]) -> float:
+    """Twice the combined standard deviation of the compared means, at least MIN_NOISE."""
+    var = sum((s["std"] or 0.0) ** 2 for s in stats)
+    return max(MIN_NOISE, 2 * math.sqrt(var))
+
+
+def verdict(effect: float, seed_effect: float, margin: float) -> str:
+    """The rule for an effect claim. ``effect`` is the measured change in the claim's direction
+    (positive = as claimed), ``seed_effect`` the seed's, both on the same scale; ``margin`` the
+    smallest change read as real on that scale. holds: at least half the seed's effect and beyond
+    the margin; partly: beyond the margin but under half; does not hold: otherwise; inconclusive
+    when the effect or the margin is not a number (e.g. a ratio over a zero rate)."""
+    if not finite(effect, seed_effect, margin):
+        return inconclusive("the effect cannot be formed from these numbers (a zero or missing rate)")
+    if effect <= margin:
+        return "does not hold"
+    return "holds" if effect >= seed_effect / 2 else "partly"
+
+
+def cost_verdict(measured: float, claimed: float) -> str:
+    """The rule for a cost bound ("costs only X"): holds if at most 10% over the claimed cost,
+    partly if at most 50% over, does not hold otherwise."""
+    if not (finite(measured) and measured > 0):
+        return inconclusive(f"the measured cost {measured} is not a positive number")
+    return "holds" if measured <= claimed * 1.1 else "partly" if measured <= claimed * 1.5 else "does not hold"
+
+
+def figure_verdict(measured: float, claimed: float) -> str:
+    """The rule for a reported figure ("PGD-AT costs 8x"): holds within 25% of it either way,
+    partly within a factor of 2, does not hold otherwise."""
+    if not (finite(measured) and measured > 0):
+        return inconclusive(f"the measured figure {measured} is not a positive number")
+    r = measured / claimed
+    return "holds" if 0.75 <= r <= 1.25 else "partly" if 0.5 <= r <= 2 else "does not hold"
+
+
+def accuracy_cost_verdict(drop: float) -> str:
+    """The rule for "DT costs (almost) no clean accuracy": holds if the mean drop is at most 1
+    point, partly if at most 3 points, does not hold otherwise."""
+    if not finite(drop):
+        return inconclusive("the accuracy drop cannot be formed (a missing accuracy)")
+    return "holds" if drop <= 0.01 else "partly" if drop <= 0.03 else "does not hold"
+
+
+def overhead_verdict(ratio_: float) -> str:
+    """The rule for "no inference overhead": holds if within 5% of the plain model (timing noise),
+    partly within 20%, does not hold otherwise."""
+    if not (finite(ratio_) and ratio_ > 0):
+        return inconclusive(f"the latency ratio {ratio_} is not a positive number")
+    return "holds" if ratio_ <= 1.05 else "partly" if ratio_ <= 1.2 else "does not hold"
+
+
+def claim(cid: str, what: str, seed: str, measured: str, setting: str, result: str, n: int | None = None,
+          **numbers: Any) -> dict[str, Any]:
+    """One claims row; a verdict resting on a single seed says so."""
+    if n is not None and n < 2 and result in ("holds", "partly", "does not hold"):
+        result += " (one seed)"
+    return {"claim": cid, "what": what, "seed": seed, "measured": measured, "setting": setting,
+            "verdict": result, **numbers}
+
+
+def not_measured(cid: str, what: str, seed: str, why: str) -> dict[str, Any]:
+    return claim(cid, what, seed, "n/a", why, "not measured")
+
+
+def summarise(rows: list[dict[str, Any]], by: tuple[str, ...], metrics: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Mean, std and n over seeds of ``metrics`` for each group of ``by`` (first-seen order)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in by), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        row = dict(zip(by, key))
+        for m in metrics:
+            ms = mean_spread([r[m] for r in rs])
+            row[m], row[f"{m}_std"], row["n"] = ms["mean"], ms["std"], ms["n"]
+        out.append(row)
+    return out
+
+
+def _pick(rows: list[dict[str, Any]], metric: str, **where: Any) -> dict[str, Any]:
+    """``mean_spread`` of ``metric`` over the rows matching ``where`` (rows lacking a key do not match)."""
+    return mean_spread([r.get(metric) for r in rows if all(r.get(k) == v for k, v in where.items())])
+
+
+def pgd_setting(c: Config) -> str:
+    return f"PGD-AT {c.pgd_steps} x {c.pgd_alpha * 255:g}/255 in L-inf {c.pgd_eps * 255:g}/255"
+
+
+def training_threat(c: Config) -> str:
+    radius = f"{c.eps * 255:g}/255" if c.norm == "linf" else f"{c.eps:g}"
+    return f"trained against {c.norm} {radius} UAPs (DT, UAT) or {pgd_setting(c)}"
+
+
+def headline_claims(rows: list[dict[str, Any]], study: Study, selection: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """C1, C1-ctl, C2, C3 and C4-wall from the headline's rows (one per arm, inference mode, seed)."""
+    eps = f"L-inf {study.config.eval_eps * 255:.0f}/255 white-box SGD-UAP"
+    best = (selection or {}).get("best") or {}
+    div, adv = best.get("lambda_div"), best.get("lambda_adv")
+    chosen = "DT weights chosen on validation" + (
+        f": lambda_div={div:g}, lambda_adv={adv:g}" + (" (no diversity term)" if div == 0 else "") if finite(div, adv) else "")
+    std_fr = _pick(rows, "fooling_rate", arm="standard", eval="head0")
+    dt_fr = _pick(rows, "fooling_rate", arm="dt_best", eval="ensemble")
+    dt_single = _pick(rows, "fooling_rate", arm="dt_best", eval="head0")
+    lit_fr = _pick(rows, "fooling_rate", arm="dt_literal", eval="ensemble")
+    div_fr = _pick(rows, "fooling_rate", arm="dt_div", eval="ensemble")
+    floor = _pick(rows, "random_fooling_rate", arm="standard", eval="head0")
+    n = min(std_fr["n"], dt_fr["n"])
+    # a reduction of fooling means nothing if the attack does not beat random noise to begin with
+    weak = missing(**{"the standard model's fooling rate": std_fr, "its random floor": floor}) or (
+        INCONCLUSIVE if std_fr["mean"] - floor["mean"] <= noise(std_fr, floor) else None)
+    s1 = SEED["C1"]
+    seed_rel = (s1["standard"] - s1["dt"]) / s1["standard"]
+    rel = ratio(std_fr["mean"] - dt_fr["mean"], std_fr["mean"])
+    result = weak or missing(**{"DT (chosen, ensemble)": dt_fr}) or verdict(
+        rel, seed_rel, ratio(noise(std_fr, dt_fr), std_fr["mean"]))
+    out = [claim("C1", "UAP fooling rate, standard -> DT (K=5, ensemble)", "93.4% -> 18.7%",
+                 f"{fmt(std_fr)} -> {fmt(dt_fr)}; single head {fmt(dt_single)}; best with diversity {fmt(div_fr)};"
+                 f" literal loss {fmt(lit_fr)}", f"{eps}; {chosen}", result, n=n, effect=rel, seed_effect=seed_rel)]
+
+    controls = {a: _pick(rows, "fooling_rate", arm=a, eval="ensemble" if a == "dt_nodiv" else "head0")
+                for a in ("uat", "dt_k1", "dt_nodiv")}
+    measured = {a: ms for a, ms in controls.items() if ms["n"]}
+    what = "the part credited to diversity: DT with lambda_div > 0 vs its best control"
+    setting = "controls at the same lambda_adv: UAT, DT with K=1, DT with lambda_div=0; lower fooling is better"
+    if not measured:
+        out.append(claim("C1-ctl", what, "(implied: all of C1)", f"DT with diversity {fmt(div_fr)}; no control measured",
+                         setting, inconclusive("no control arm was measured")))
+    else:
+        best_ctrl = min(measured, key=lambda a: measured[a]["mean"])
+        diff = measured[best_ctrl]["mean"] - div_fr["mean"]
+        result = weak or missing(**{"DT with diversity": div_fr}) or (
+            "holds" if diff > noise(div_fr, measured[best_ctrl]) else "does not hold")
+        out.append(claim("C1-ctl", what, "(implied: all of C1)",
+                         f"DT with diversity {fmt(div_fr)} vs {best_ctrl} {fmt(measured[best_ctrl])}", setting, result,
+                         n=min(div_fr["n"], measured[best_ctrl]["n"]), effect=diff))
+
+    std_acc = _pick(rows, "clean_acc", arm="standard", eval="head0")
+    dt_acc = _pick(rows, "clean_acc", arm="dt_best", eval="ensemble")
+    drop = std_acc["mean"] - dt_acc["mean"]
+    out.append(claim("C2", "clean accuracy, standard -> DT (mean drop at most 1 point)", "76.6% -> 76.2%",
+                     f"{fmt(std_acc)} -> {fmt(dt_acc)}", "CIFAR-10 test",
+                     missing(**{"the standard model's accuracy": std_acc, "DT's accuracy": dt_acc})
+                     or accuracy_cost_verdict(drop), n=min(std_acc["n"], dt_acc["n"]), effect=-drop))
+
+    pgd_fr = _pick(rows, "fooling_rate", arm="pgd_at", eval="head0")
+    pgd_acc = _pick(rows, "clean_acc", arm="pgd_at", eval="head0")
+    pgd_cost = _pick(rows, "cost_ratio", arm="pgd_at", eval="head0")
+    s3 = SEED["C3"]
+    seed_rel3 = (s1["standard"] - s3["fooling"]) / s1["standard"]
+    rel3 = ratio(std_fr["mean"] - pgd_fr["mean"], std_fr["mean"])
+    # a classifier that is mostly wrong is hard to fool: low fooling then says little about robustness
+    result = missing(**{"PGD-AT's accuracy": pgd_acc, "the standard model's accuracy": std_acc})
+    if not result and std_acc["mean"] - pgd_acc["mean"] > 0.10:
+        result = inconclusive(f"PGD-AT is undertrained (clean {fmt(pgd_acc)} vs standard {fmt(std_acc)})")
+    result = result or weak or missing(**{"PGD-AT's fooling rate": pgd_fr}) or verdict(
+        rel3, seed_rel3, ratio(noise(std_fr, pgd_fr), std_fr["mean"]))
+    out.append(claim("C3", "PGD-AT: fooling rate, training cost", "34.5% at 8x",
+                     f"{fmt(pgd_fr)} at {fmt(pgd_cost, pct=False)} (wall time); clean {fmt(pgd_acc)}",
+                     f"{eps}; {pgd_setting(study.config)}; cost judged in 05_cost", result, n=min(pgd_fr["n"], std_fr["n"]),
+                     effect=rel3, seed_effect=seed_rel3))
+
+    dt_cost = _pick(rows, "cost_ratio", arm="dt_best", eval="ensemble")
+    out.append(claim("C4-wall", "DT training wall time / standard", "2.3x", f"{fmt(dt_cost, pct=False)}",
+                     "whole runs: same data, epochs, batch size (05_cost times single steps)",
+                     missing(**{"DT's wall-time ratio": dt_cost}) or cost_verdict(dt_cost["mean"], SEED["C4"]["cost"]),
+                     effect=dt_cost["mean"]))
+    return out
+
+
+def k_claims(ens: dict[int, dict[str, Any]], rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any]]:
+    """C6: the ensemble's fooling rate from the smallest to the largest of K = 2, 5, 10 measured."""
+    s6 = SEED["C6"]
+    what, seed = "fooling rate falls with K", "41% / 18.7% / 16.9%"
+    ks = [k for k in (2, 5, 10) if k in ens]
+    measured = " / ".join(f"K={k}: {fmt(_pick(rows, 'fooling_rate', heads=k, eval='ensemble'))}" for k in ks)
+    if len(ks) < 2:
+        return [not_measured("C6", what, seed, f"needs two of K = 2, 5, 10; K in {list(study.ks)}")]
+    lo, hi = ks[0], ks[-1]
+    a, b = (_pick(rows, "fooling_rate", heads=k, eval="ensemble") for k in (lo, hi))
+    rel = ratio(a["mean"] - b["mean"], a["mean"])
+    seed_rel = (s6[lo] - s6[hi]) / s6[lo]
+    result = missing(**{f"K={lo}": a, f"K={hi}": b}) or (
+        inconclusive(f"K={lo} is never fooled, so no relative fall can be formed") if a["mean"] == 0 else
+        verdict(rel, seed_rel, ratio(noise(a, b), a["mean"])))
+    return [claim("C6", f"{what} (K={lo} -> K={hi}, ensemble)", seed, measured,
+                  "DT at the best validated weights with lambda_div > 0", result,
+                  n=min(a["n"], b["n"]), effect=rel, seed_effect=seed_rel)]
+
+
+def cross_claims(rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any]]:
+    """C7, read at every L2 radius: DT (with its diversity term) against the stronger of UAT and
+    PGD-AT at that radius; the verdict is the weakest over the radii (the seed names none), and
+    inconclusive if any radius lacks a measurement."""
+    what, seed = "accuracy under L2 UAPs, DT vs the stronger standard defense", "71.3% vs 12.4%"
+    if not study.l2_radii:
+        return [not_measured("C7", what, seed, "no L2 radius in the profile")]
+    s7 = SEED["C7"]
+    parts, verdicts, gaps, n = [], [], [], None
+    for r in study.l2_radii:
+        at = lambda arm, m="uap_acc": _pick(rows, m, arm=arm, norm="l2", radius=r)
+        dt = at("dt_div")
+        defenses = {a: ms for a in ("uat", "pgd_at") if (ms := at(a))["n"]}
+        if not (dt["n"] and defenses):
+            verdicts.append(missing(**{"DT": dt, "UAT or PGD-AT": {"n": len(defenses)}}) + f" at r={r:g}")
+            parts.append(f"r={r:g}: DT {fmt(dt)}, no defense measured" if not defenses else f"r={r:g}: DT {fmt(dt)}")
+            continue
+        strongest = max(defenses, key=lambda a: defenses[a]["mean"])
+        gap = dt["mean"] - defenses[strongest]["mean"]
+        gaps.append(gap)
+        n = min(n if n is not None else dt["n"], dt["n"], defenses[strongest]["n"])
+        verdicts.append(verdict(gap, s7["dt"] - s7["defenses"], noise(dt, defenses[strongest])))
+        parts.append(f"r={r:g}: DT {fmt(dt)} vs {strongest} {fmt(defenses[strongest])}"
+                     f" (fooling {fmt(at('dt_div', 'fooling_rate'))} vs {fmt(at(strongest, 'fooling_rate'))})")
+    unsure = [v for v in verdicts if v not in ORDER]
+    worst = unsure[0] if unsure else min(verdicts, key=ORDER.index)
+    return [claim("C7", what, seed, "; ".join(parts),
+                  f"{training_threat(study.config)}; white-box L2 SGD-UAP; verdict = weakest radius",
+                  worst, n=n, effect=min(gaps) if gaps else float("nan"), seed_effect=s7["dt"] - s7["defenses"])]
+
+
+def transfer_claims(rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any]]:
+    """C8: for each architecture, UAPs from the other architectures' models, on the DT target vs
+    the standard target of that architecture: mean relative change of transfer success."""
+    what, seed = "cross-model UAP transfer success, relative change on a DT target", "-64%"
+    fr = {(r.get("source"), r.get("target")): r.get("fooling_rate") for r in rows}
+    fr = {k: v for k, v in fr.items() if finite(v)}
+    sources = sorted({s for s, _ in fr if isinstance(s, str)})
+    per_arch, diffs, bases = [], [], []
+    for bb in study.transfer_backbones:
+        std, dt = f"{bb}/standard", f"{bb}/dt_div"
+        changes = []
+        for s in sources:
+            if not s.startswith(bb + "/") and (s, std) in fr and (s, dt) in fr and fr[(s, std)] > 0:
+                changes.append((fr[(s, dt)] - fr[(s, std)]) / fr[(s, std)])
+                diffs.append(fr[(s, dt)] - fr[(s, std)])
+                bases.append(fr[(s, std)])
+        if changes:
+            per_arch.append(statistics.fmean(changes))
+    if not per_arch:
+        return [not_measured("C8", what, seed, "no cross-architecture source/target pair with transfer > 0")]
+    change = statistics.fmean(per_arch)  # each target architecture weighs the same
+    # margin: 2 standard errors of the pairs' absolute differences (at least MIN_NOISE), relative
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+    margin = max(MIN_NOISE, 2 * se) / statistics.fmean(bases)
+    return [claim("C8", what, seed,
+                  f"{100 * change:+.0f}% (mean over target architectures of {len(diffs)} cross-architecture "
+                  f"pairs; absolute {100 * statistics.fmean(diffs):+.1f}pt)",
+                  f"DT = best validated lambda_div > 0; sources: {', '.join(sources)}",
+                  verdict(-change, -SEED["C8"]["change"], margin), n=1, effect=change,
+                  seed_effect=SEED["C8"]["change"])]
+
+
+def cost_claims(ratios: dict[str, float], study: Study) -> list[dict[str, Any]]:
+    """C3-cost, C4 and C5 from the step-time and latency ratios to standard (cases ``pgd_at``,
+    ``dt_k5``, ``single_head_k5``, ``ensemble_k5``); a missing case is NaN, its row inconclusive."""
+    r = {k: v if finite(v) else float("nan") for k, v in ratios.items()}
+    get = lambda k: r.get(k, float("nan"))
+    x = lambda k, digits=2: f"{get(k):.{digits}f}x" if finite(get(k)) else "n/a"
+    setting = f"{study.config.backbone}, batch {study.config.batch_size}, median of {study.bench_steps} steps"
+    return [
+        claim("C3-cost", "PGD-AT training cost / standard", "8x", x("pgd_at"), f"{setting}, {study.config.pgd_steps} PGD steps",
+              figure_verdict(get("pgd_at"), SEED["C3"]["cost"]), effect=get("pgd_at")),
+        claim("C4", "DT (K=5) training step / standard", "2.3x", x("dt_k5"), setting,
+              cost_verdict(get("dt_k5"), SEED["C4"]["cost"]), effect=get("dt_k5")),
+        claim("C5", "single-head inference / plain model", "1.00x (no overhead)",
+              f"{x('single_head_k5', 3)} (ensemble K=5: {x('ensemble_k5', 3)})", "batch 256, forward only",
+              overhead_verdict(get("single_head_k5")), effect=get("single_head_k5")),
+    ]

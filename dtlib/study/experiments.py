@@ -1,0 +1,281 @@
+"""The five experiments of the study, one per notebook (``headline``, ``k_ablation``,
+``cross_norm``, ``transfer``, ``cost``), and the validation-split selection of DT's loss weights
+they share.
+
+Each returns a JSON-able dict that it also writes to ``results/<notebook>-<profile>.json`` (and its
+table as CSV), with provenance; ``dtlib.figures`` draws every figure from such a dict, so figures
+are regenerated without training. Models are shared between notebooks through the run cache
+``runs/<config-hash>/``: the batch trains each configuration once. Every claims row comes from
+``claims``.
+"""
+from __future__ import annotations
+
+import csv
+import statistics
+import time
+from typing import Any, Callable
+
+from ..data import load_data
+from ..evaluate import scored_subset
+from ..experiment import RunResult, load_model, load_uaps
+from ..io import atomic_path, provenance, write_json
+from ..measure import bench_split, inference_latency, training_steps
+from ..metrics import accuracy, fooling_rate, predict
+from ..runtime import amp_dtype, resolve_device
+from .claims import MIN_NOISE, cost_claims, cross_claims, headline_claims, k_claims, ratio, summarise, transfer_claims
+from .settings import Study
+
+
+def save(study: Study, notebook: str, payload: dict[str, Any], t0: float) -> dict[str, Any]:
+    """Write ``results/<notebook>-<profile>.json`` and its table as ``.csv``, atomically."""
+    device = resolve_device(study.config.device)
+    payload = {"notebook": notebook, "profile": study.profile, "study": study.to_dict(), **payload,
+               "wall_s": time.perf_counter() - t0, "provenance": provenance(device)}
+    out = study.dir / "results" / f"{notebook}-{study.profile}.json"
+    write_json(out, payload)
+    table = payload.get("table") or []
+    if table:
+        prov = {"profile": study.profile, "git_commit": payload["provenance"]["git_commit"],
+                "device": payload["provenance"]["device"], "torch": payload["provenance"]["torch"]}
+        keys = list(dict.fromkeys(k for row in table for k in row)) + list(prov)
+        with atomic_path(out.with_suffix(".csv")) as tmp, open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, keys)
+            w.writeheader()
+            w.writerows({**row, **prov} for row in table)
+    return payload
+
+
+def _runs(results: list[RunResult]) -> dict[str, Any]:
+    return {r.run_dir.name: {"config": r.config.to_dict(), "train": r.metrics["train"],
+                             "eval_provenance": r.metrics["provenance"], "eval_wall_s": r.metrics.get("eval_wall_s")}
+            for r in results}
+
+
+def select_dt(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The K = 5 sensitivity grid over lambda_div x lambda_adv, scored on the validation split (held
+    out of the training images) under a white-box UAP fitted against the ensemble. The chosen
+    setting maximises validation accuracy under that UAP (fooling rate alone would favour a
+    constant classifier); the standard model and UAT are scored the same way for reference."""
+    val = dict(eval_split="val", eval_modes="ensemble")
+    rows, results = [], []
+    for seed in study.seeds[:study.ablation_seeds]:
+        for div in study.grid_div:
+            for adv in study.grid_adv:
+                res = study.run(log, method="dt", heads=5, lambda_div=div, lambda_adv=adv, seed=seed, **val)
+                results.append(res)
+                rows.append({"lambda_div": div, "lambda_adv": adv, "seed": seed, **_val_row(res, "ensemble")})
+    refs = {}
+    for arm in ("standard", "uat"):
+        vals = []
+        for seed in study.seeds[:study.ablation_seeds]:
+            res = study.run(log, method=arm, heads=1, seed=seed, **val)
+            results.append(res)
+            vals.append(_val_row(res, "head0"))
+        refs[arm] = {k: statistics.fmean(v[k] for v in vals) for k in vals[0]}
+    cells: dict[tuple[float, float], list[float]] = {}
+    for r in rows:
+        cells.setdefault((r["lambda_div"], r["lambda_adv"]), []).append(r["val_uap_acc"])
+    score = lambda kv: statistics.fmean(kv[1])
+    (div, adv), _ = max(cells.items(), key=score)  # first of ties: grid order
+    with_div = {k: v for k, v in cells.items() if k[0] > 0}
+    (ddiv, dadv), _ = max(with_div.items(), key=score) if with_div else ((div, adv), None)
+    return {"grid": rows, "references": refs, "best": {"lambda_div": div, "lambda_adv": adv},
+            "best_div": {"lambda_div": ddiv, "lambda_adv": dadv},
+            "criterion": "validation accuracy under a white-box L-inf UAP fitted against the ensemble",
+            "runs": _runs(results)}
+
+
+def _val_row(res: RunResult, key: str) -> dict[str, float]:
+    m = res.metrics["eval"][key]
+    return {"val_clean_acc": m["clean_acc"], "val_fooling_rate": m["fooling_rate"], "val_uap_acc": m["uap_acc"]}
+
+
+def arms(selection: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The headline's methods and the controls of docs/protocol.md section 3, as Config overrides.
+
+    ``dt_best`` is the grid's best cell on validation; ``dt_div`` the best cell *with* the diversity
+    term (lambda_div > 0), which the controls (K = 1, lambda_div = 0, at its lambda_adv) are read
+    against: when the best cell has no diversity term, the two differ."""
+    best, with_div = selection["best"], selection.get("best_div", selection["best"])
+    div, adv = best["lambda_div"], best["lambda_adv"]
+    cdiv, cadv = with_div["lambda_div"], with_div["lambda_adv"]
+    return {
+        "standard": dict(method="standard", heads=1),
+        "pgd_at": dict(method="pgd_at", heads=1),
+        "uat": dict(method="uat", heads=1),
+        # control: the same running UAP and CE term with one head, so no diversity is possible
+        "dt_k1": dict(method="dt", heads=1, lambda_div=cdiv, lambda_adv=cadv),
+        # control: five heads, no diversity term
+        "dt_nodiv": dict(method="dt", heads=5, lambda_div=0.0, lambda_adv=cadv),
+        "dt_literal": dict(method="dt", heads=5, lambda_div=1.0, lambda_adv=0.0),
+        "dt_div": dict(method="dt", heads=5, lambda_div=cdiv, lambda_adv=cadv),
+        "dt_best": dict(method="dt", heads=5, lambda_div=div, lambda_adv=adv),
+    }
+
+
+METRICS = ("clean_acc", "fooling_rate", "uap_acc", "random_fooling_rate")
+
+
+def headline(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Standard vs PGD-AT vs UAT vs DT (K = 5: the setting chosen on validation, and the seed's
+    literal loss) and the controls, over ``study.seeds``; white-box L-inf UAP at the config's
+    eval_eps against each inference mode; training cost as wall-time ratio to standard."""
+    t0 = time.perf_counter()
+    selection = select_dt(study, log)
+    rows, results = [], []
+    for seed in study.seeds:
+        base_wall = None
+        for arm, o in arms(selection).items():
+            res = study.run(log, seed=seed, **o)
+            results.append(res)
+            wall = res.metrics["train"]["wall_s"]
+            base_wall = wall if arm == "standard" else base_wall
+            for key, m in res.metrics["eval"].items():
+                rows.append({"arm": arm, "eval": key, "seed": seed, "heads": res.config.heads,
+                             "lambda_div": res.config.lambda_div, "lambda_adv": res.config.lambda_adv,
+                             **{k: m[k] for k in METRICS}, "train_s": wall, "cost_ratio": ratio(wall, base_wall),
+                             "run": res.run_dir.name})
+    table = summarise(rows, ("arm", "eval"), (*METRICS, "cost_ratio"))
+    check = attack_check(study, selection, log)
+    payload = {"selection": selection, "rows": rows, "table": table, "attack_check": check,
+               "claims": headline_claims(rows, study, selection), "runs": _runs(results)}
+    return save(study, "01_headline", payload, t0)
+
+
+def attack_check(study: Study, selection: dict[str, Any], log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Is the evaluation attack converged? Refit with twice the epochs and one more restart: the
+    fooling rate must not rise by more than MIN_NOISE (docs/protocol.md section 3)."""
+    out = []
+    c = study.config
+    stronger = dict(uap_epochs=2 * c.uap_epochs, uap_restarts=c.uap_restarts + 1)
+    for arm in ("standard", "dt_best", "dt_div"):
+        o = {**arms(selection)[arm], "seed": study.seeds[0]}
+        base = study.run(log, **o).metrics["eval"]
+        strong = study.run(log, **o, **stronger).metrics["eval"]
+        for key in base:
+            rise = strong[key]["fooling_rate"] - base[key]["fooling_rate"]
+            out.append({"arm": arm, "eval": key, "fooling_rate": base[key]["fooling_rate"],
+                        "stronger_fooling_rate": strong[key]["fooling_rate"], "rise": rise,
+                        "converged": rise <= MIN_NOISE, "stronger": stronger})
+    return out
+
+
+def k_ablation(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """DT with K in ``study.ks`` at the best validated setting *with* the diversity term (without
+    it, K has nothing to act through): fooling rate and clean accuracy (ensemble and single head),
+    step time and training memory against K; and the grid."""
+    t0 = time.perf_counter()
+    selection = select_dt(study, log)
+    best = selection["best_div"]
+    rows, results = [], []
+    for seed in study.seeds[:study.ablation_seeds]:
+        for k in study.ks:
+            res = study.run(log, method="dt", heads=k, seed=seed, **best)
+            results.append(res)
+            for key, m in res.metrics["eval"].items():
+                rows.append({"heads": k, "eval": "ensemble" if key == "ensemble" else "single", "seed": seed,
+                             **{x: m[x] for x in METRICS}, "run": res.run_dir.name})
+    cases = {f"dt_k{k}": dict(method="dt", heads=k, **best) for k in study.ks}
+    cases["standard"] = dict(method="standard", heads=1)
+    bench = time_training_steps(study, cases)
+    table = summarise(rows, ("heads", "eval"), METRICS)
+    for row in table:
+        b = bench[f"dt_k{row['heads']}"]
+        row["step_ratio"] = b["median_s"] / bench["standard"]["median_s"]
+        row["train_memory_mb"] = b["memory"].get("cuda_peak_mb", b["memory"]["peak_mb"])
+    ens = {r["heads"]: r for r in table if r["eval"] == "ensemble" or r["heads"] == 1}
+    payload = {"selection": selection, "rows": rows, "table": table, "bench": bench,
+               "claims": k_claims(ens, rows, study), "runs": _runs(results)}
+    return save(study, "02_k_ablation", payload, t0)
+
+
+def time_training_steps(study: Study, cases: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``bench.training_steps`` for ``cases`` on the first training images, as many as one pass needs."""
+    split = bench_split(study.config, study.config.batch_size * (study.bench_steps + study.bench_warmup + 1))
+    return training_steps(study.config, split, cases, steps=study.bench_steps, warmup=study.bench_warmup)
+
+
+CROSS_ARMS = ("standard", "uat", "pgd_at", "dt_best", "dt_div")
+
+
+def cross_norm(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Models trained against L-inf UAPs (or none), evaluated under L2 and L-inf UAPs over a range
+    of radii, each UAP fitted against the model's default inference mode (DT: the ensemble)."""
+    t0 = time.perf_counter()
+    selection = select_dt(study, log)
+    rows, results = [], []
+    for seed in study.seeds[:study.ablation_seeds]:
+        for arm in dict.fromkeys(CROSS_ARMS):
+            for norm, radii in (("linf", study.linf_radii), ("l2", study.l2_radii)):
+                for r in radii:
+                    res = study.run(log, seed=seed, eval_norm=norm, eval_eps=r, eval_modes="ensemble",
+                                    **arms(selection)[arm])
+                    results.append(res)
+                    (key, m), = res.metrics["eval"].items()
+                    rows.append({"arm": arm, "norm": norm, "radius": r, "seed": seed, "eval": key,
+                                 **{x: m[x] for x in METRICS}, "run": res.run_dir.name})
+    table = summarise(rows, ("arm", "norm", "radius"), METRICS)
+    payload = {"selection": selection, "rows": rows, "table": table, "claims": cross_claims(rows, study),
+               "runs": _runs(results)}
+    return save(study, "03_cross_norm", payload, t0)
+
+
+def transfer(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Each source model's white-box UAP (fitted against its default inference mode) applied to
+    every target model: transfer success = the target's fooling rate (docs/protocol.md section 3)."""
+    t0 = time.perf_counter()
+    selection = select_dt(study, log)
+    seed = study.seeds[0]
+    models: dict[str, dict[str, Any]] = {}
+    for bb in study.transfer_backbones:
+        wanted = ("standard", "dt_div", "uat", "pgd_at") if bb == study.config.backbone else ("standard", "dt_div")
+        for arm in wanted:
+            models[f"{bb}/{arm}"] = {"backbone": bb, **arms(selection)[arm]}
+    device = resolve_device(study.config.device)
+    dtype = amp_dtype(study.config.precision, device)
+    _, _, test = load_data(study.config)
+    test = scored_subset(test, study.config.eval_size).to(device)
+    loaded, uaps, results = {}, {}, []
+    for name, o in models.items():
+        res = study.run(log, seed=seed, **o)
+        results.append(res)
+        model, cfg = load_model(res.run_dir, device)
+        mode = "ensemble" if cfg.heads > 1 else "single"
+        loaded[name] = (lambda x, model=model, mode=mode: model.scores(x, mode))
+        saved = load_uaps(res.run_dir, res.config, device)
+        uaps[name] = saved["ensemble" if cfg.heads > 1 else f"head{cfg.eval_head}"]
+    clean = {t: predict(fn, test.x, amp_dtype=dtype) for t, fn in loaded.items()}
+    rows = []
+    for s, delta in uaps.items():
+        for t, fn in loaded.items():
+            adv = predict(fn, test.x, delta=delta, amp_dtype=dtype)
+            rows.append({"source": s, "target": t, "fooling_rate": fooling_rate(clean[t], adv),
+                         "uap_acc": accuracy(adv, test.y), "white_box": s == t})
+    payload = {"selection": selection, "models": models, "rows": rows, "table": rows,
+               "claims": transfer_claims(rows, study), "runs": _runs(results)}
+    return save(study, "04_transfer", payload, t0)
+
+
+def cost(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Per-step training time of each method over standard's, and inference latency of DT's single
+    head and ensemble over a plain one-head model, measured in one process (docs/protocol.md section 3)."""
+    t0 = time.perf_counter()
+    selection = select_dt(study, log)
+    a = arms(selection)
+    cases = {"standard": a["standard"], "dt_k5": a["dt_div"], "pgd_at": a["pgd_at"], "uat": a["uat"]}
+    steps = time_training_steps(study, cases)
+    infer = inference_latency(study.config, {"plain": dict(heads=1, mode="single"),
+                                             "single_head_k5": dict(heads=5, mode="single"),
+                                             "ensemble_k5": dict(heads=5, mode="ensemble")},
+                              steps=2 * study.bench_steps, warmup=study.bench_warmup)
+    table = [{"kind": kind, "case": k, "median_ms": 1e3 * v["median_s"], "ratio": v["ratio"],
+              "ratio_q1": v["ratio_quartiles"][0], "ratio_q3": v["ratio_quartiles"][1]}
+             for kind, part in (("train step", steps), ("inference", infer)) for k, v in part.items()]
+    claims = cost_claims({row["case"]: row["ratio"] for row in table}, study)
+    payload = {"selection": selection, "train_steps": steps, "inference": infer, "table": table, "claims": claims}
+    return save(study, "05_cost", payload, t0)
+
+
+EXPERIMENTS: dict[str, Callable[..., dict[str, Any]]] = {
+    "01_headline": headline, "02_k_ablation": k_ablation, "03_cross_norm": cross_norm,
+    "04_transfer": transfer, "05_cost": cost}
