@@ -7,7 +7,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 # Where this workplace keeps the full CIFAR-10; `make data` links it when data/ has none.
 SHARED_DATA ?= ../shared/data/cifar10.npz
 
-# The study's profile for `make reproduce`: smoke | cpu | gpu (dtlib/study.py PROFILES).
+# The study's profile for `make reproduce`: smoke | cpu | gpu (dtlib/study/settings.py PROFILES).
 PROFILE ?= cpu
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
@@ -27,7 +27,7 @@ test: install
 
 # The precision-sensitive tests (marker `precision`) once more under the precision this machine's
 # precision=auto does not pick, so one machine proves both kinds of CPU (with and without AMX-BF16).
-OTHER_PRECISION = $(PY) -c 'import torch; from dtlib.train import auto_precision; print({"bf16": "fp32", "fp32": "bf16"}[auto_precision(torch.device("cpu"))])'
+OTHER_PRECISION = $(PY) -c 'import torch; from dtlib.runtime import auto_precision; print({"bf16": "fp32", "fp32": "bf16"}[auto_precision(torch.device("cpu"))])'
 test-other-precision: install
 	other=$$($(OTHER_PRECISION)) && test -n "$$other" && DTLIB_AUTO_PRECISION=$$other $(PY) -m pytest -q -m precision
 

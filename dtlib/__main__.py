@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
             res = evaluate_run(args[0], trained.replace(**parse_overrides(args[1:])))
             print(results_table([res]))
         elif cmd == "study":
-            profile = args[0] if args and "=" not in args[0] else "cpu"
-            s = study.setup(profile, key_values(args[1:] if args and "=" not in args[0] else args))
+            named = bool(args) and "=" not in args[0]  # `study cpu seeds=0,1` or just `study seeds=0,1`
+            s = study.setup(args[0] if named else "cpu", key_values(args[1:] if named else args))
             for name, experiment in study.EXPERIMENTS.items():
                 res = experiment(s)
                 print(f"{name}: " + "; ".join(f"{c['claim']} {c['verdict']}" for c in res["claims"]))

@@ -15,9 +15,9 @@ import torch
 from .bench_report import report, write_report
 from .config import Config, coerce, field_kinds, key_values, parse_setting
 from .data import DataError
-from .io import provenance, write_json
+from .io import write_json
 from .measure import bench_split, device_slug, inference_latency, time_epoch, training_steps
-from .runtime import precision_name, resolve_device
+from .runtime import precision_name, provenance, resolve_device
 
 
 @dataclass(frozen=True)

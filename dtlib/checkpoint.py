@@ -1,18 +1,92 @@
-"""A training run's checkpoint and its stop signals: what is written, how it is read back
-(verified, moved aside when corrupt, refused when it belongs to another config), and SIGTERM /
-SIGINT turned into "finish the batch, write a checkpoint, then stop"."""
+"""Saved torch files that are verified when read back (checkpoints, UAPs: a sha256 over their
+content), a training run's checkpoint (how it is read back: moved aside when corrupt, refused when
+it belongs to another config), and SIGTERM / SIGINT turned into "finish the batch, write a
+checkpoint, then stop"."""
 from __future__ import annotations
 
+import hashlib
+import os
+import pickle
 import signal
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from .config import Config
-from .io import CorruptFile, load_verified, save_verified
+from .io import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+class CorruptFile(ValueError):
+    """A saved file that cannot be trusted: unreadable, truncated, or failing its digest."""
+
+
+def state_digest(obj: Any) -> str:
+    """sha256 over a saved object's content: tensors by dtype, shape and bytes, containers in order
+    (dict keys sorted), anything else by repr. torch.load does not check the zip's CRCs, so a
+    flipped byte inside a tensor would otherwise load silently."""
+    h = hashlib.sha256()
+
+    def walk(o: Any) -> None:
+        if torch.is_tensor(o):
+            t = o.detach().to("cpu").contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(o.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(o, dict):
+            h.update(f"D{len(o)}".encode())
+            for k in sorted(o, key=repr):
+                h.update(repr(k).encode())
+                walk(o[k])
+        elif isinstance(o, (list, tuple)):
+            h.update(f"L{len(o)}".encode())
+            for v in o:
+                walk(v)
+        else:
+            h.update(repr(o).encode())
+
+    walk(obj)
+    return h.hexdigest()
+
+
+def save_verified(path: str | os.PathLike, obj: dict[str, Any]) -> None:
+    """``torch.save`` a dict with its ``state_digest`` under ``"sha256"``, atomically."""
+    save_torch(path, {**obj, "sha256": state_digest(obj)})
+
+
+# What torch.load raises on a damaged file (a truncated zip, a bad pickle, a short read); not
+# OSError or MemoryError, which say nothing about the file.
+_DAMAGED = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError, IndexError,
+            TypeError, AttributeError, UnicodeDecodeError)
+
+
+def load_verified(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load what ``save_verified`` wrote, or raise CorruptFile (one sentence) if it is unreadable
+    or its content does not match its digest. Files saved before digests existed (no ``rng``
+    entry, no ``sha256``) load unchecked; a newer one without its digest is corrupt."""
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=False)
+    except torch.OutOfMemoryError:
+        raise
+    except _DAMAGED as e:
+        raise CorruptFile(f"{path} is unreadable ({type(e).__name__}: truncated or corrupt).") from None
+    if not isinstance(obj, dict):
+        raise CorruptFile(f"{path} does not hold a saved dict (it holds a {type(obj).__name__}).")
+    want = obj.pop("sha256", None)
+    if want is None and "rng" in obj:
+        raise CorruptFile(f"{path} has lost its sha256 entry.")
+    if want is not None and state_digest(obj) != want:
+        raise CorruptFile(f"{path} fails its sha256 check (corrupt on disk).")
+    return obj
 
 
 class Stop:

@@ -15,13 +15,13 @@ from typing import Any, Callable
 
 import torch
 
-from .checkpoint import CHECKPOINT, read_checkpoint, train_summary
+from .checkpoint import CHECKPOINT, load_verified, read_checkpoint, save_verified, train_summary
 from .config import Config
 from .data import Loader, load_data
 from .evaluate import evaluate_model
-from .io import load_verified, provenance, save_verified, write_json
+from .io import write_json
 from .models import MultiHead, build_model
-from .runtime import amp_dtype, precision_name, resolve_device
+from .runtime import amp_dtype, precision_name, provenance, resolve_device
 from .train import train
 
 
@@ -113,7 +113,7 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, *, log: Callabl
 def run(cfg: Config | None = None, *, runs_dir: str | Path = "runs", progress: bool | str = True,
         log: Callable[[str], None] = print, **overrides: Any) -> RunResult:
     """Train (or load) and evaluate one configuration; ``overrides`` are Config fields;
-    ``progress`` as in ``train`` (True, False or a ``train.PROGRESS`` name)."""
+    ``progress`` as in ``train`` (True, False or a ``runtime.PROGRESS`` name)."""
     cfg = (cfg or Config()).replace(**overrides)
     run_dir = run_dir_for(cfg, runs_dir)
     done = metrics_path(run_dir, cfg)

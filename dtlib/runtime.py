@@ -1,11 +1,13 @@
-"""Where and how a run executes, without changing what it computes: the device, what
-``precision=auto`` means there, compilation and cuDNN settings, the model wrappers of
-torch.compile and DDP, the phase clock of a training step, and progress bars."""
+"""Where and how a run executes, without changing what it computes: the device (and the provenance
+that names it), what ``precision=auto`` means there, compilation and cuDNN settings, the model
+wrappers of torch.compile and DDP, the phase clock of a training step, and progress bars."""
 from __future__ import annotations
 
 import os
+import platform
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any, Iterator
 
 import torch
@@ -16,7 +18,7 @@ from tqdm.auto import tqdm as auto_bar
 from tqdm.std import tqdm as text_bar
 
 from .config import Config
-from .io import cpu_bf16_features
+from .io import cpu_bf16_features, cpu_model, git_commit
 from .phases import PHASES
 
 
@@ -26,6 +28,22 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was asked for but no CUDA device is available; use device=auto or cpu.")
     return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({cpu_model()}, {platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    return {
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device_name(device),
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 # What precision="auto" resolves to, when set (bf16 | fp32). The machines this project runs on

@@ -24,10 +24,10 @@ import torch.nn as nn
 from .checkpoint import CHECKPOINT, Stop, Writer, read_checkpoint, train_summary
 from .config import Config
 from .data import Loader, Split
-from .io import provenance
 from .methods import STEPS, Step
 from .models import MultiHead, build_model, ensemble_log_probs
-from .runtime import amp_dtype, distributed, prepare, progress_bar, progress_mode, resolve_device, sync
+from .runtime import (amp_dtype, distributed, prepare, progress_bar, progress_mode, provenance, resolve_device,
+                      sync)
 
 
 def lr_factor(step: int, total: int, warmup: float) -> float:

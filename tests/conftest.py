@@ -6,7 +6,7 @@ import torch
 
 import dtlib
 from dtlib.data import load_cifar10
-from dtlib.train import PRECISION_ENV, auto_precision
+from dtlib.runtime import PRECISION_ENV, auto_precision
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 # device="cpu": these tests assert CPU determinism and exact equalities, also on a CUDA machine

@@ -4,7 +4,8 @@ import torch.nn.functional as F
 
 from dtlib.attacks import perturb, pgd, project, random_uap, sgd_uap
 from dtlib.data import to_float
-from dtlib.evaluate import fit_images, fooling_rate, predict, targeted_success
+from dtlib.evaluate import fit_images
+from dtlib.metrics import fooling_rate, predict, targeted_success
 
 pytestmark = pytest.mark.precision  # trains or evaluates: run under both precisions (make test-other-precision)
 

@@ -1,6 +1,7 @@
 """The claims rules are total: every claims function gives a row, with a verdict, for any rows it
 may be handed (zero, equal, NaN or missing rates, one seed, an empty group, no rows at all). Where
 a ratio or a verdict cannot be formed, the row says ``inconclusive: <why>`` instead of raising."""
+import dataclasses
 import math
 
 import pytest
@@ -8,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dtlib import study as S
+from dtlib.study import claims as C
 
 VERDICTS = ("holds", "partly", "does not hold", "not measured")
 STUDY = S.setup("smoke", {"ks": [1, 2, 5, 10], "l2_radii": [0.5, 1.0], "transfer_backbones": ["cnn", "vgg"]})
@@ -42,7 +44,7 @@ def check(rows):
        st.one_of(st.none(), st.fixed_dictionaries({}, optional={"best": st.fixed_dictionaries(
            {}, optional={"lambda_div": RATE, "lambda_adv": RATE})})))
 def test_headline_claims_are_total(rows, selection):
-    out = S.headline_claims(rows, STUDY, selection)
+    out = C.headline_claims(rows, STUDY, selection)
     check(out)
     assert [c["claim"] for c in out] == ["C1", "C1-ctl", "C2", "C3", "C4-wall"]
 
@@ -52,14 +54,14 @@ def test_headline_claims_are_total(rows, selection):
        rows_of(heads=st.sampled_from([1, 2, 5, 10]), eval=st.sampled_from(["ensemble", "single"]),
                seed=st.integers(0, 2), fooling_rate=RATE))
 def test_k_claims_are_total(ens, rows):
-    check(S.k_claims(ens, rows, STUDY))
+    check(C.k_claims(ens, rows, STUDY))
 
 
 @FAST
 @given(rows_of(arm=st.sampled_from(S.CROSS_ARMS), norm=st.sampled_from(["linf", "l2"]),
                radius=st.sampled_from([0.5, 1.0, 10 / 255]), seed=st.integers(0, 2), uap_acc=RATE, fooling_rate=RATE))
 def test_cross_claims_are_total(rows):
-    check(S.cross_claims(rows, STUDY))
+    check(C.cross_claims(rows, STUDY))
 
 
 NAMES = [f"{bb}/{arm}" for bb in ("cnn", "vgg") for arm in ("standard", "dt_div", "uat", "pgd_at")]
@@ -68,13 +70,13 @@ NAMES = [f"{bb}/{arm}" for bb in ("cnn", "vgg") for arm in ("standard", "dt_div"
 @FAST
 @given(rows_of(source=st.sampled_from(NAMES), target=st.sampled_from(NAMES), fooling_rate=RATE))
 def test_transfer_claims_are_total(rows):
-    check(S.transfer_claims(rows, STUDY))
+    check(C.transfer_claims(rows, STUDY))
 
 
 @FAST
 @given(st.dictionaries(st.sampled_from(["pgd_at", "dt_k5", "single_head_k5", "ensemble_k5", "uat"]), RATIO))
 def test_cost_claims_are_total(ratios):
-    check(S.cost_claims(ratios, STUDY))
+    check(C.cost_claims(ratios, STUDY))
 
 
 def _rows(std_fr, dt_fr, floor=0.05, seeds=(0, 1)):
@@ -93,13 +95,13 @@ def test_an_undertrained_pgd_model_makes_c3_inconclusive():
     for r in rows:
         if r["arm"] == "pgd_at":
             r["clean_acc"] = 0.3
-    c3 = {c["claim"]: c for c in S.headline_claims(rows, S.setup("smoke"))}["C3"]
+    c3 = {c["claim"]: c for c in C.headline_claims(rows, S.setup("smoke"))}["C3"]
     assert c3["verdict"].startswith("inconclusive: PGD-AT is undertrained")
 
 
 def test_headline_claims_are_computed_from_the_rows():
     st = S.setup("smoke")
-    by = lambda rows: {c["claim"]: c for c in S.headline_claims(rows, st)}
+    by = lambda rows: {c["claim"]: c for c in C.headline_claims(rows, st)}
     c = by(_rows(0.8, 0.15))
     assert c["C1"]["verdict"] == "holds" and c["C1"]["effect"] == pytest.approx((0.8 - 0.15) / 0.8, abs=1e-2)
     assert c["C1-ctl"]["verdict"] == "holds"  # 0.15 vs the best control's 0.5
@@ -114,17 +116,17 @@ def test_headline_claims_are_computed_from_the_rows():
 
 def test_a_standard_model_never_fooled_makes_c1_inconclusive_not_an_error():
     """The fp32 smoke run that raised ZeroDivisionError: the standard model's fooling rate was 0."""
-    c = {r["claim"]: r for r in S.headline_claims(_rows(0.0, 0.0, floor=0.0, seeds=(0,)), STUDY)}
-    assert c["C1"]["verdict"] == S.INCONCLUSIVE and math.isnan(c["C1"]["effect"])
-    assert c["C1-ctl"]["verdict"] == S.INCONCLUSIVE
+    c = {r["claim"]: r for r in C.headline_claims(_rows(0.0, 0.0, floor=0.0, seeds=(0,)), STUDY)}
+    assert c["C1"]["verdict"] == C.INCONCLUSIVE and math.isnan(c["C1"]["effect"])
+    assert c["C1-ctl"]["verdict"] == C.INCONCLUSIVE
     assert c["C2"]["verdict"] == "holds (one seed)"  # accuracy needs no fooling
 
 
 def test_equal_rates_do_not_hold_and_missing_arms_are_named():
-    c = {r["claim"]: r for r in S.headline_claims(_rows(0.6, 0.6), STUDY)}
+    c = {r["claim"]: r for r in C.headline_claims(_rows(0.6, 0.6), STUDY)}
     assert c["C1"]["verdict"] == "does not hold" and c["C1"]["effect"] == 0
     rows = [r for r in _rows(0.8, 0.2) if r["arm"] != "dt_best"]
-    c = {r["claim"]: r for r in S.headline_claims(rows, STUDY)}
+    c = {r["claim"]: r for r in C.headline_claims(rows, STUDY)}
     assert c["C1"]["verdict"] == "inconclusive: no measurement of DT (chosen, ensemble)"
     assert c["C2"]["verdict"] == "inconclusive: no measurement of DT's accuracy"
     assert c["C4-wall"]["verdict"].startswith("inconclusive: no measurement")
@@ -132,20 +134,108 @@ def test_equal_rates_do_not_hold_and_missing_arms_are_named():
 
 
 def test_no_rows_at_all_still_give_every_claim():
-    assert all(r["verdict"].startswith(("inconclusive: ", "not measured")) for r in S.headline_claims([], STUDY))
-    assert S.k_claims({}, [], STUDY)[0]["verdict"] == "not measured"
-    assert S.cross_claims([], STUDY)[0]["verdict"].startswith("inconclusive: no measurement of DT, UAT or PGD-AT")
-    assert S.transfer_claims([], STUDY)[0]["verdict"] == "not measured"
-    assert all(r["verdict"].startswith("inconclusive: ") for r in S.cost_claims({}, STUDY))
+    assert all(r["verdict"].startswith(("inconclusive: ", "not measured")) for r in C.headline_claims([], STUDY))
+    assert C.k_claims({}, [], STUDY)[0]["verdict"] == "not measured"
+    assert C.cross_claims([], STUDY)[0]["verdict"].startswith("inconclusive: no measurement of DT, UAT or PGD-AT")
+    assert C.transfer_claims([], STUDY)[0]["verdict"] == "not measured"
+    assert all(r["verdict"].startswith("inconclusive: ") for r in C.cost_claims({}, STUDY))
 
 
 def test_a_k_never_fooled_is_inconclusive():
     rows = [{"heads": k, "eval": "ensemble", "seed": 0, "fooling_rate": 0.0} for k in (2, 10)]
-    assert S.k_claims({2: {}, 10: {}}, rows, STUDY)[0]["verdict"].startswith("inconclusive: K=2 is never fooled")
+    assert C.k_claims({2: {}, 10: {}}, rows, STUDY)[0]["verdict"].startswith("inconclusive: K=2 is never fooled")
 
 
-@pytest.mark.parametrize("rule, bad", [(S.cost_verdict, (float("nan"), 2.3)), (S.figure_verdict, (0.0, 8.0)),
-                                       (S.overhead_verdict, (float("nan"),)), (S.accuracy_cost_verdict, (float("nan"),)),
-                                       (S.verdict, (float("nan"), 0.8, 0.02)), (S.verdict, (0.5, 0.8, float("nan")))])
+@pytest.mark.parametrize("rule, bad", [(C.cost_verdict, (float("nan"), 2.3)), (C.figure_verdict, (0.0, 8.0)),
+                                       (C.overhead_verdict, (float("nan"),)), (C.accuracy_cost_verdict, (float("nan"),)),
+                                       (C.verdict, (float("nan"), 0.8, 0.02)), (C.verdict, (0.5, 0.8, float("nan")))])
 def test_every_rule_is_inconclusive_on_numbers_it_cannot_judge(rule, bad):
     assert rule(*bad).startswith("inconclusive: ")
+
+
+def test_verdict_rules():
+    assert C.verdict(0.5, 0.8, 0.02) == "holds"        # at least half the seed's effect
+    assert C.verdict(0.3, 0.8, 0.02) == "partly"       # real but under half
+    assert C.verdict(0.01, 0.8, 0.02) == "does not hold"  # within noise
+    assert C.verdict(-0.2, 0.8, 0.02) == "does not hold"  # the other way
+    assert C.verdict(float("nan"), 0.8, 0.02).startswith("inconclusive: ")
+    assert C.cost_verdict(2.5, 2.3) == "holds" and C.cost_verdict(3.1, 2.3) == "partly"
+    assert C.cost_verdict(3.5, 2.3) == "does not hold" and C.cost_verdict(1.0, 2.3) == "holds"
+    assert C.figure_verdict(6.5, 8) == "holds" and C.figure_verdict(4.5, 8) == "partly"
+    assert C.figure_verdict(20, 8) == "does not hold"
+    assert C.overhead_verdict(1.01) == "holds" and C.overhead_verdict(1.5) == "does not hold"
+    assert C.accuracy_cost_verdict(0.004) == "holds" and C.accuracy_cost_verdict(0.05) == "does not hold"
+    one = C.claim("C9", "w", "s", "m", "set", "holds", n=1)
+    assert one["verdict"] == "holds (one seed)"
+
+
+def test_noise_is_twice_the_combined_spread_with_a_floor():
+    a, b = C.mean_spread([0.5, 0.7]), C.mean_spread([0.1, 0.1])
+    assert a["mean"] == pytest.approx(0.6) and a["std"] == pytest.approx(math.sqrt(0.02))
+    assert C.noise(a, b) == pytest.approx(2 * math.sqrt(0.02))
+    assert C.noise(C.mean_spread([0.3]), C.mean_spread([0.4])) == C.MIN_NOISE
+    assert C.fmt(C.mean_spread([0.5])) == "50.0% (n=1)"
+
+
+# ---------------------------------------------------------------------------------------------
+# every verdict of each experiment's claims function, from synthetic rows (one seed: "(one seed)")
+
+@pytest.mark.parametrize("k2, k10, expected", [(0.5, 0.2, "holds"), (0.5, 0.4, "partly"), (0.5, 0.5, "does not hold"),
+                                               (0.5, 0.6, "does not hold")])
+def test_k_claims_reach_each_verdict(k2, k10, expected):
+    """C6: relative fall of the ensemble's fooling rate from K=2 to K=10 against the seed's 59%."""
+    rows = [{"heads": k, "eval": "ensemble", "seed": 0, "fooling_rate": fr} for k, fr in ((2, k2), (10, k10))]
+    (row,) = C.k_claims({2: {}, 5: {}, 10: {}}, rows, STUDY)
+    assert row["verdict"] == f"{expected} (one seed)"
+    assert row["effect"] == pytest.approx((k2 - k10) / k2)
+    assert C.k_claims({5: {}}, rows, STUDY)[0]["verdict"] == "not measured"
+
+
+def _l2_rows(dt, uat, pgd, radii=(0.5, 1.0)):
+    return [{"arm": arm, "norm": "l2", "radius": r, "seed": 0, "uap_acc": acc, "fooling_rate": 1 - acc}
+            for r in radii for arm, acc in (("dt_div", dt), ("uat", uat), ("pgd_at", pgd))]
+
+
+@pytest.mark.parametrize("dt, uat, pgd, expected", [(0.8, 0.3, 0.2, "holds"), (0.5, 0.3, 0.2, "partly"),
+                                                    (0.3, 0.3, 0.2, "does not hold"), (0.3, 0.1, 0.4, "does not hold")])
+def test_cross_claims_reach_each_verdict(dt, uat, pgd, expected):
+    """C7: DT's accuracy under L2 UAPs against the stronger of UAT and PGD-AT, at every radius."""
+    (row,) = C.cross_claims(_l2_rows(dt, uat, pgd), STUDY)
+    assert row["verdict"] == f"{expected} (one seed)"
+    assert row["effect"] == pytest.approx(dt - max(uat, pgd))
+
+
+def test_cross_claims_take_the_weakest_radius_and_name_a_missing_one():
+    rows = _l2_rows(0.8, 0.3, 0.2, radii=(0.5,)) + _l2_rows(0.3, 0.3, 0.2, radii=(1.0,))
+    assert C.cross_claims(rows, STUDY)[0]["verdict"] == "does not hold (one seed)"
+    partial = [r for r in _l2_rows(0.8, 0.3, 0.2) if not (r["arm"] == "dt_div" and r["radius"] == 1.0)]
+    assert C.cross_claims(partial, STUDY)[0]["verdict"] == "inconclusive: no measurement of DT at r=1"
+    no_l2 = dataclasses.replace(STUDY, l2_radii=())
+    assert C.cross_claims(partial, no_l2)[0]["verdict"] == "not measured"
+
+
+@pytest.mark.parametrize("on_dt, expected", [(0.1, "holds"), (0.4, "partly"), (0.5, "does not hold"),
+                                             (0.7, "does not hold")])
+def test_transfer_claims_reach_each_verdict(on_dt, expected):
+    """C8: UAPs from the other architecture transfer to the DT target (``on_dt``) vs the standard
+    target (0.5) of the same architecture; the seed's change is -64%."""
+    rows = [{"source": f"{src}/standard", "target": f"{bb}/{arm}", "fooling_rate": 0.5 if arm == "standard" else on_dt}
+            for src, bb in (("vgg", "cnn"), ("cnn", "vgg")) for arm in ("standard", "dt_div")]
+    rows += [{"source": "cnn/standard", "target": "cnn/dt_div", "fooling_rate": 0.0}]  # same architecture: not counted
+    (row,) = C.transfer_claims(rows, STUDY)
+    assert row["verdict"] == f"{expected} (one seed)"
+    assert row["effect"] == pytest.approx((on_dt - 0.5) / 0.5)
+    assert C.transfer_claims([r for r in rows if r["source"].startswith("cnn")][:1], STUDY)[0]["verdict"] == "not measured"
+
+
+@pytest.mark.parametrize("ratios, expected", [
+    ({"pgd_at": 8.0, "dt_k5": 2.3, "single_head_k5": 1.01}, ("holds", "holds", "holds")),
+    ({"pgd_at": 4.5, "dt_k5": 3.1, "single_head_k5": 1.1}, ("partly", "partly", "partly")),
+    ({"pgd_at": 20.0, "dt_k5": 3.5, "single_head_k5": 1.5}, ("does not hold", "does not hold", "does not hold")),
+    ({"dt_k5": 0.0}, ("inconclusive", "inconclusive", "inconclusive")),
+])
+def test_cost_claims_reach_each_verdict(ratios, expected):
+    """C3-cost (a figure, within 25%), C4 (a bound, at most 10% over) and C5 (no overhead, within 5%)."""
+    rows = C.cost_claims(ratios, STUDY)
+    assert [r["claim"] for r in rows] == ["C3-cost", "C4", "C5"]
+    assert tuple(r["verdict"].split(":")[0] for r in rows) == expected

@@ -1,4 +1,3 @@
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +6,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from dtlib import Config
-from dtlib.data import (CLASSES, DataError, Loader, Split, augment, check_arrays, content_digest,
+from dtlib.data import (DataError, Loader, Split, augment, check_arrays, content_digest,
                         load_arrays, load_cifar10, split_train, to_float)
 from dtlib.io import data_path
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import dtlib
@@ -17,13 +17,13 @@ import dtlib.evaluate
 from dtlib import Config
 from dtlib.attacks import sgd_uap
 from dtlib.config import parse_overrides
-from dtlib.data import DataError, Loader, Split, load_arrays
-from dtlib.evaluate import predict
-from dtlib.experiment import load_data
+from dtlib.data import Loader, Split, load_arrays, load_data
+from dtlib.metrics import predict
 from dtlib.losses import dt_loss
 from dtlib.models import build_model
 from dtlib.study import check_parameters, setup
-from dtlib.train import amp_dtype, train
+from dtlib.runtime import amp_dtype
+from dtlib.train import train
 
 from conftest import DATA_DIR, MINI
 

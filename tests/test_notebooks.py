@@ -42,8 +42,12 @@ def test_committed_notebooks_are_clean_and_parameterised():
         names = [line.split("=")[0].strip() for line in code[0].source.splitlines() if "=" in line and not line.startswith("#")]
         assert tuple(names) == NOTEBOOK_PARAMETERS
         assert 'profile = "cpu"' in code[0].source
-        setup_cell = code[1].source
-        assert setup_cell.index("S.check_parameters(globals())") < setup_cell.index("S.setup("), name
+        # thin: after the parameters, one-line library calls (dtlib.study.notebook); the first one
+        # refuses undeclared papermill parameters before any work
+        assert code[1].source.splitlines()[-1].startswith("study = nb.start(globals())"), name
+        assert code[2].source == f'res = nb.run(study, "{name}")'
+        for c in code[2:]:
+            assert len([line for line in c.source.splitlines() if line.strip()]) == 1, (name, c.source)
 
 
 def test_an_unknown_papermill_parameter_stops_the_notebook_before_any_work(tmp_path):

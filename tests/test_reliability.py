@@ -15,8 +15,7 @@ import dtlib
 from dtlib import Config
 from dtlib.config import BACKBONES, FIELD_TYPES, METHODS
 from dtlib.experiment import metrics_path, run_dir_for, without_timings
-from dtlib.io import CorruptFile, load_verified, save_verified
-from dtlib.train import CHECKPOINT
+from dtlib.checkpoint import CHECKPOINT, CorruptFile, load_verified, read_checkpoint, save_verified
 
 from conftest import DATA_DIR, MINI
 
@@ -111,7 +110,7 @@ def test_sigint_inside_an_epoch_checkpoints_raises_keyboard_interrupt_and_resume
     finishes, the checkpoint holds the epoch's running sums and the attack generator's state, and
     the resumed run ends as one never interrupted."""
     cfg = Config(**{**KILLED, "method": "pgd_at", "heads": 1, "epochs": 2, "checkpoint_minutes": 10.0})
-    train_split, _, _ = dtlib.experiment.load_data(cfg)
+    train_split, _, _ = dtlib.data.load_data(cfg)
     real, calls = dtlib.train.train_step, []
 
     def step_then_interrupt(*a, **k):
@@ -172,7 +171,7 @@ def test_a_checkpoint_that_lost_its_digest_or_its_running_sums_is_not_trusted(tm
     cfg = Config(**MINI)
     save_verified(tmp_path / CHECKPOINT, {"config": cfg.to_dict(), "batch": 3, "partial": None, "rng": {}})
     lines = []
-    assert dtlib.train.read_checkpoint(tmp_path / CHECKPOINT, cfg, lines.append) is None
+    assert read_checkpoint(tmp_path / CHECKPOINT, cfg, lines.append) is None
     assert len(lines) == 1 and "lacks that epoch's running sums; training this config again" in lines[0]
 
 
@@ -201,7 +200,7 @@ def test_a_corrupt_cached_evaluation_is_evaluated_again(tmp_path):
 
 def test_a_checkpoint_of_another_config_is_refused_naming_the_field(tmp_path):
     cfg = Config(train_size=200, epochs=1, batch_size=50, **MINI)
-    train_split, _, _ = dtlib.experiment.load_data(cfg)
+    train_split, _, _ = dtlib.data.load_data(cfg)
     dtlib.train.train(cfg, train_split, run_dir=tmp_path, progress=False, log=lambda s: None)
     with pytest.raises(ValueError, match=r"was written for a different training config \(lr=0\.1, asked 0\.05\); "
                                          r"delete it or use another run directory\.$"):

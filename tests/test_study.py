@@ -1,42 +1,19 @@
 """The study's rules: profiles and parameters, the verdict rules, claims computed from rows, and
 the choice of DT's loss weights on the validation split."""
 import json
-import math
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from dtlib import study as S
+from dtlib import Config, study as S
+from dtlib.config import FIELD_TYPES
+from dtlib.study import experiments
 from dtlib.data import Split
 from dtlib.experiment import RunResult
 
 pytestmark = pytest.mark.precision  # the study under the precision CI also forces; cheap (fakes and rules)
-
-
-def test_verdict_rules():
-    assert S.verdict(0.5, 0.8, 0.02) == "holds"        # at least half the seed's effect
-    assert S.verdict(0.3, 0.8, 0.02) == "partly"       # real but under half
-    assert S.verdict(0.01, 0.8, 0.02) == "does not hold"  # within noise
-    assert S.verdict(-0.2, 0.8, 0.02) == "does not hold"  # the other way
-    assert S.verdict(float("nan"), 0.8, 0.02).startswith("inconclusive: ")
-    assert S.cost_verdict(2.5, 2.3) == "holds" and S.cost_verdict(3.1, 2.3) == "partly"
-    assert S.cost_verdict(3.5, 2.3) == "does not hold" and S.cost_verdict(1.0, 2.3) == "holds"
-    assert S.figure_verdict(6.5, 8) == "holds" and S.figure_verdict(4.5, 8) == "partly"
-    assert S.figure_verdict(20, 8) == "does not hold"
-    assert S.overhead_verdict(1.01) == "holds" and S.overhead_verdict(1.5) == "does not hold"
-    assert S.accuracy_cost_verdict(0.004) == "holds" and S.accuracy_cost_verdict(0.05) == "does not hold"
-    one = S.claim("C9", "w", "s", "m", "set", "holds", n=1)
-    assert one["verdict"] == "holds (one seed)"
-
-
-def test_noise_is_twice_the_combined_spread_with_a_floor():
-    a, b = S.mean_spread([0.5, 0.7]), S.mean_spread([0.1, 0.1])
-    assert a["mean"] == pytest.approx(0.6) and a["std"] == pytest.approx(math.sqrt(0.02))
-    assert S.noise(a, b) == pytest.approx(2 * math.sqrt(0.02))
-    assert S.noise(S.mean_spread([0.3]), S.mean_spread([0.4])) == S.MIN_NOISE
-    assert S.fmt(S.mean_spread([0.5])) == "50.0% (n=1)"
 
 
 def test_setup_applies_profile_and_overrides():
@@ -49,6 +26,11 @@ def test_setup_applies_profile_and_overrides():
     assert gpu.backbone == gpu.config.backbone == "resnet18"
     assert gpu.eval_eps == gpu.config.eval_eps == pytest.approx(8 / 255)
     assert S.setup("smoke").config.data == "mini"
+    # text, as from the command line (python -m dtlib study cpu seeds=0,1,2) or papermill -p, is parsed
+    # by the one key=value parser of Config, Study and the benchmark
+    text = S.setup("smoke", {"seeds": "0,1,2", "ablation_seeds": "2", "l2_radii": "0.5,1", "transfer_backbones": "cnn,vgg"})
+    assert (text.seeds, text.ablation_seeds, text.l2_radii, text.transfer_backbones) == ((0, 1, 2), 2, (0.5, 1.0),
+                                                                                          ("cnn", "vgg"))
 
 
 PER_RUN_CONTROLS = {"method": "arms", "heads": "ks", "lambda_div": "grid_div", "lambda_adv": "grid_adv", "seed": "seeds",
@@ -58,7 +40,7 @@ PER_RUN_CONTROLS = {"method": "arms", "heads": "ks", "lambda_div": "grid_div", "
 def test_every_field_set_per_run_has_its_controller_named():
     assert set(PER_RUN_CONTROLS) == set(S.PER_RUN)
     assert not set(S.PER_RUN) & S.STUDY_FIELDS
-    assert set(S.SHARED_FIELDS) <= S.STUDY_FIELDS & set(S.FIELD_TYPES)
+    assert set(S.SHARED_FIELDS) <= S.STUDY_FIELDS & set(FIELD_TYPES)
 
 
 @pytest.mark.parametrize("profile, overrides, needle", [
@@ -70,10 +52,10 @@ def test_every_field_set_per_run_has_its_controller_named():
     ("smoke", {"backbone": "resnet18"}, "must include the study's backbone 'resnet18'"),
     ("smoke", {"seeds": [0, 0]}, "seeds=[0, 0] holds a value twice"),
     ("smoke", {"ks": [5.0]}, "ks=(5.0,) must be a list of integers"),
-    ("smoke", {"seeds": "0,1"}, "seeds='0,1' must be a list of integers"),
+    ("smoke", {"seeds": "0,x"}, "Study field seeds='0,x' is not a comma-separated list of integers"),
     ("smoke", {"bench_steps": 1.5}, "bench_steps=1.5 must be an integer"),
     ("smoke", {"val_size": 0}, "The selection grid scores on the validation split: eval_split='val'"),
-    *[("smoke", {name: getattr(S.Config(), name)}, f"Config field {name!r} is set run by run by the study")
+    *[("smoke", {name: getattr(Config(), name)}, f"Config field {name!r} is set run by run by the study")
       for name in S.PER_RUN],
 ])
 def test_setup_rejects_bad_parameters_in_one_sentence(profile, overrides, needle):
@@ -125,7 +107,7 @@ ACCEPTED = {"lambda_cons": 0.5, "norm": "l2", "eps": 0.5, "uap_step": 0.05, "uap
 
 
 def test_the_value_table_covers_every_accepted_config_field():
-    accepted = set(S.FIELD_TYPES) - set(S.PER_RUN) - S.STUDY_FIELDS
+    accepted = set(FIELD_TYPES) - set(S.PER_RUN) - S.STUDY_FIELDS
     assert set(ACCEPTED) == accepted
     smoke = S.setup("smoke").config
     assert all(getattr(smoke, k) != v for k, v in ACCEPTED.items())
@@ -148,11 +130,11 @@ def _fake_runs(monkeypatch):
     images = Split(torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8), torch.arange(100) % 10)
     model = SimpleNamespace(scores=lambda x, mode: x.flatten(1)[:, :10].float())
     monkeypatch.setattr(S.Study, "run", fake_run)
-    monkeypatch.setattr(S, "time_training_steps", timings)
-    monkeypatch.setattr(S, "inference_latency", lambda cfg, cases, **kw: timings(None, cases))
-    monkeypatch.setattr(S, "load_data", lambda cfg: (images, images, images))
-    monkeypatch.setattr(S, "load_model", lambda run_dir, device: (model, S.Config()))
-    monkeypatch.setattr(S, "load_uaps", lambda run_dir, cfg, device: {"ensemble": torch.zeros(1, 3, 32, 32),
+    monkeypatch.setattr(experiments, "time_training_steps", timings)
+    monkeypatch.setattr(experiments, "inference_latency", lambda cfg, cases, **kw: timings(None, cases))
+    monkeypatch.setattr(experiments, "load_data", lambda cfg: (images, images, images))
+    monkeypatch.setattr(experiments, "load_model", lambda run_dir, device: (model, Config()))
+    monkeypatch.setattr(experiments, "load_uaps", lambda run_dir, cfg, device: {"ensemble": torch.zeros(1, 3, 32, 32),
                                                                        "head0": torch.zeros(1, 3, 32, 32)})
 
 

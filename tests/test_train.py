@@ -1,4 +1,5 @@
-import copy
+"""The one training loop (``dtlib.train``) with every method, the run cache around it
+(``dtlib.experiment``) and the command line."""
 import json
 import math
 import subprocess
@@ -9,14 +10,13 @@ import torch
 
 import dtlib
 from dtlib import Config
-from dtlib.attacks import ascent, perturb, project
 from dtlib.data import split_train
-from dtlib.evaluate import accuracy, predict
-from dtlib.losses import dt_loss, ensemble_cross_entropy, heads_cross_entropy
-from dtlib.models import build_model
 from dtlib.experiment import metrics_path, run_dir_for
-from dtlib.losses import jsd
-from dtlib.train import DT, PRECISION_ENV, UAT, amp_dtype, auto_precision, lr_factor, resolve_device, train
+from dtlib.losses import heads_cross_entropy
+from dtlib.metrics import accuracy, predict
+from dtlib.models import build_model
+from dtlib.runtime import amp_dtype
+from dtlib.train import lr_factor, train
 
 from conftest import DATA_DIR, MINI
 
@@ -35,30 +35,6 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
     f = [lr_factor(s, 100, 0.2) for s in range(101)]
     assert f[0] == 0 and f[20] == 1 and f[100] == 0
     assert all(a < b for a, b in zip(f[:20], f[1:21])) and all(a > b for a, b in zip(f[20:100], f[21:101]))
-
-
-def test_device_auto_is_cpu_here_and_cuda_without_one_is_a_clear_error():
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA machine")
-    assert resolve_device("auto").type == "cpu"
-    with pytest.raises(ValueError, match="no CUDA device is available"):
-        resolve_device("cuda")
-    assert amp_dtype("fp32", torch.device("cpu")) is None
-    assert amp_dtype("bf16", torch.device("cpu")) == torch.bfloat16
-
-
-def test_the_environment_pins_what_auto_precision_means_and_the_cache_key_follows(monkeypatch):
-    cfg = Config(**MINI)
-    keys = {}
-    for forced, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-        monkeypatch.setenv(PRECISION_ENV, forced)
-        assert auto_precision(torch.device("cpu")) == forced and amp_dtype("auto", torch.device("cpu")) == dtype
-        assert amp_dtype("fp32", torch.device("cpu")) is None  # an explicit precision is never overridden
-        keys[forced] = run_dir_for(cfg).name
-    assert keys["fp32"] != keys["bf16"]  # a bf16 run is never reused for fp32, nor the reverse
-    monkeypatch.setenv(PRECISION_ENV, "fp16")
-    with pytest.raises(ValueError, match=f"{PRECISION_ENV}='fp16' must be bf16 or fp32"):
-        amp_dtype("auto", torch.device("cpu"))
 
 
 @pytest.mark.parametrize("method,heads", [("standard", 1), ("dt", 3), ("uat", 1), ("pgd_at", 1)])
@@ -86,87 +62,6 @@ def test_every_method_trains_through_the_one_loop(small, method, heads):
     if method in ("dt", "uat"):
         delta = stats["method_state"]["delta"]
         assert 0 < delta.abs().max() <= cfg.eps + 1e-6
-
-
-def _dt_step_and_twin_logits(cfg):
-    """A DT step at a small random running UAP, a batch, and an independent copy's logits (K, 2B, C)
-    of the same batched forward with delta0 as a leaf."""
-    torch.manual_seed(0)
-    model = build_model(cfg).train()
-    step = DT(model, cfg, torch.device("cpu"))
-    step.delta = project(torch.randn(1, 3, 32, 32) * 0.01, cfg.eps, "linf")
-    x, y = torch.rand(32, 3, 32, 32), torch.randint(0, 10, (32,))
-    twin = copy.deepcopy(model)
-    d0 = step.delta.clone().requires_grad_(True)
-    logits = twin(torch.cat([x, perturb(x, d0)]))
-    return model, step, x, y, d0, logits
-
-
-def test_dt_step_moves_the_running_uap_up_the_ensemble_loss():
-    """One DT step: delta moves by uap_step along sign(d CE_ensemble(x + delta) / d delta), the
-    gradient taken in the same batched forward as the weights' loss."""
-    cfg = Config(method="dt", heads=4, uap_step=2 / 255, **MINI)
-    model, step, x, y, d0, logits = _dt_step_and_twin_logits(cfg)
-    g, = torch.autograd.grad(ensemble_cross_entropy(logits[:, 32:], y), d0)
-    expected = project(d0.detach() + cfg.uap_step * ascent(g, "linf"), cfg.eps, "linf")
-    loss, clean = step.loss(x, y)
-    loss.backward()
-    step.after_backward()
-    assert clean.shape == (4, 32, 10)
-    assert torch.allclose(step.delta, expected, atol=1e-7)
-    assert all(p.grad is not None for p in model.parameters())
-
-
-@pytest.mark.parametrize("lambda_div", [0.0, 1.0])
-def test_dt_with_uap_objective_loss_takes_the_uaps_gradient_from_the_weights_backward(lambda_div):
-    """uap_objective=loss: delta ascends the DT loss itself, its gradient left by the one backward
-    pass (no second pass through the graph); it is not the ensemble CE's, not even at lambda_div=0,
-    because BatchNorm's batch statistics let the clean terms depend on delta."""
-    cfg = Config(method="dt", heads=3, lambda_div=lambda_div, lambda_adv=1.0, uap_objective="loss", **MINI)
-    model, step, x, y, d0, logits = _dt_step_and_twin_logits(cfg)
-    full, _ = dt_loss(logits[:, :32], logits[:, 32:], y, lambda_div=lambda_div, lambda_adv=1.0)
-    g, = torch.autograd.grad(full, d0, retain_graph=True)
-    g_ce, = torch.autograd.grad(ensemble_cross_entropy(logits[:, 32:], y), d0)
-    packed, unpacked = [0], [0]
-
-    def pack(t):
-        packed[0] += 1
-        return t
-
-    def unpack(t):
-        unpacked[0] += 1
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        loss, _ = step.loss(x, y)
-        loss.backward()
-    step.after_backward()
-    expected = project(d0.detach() + cfg.uap_step * ascent(g, "linf"), cfg.eps, "linf")
-    assert torch.allclose(step.delta, expected, atol=1e-7)
-    assert not torch.equal(g.sign(), g_ce.sign())
-    assert unpacked[0] <= packed[0]  # one pass through the graph: each saved tensor read at most once
-    packed[0] = unpacked[0] = 0
-    ce_step = DT(model, cfg.replace(uap_objective="ensemble_ce"), torch.device("cpu"))
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        ce_step.loss(x, y)[0].backward()
-    assert unpacked[0] > packed[0]  # ensemble_ce: a second pass re-reads the perturbed path
-
-
-def test_uat_step_moves_the_running_uap_up_the_training_loss():
-    cfg = Config(method="uat", uap_step=1 / 255, norm="l2", eps=0.5, **MINI)
-    torch.manual_seed(0)
-    model = build_model(cfg).train()
-    step = UAT(model, cfg, torch.device("cpu"))
-    x, y = torch.rand(32, 3, 32, 32), torch.randint(0, 10, (32,))
-    twin = copy.deepcopy(model)
-    d0 = step.delta.clone().requires_grad_(True)
-    g, = torch.autograd.grad(torch.nn.functional.cross_entropy(twin(perturb(x, d0))[0], y), d0)
-    loss, _ = step.loss(x, y)
-    loss.backward()
-    step.after_backward()
-    expected = project(d0.detach() + cfg.uap_step * ascent(g, "l2"), 0.5, "l2")
-    assert torch.allclose(step.delta, expected, atol=1e-7)
-    assert torch.isclose(step.delta.norm(), torch.tensor(1 / 255), rtol=1e-4)  # an L2 step of uap_step
 
 
 def test_dt_training_drives_the_heads_apart_on_the_running_uap_and_together_on_clean_images(small):

@@ -18,10 +18,10 @@ from typing import Any, Callable
 from ..data import load_data
 from ..evaluate import scored_subset
 from ..experiment import RunResult, load_model, load_uaps
-from ..io import atomic_path, provenance, write_json
+from ..io import atomic_path, write_json
 from ..measure import bench_split, inference_latency, training_steps
 from ..metrics import accuracy, fooling_rate, predict
-from ..runtime import amp_dtype, resolve_device
+from ..runtime import amp_dtype, provenance, resolve_device
 from .claims import MIN_NOISE, cost_claims, cross_claims, headline_claims, k_claims, ratio, summarise, transfer_claims
 from .settings import Study
 
@@ -190,7 +190,7 @@ def k_ablation(study: Study, log: Callable[[str], None] = print) -> dict[str, An
 
 
 def time_training_steps(study: Study, cases: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``bench.training_steps`` for ``cases`` on the first training images, as many as one pass needs."""
+    """``measure.training_steps`` for ``cases`` on the first training images, as many as one pass needs."""
     split = bench_split(study.config, study.config.batch_size * (study.bench_steps + study.bench_warmup + 1))
     return training_steps(study.config, split, cases, steps=study.bench_steps, warmup=study.bench_warmup)
 

@@ -41,6 +41,21 @@ def table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def selection(res: dict[str, Any]) -> pd.DataFrame:
+    """The validation-split selection of DT's loss weights: the cells chosen (printed), the
+    references scored the same way (shown), and the grid they were chosen from (returned)."""
+    sel = res["selection"]
+    print(f"chosen: {sel['best']}; best with lambda_div > 0 (the controls', 02's and 04's): {sel['best_div']}"
+          f" - {sel['criterion']}")
+    display(pd.DataFrame(sel["references"]).T.rename_axis("reference"))
+    return pd.DataFrame(sel["grid"])
+
+
+def transfer_matrix(res: dict[str, Any]) -> pd.DataFrame:
+    """04's fooling rates as a source x target matrix (white-box on the diagonal)."""
+    return pd.DataFrame(res["rows"]).pivot(index="source", columns="target", values="fooling_rate")
+
+
 def figure(res: dict[str, Any], study: Study) -> list[str]:
     """Draw the notebook's figure into ``figures/<notebook>-<profile>.{png,pdf}`` and show it."""
     out = Path(study.dir) / "figures" / f"{res['notebook']}-{study.profile}"

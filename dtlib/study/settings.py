@@ -40,7 +40,7 @@ class Study:
     bench_warmup: int = 3
     config: Config = field(default_factory=Config)  # every run starts from this config
     root: str = ""                             # folder of runs/, results/, figures/ ("" = the project)
-    progress: str = "auto"                     # training bars (train.PROGRESS); setup picks it, see bars_for
+    progress: str = "auto"                     # training bars (runtime.PROGRESS); setup picks it, see bars_for
 
     @property
     def dir(self) -> Path:
@@ -94,7 +94,7 @@ def setup(profile: str = "cpu", overrides: dict[str, Any] | None = None, root: s
     """The study for a profile, with ``overrides`` (Study fields, or Config fields not in
     ``PER_RUN``) replacing the preset's values. A name that is both (``SHARED_FIELDS``) is the
     Study's. Paths are kept as given (a relative data_dir is read from the project folder).
-    ``progress`` (train.PROGRESS) defaults to ``bars_for`` the session this runs in."""
+    ``progress`` (runtime.PROGRESS) defaults to ``bars_for`` the session this runs in."""
     if profile not in PROFILES:
         raise ValueError(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
     given = overrides

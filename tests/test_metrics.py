@@ -1,9 +1,10 @@
+"""The metric primitives of ``dtlib.metrics`` (docs/protocol.md section 3) and ``predict``."""
 import math
 
 import pytest
 import torch
 
-from dtlib.evaluate import accuracy, fooling_rate, predict, targeted_success
+from dtlib.metrics import accuracy, fooling_rate, predict, targeted_success
 
 pytestmark = pytest.mark.precision  # trains or evaluates: run under both precisions (make test-other-precision)
 

@@ -1,0 +1,122 @@
+"""The per-batch steps of ``dtlib.methods``: what each method's step does to its running UAP, checked
+against the gradient it should follow, and the registry the loop and ``Config`` share."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from dtlib import Config
+from dtlib.attacks import ascent, perturb, project
+from dtlib.config import METHODS
+from dtlib.losses import dt_loss, ensemble_cross_entropy
+from dtlib.methods import DT, STEPS, UAT, RunningUAP
+from dtlib.models import MultiHead, build_model
+
+from conftest import MINI
+
+
+def test_the_registry_holds_every_method_config_accepts():
+    assert set(STEPS) == set(METHODS)
+    assert all(isinstance(STEPS[m], type) for m in METHODS)
+
+
+@pytest.mark.parametrize("method", ["dt", "uat"])
+def test_the_running_uap_takes_its_shape_from_the_images_and_survives_a_checkpoint(method):
+    """Not CIFAR's 3 x 32 x 32 by construction: ImageNet-sized (here 3 x 24 x 20) images get a
+    perturbation of their own shape at the first batch, which the step's state carries."""
+    cfg = Config(method=method, heads=2, **MINI)
+    torch.manual_seed(0)
+    model = MultiHead(nn.Sequential(nn.Flatten()), 3 * 24 * 20, heads=2).train()
+    step = STEPS[method](model, cfg, torch.device("cpu"))
+    assert isinstance(step, RunningUAP) and step.state_dict() == {"delta": None}
+    x, y = torch.rand(8, 3, 24, 20), torch.randint(0, 10, (8,))
+    step.loss(x, y)[0].backward()
+    step.after_backward()
+    assert step.delta.shape == (1, 3, 24, 20)
+    assert 0 < step.delta.abs().max() <= cfg.eps + 1e-7
+    again = STEPS[method](model, cfg, torch.device("cpu"))
+    again.load_state_dict(step.state_dict())
+    assert torch.equal(again.delta, step.delta)
+
+
+def _dt_step_and_twin_logits(cfg):
+    """A DT step at a small random running UAP, a batch, and an independent copy's logits (K, 2B, C)
+    of the same batched forward with delta0 as a leaf."""
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    step = DT(model, cfg, torch.device("cpu"))
+    step.delta = project(torch.randn(1, 3, 32, 32) * 0.01, cfg.eps, "linf")
+    x, y = torch.rand(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    twin = copy.deepcopy(model)
+    d0 = step.delta.clone().requires_grad_(True)
+    logits = twin(torch.cat([x, perturb(x, d0)]))
+    return model, step, x, y, d0, logits
+
+
+def test_dt_step_moves_the_running_uap_up_the_ensemble_loss():
+    """One DT step: delta moves by uap_step along sign(d CE_ensemble(x + delta) / d delta), the
+    gradient taken in the same batched forward as the weights' loss."""
+    cfg = Config(method="dt", heads=4, uap_step=2 / 255, **MINI)
+    model, step, x, y, d0, logits = _dt_step_and_twin_logits(cfg)
+    g, = torch.autograd.grad(ensemble_cross_entropy(logits[:, 32:], y), d0)
+    expected = project(d0.detach() + cfg.uap_step * ascent(g, "linf"), cfg.eps, "linf")
+    loss, clean = step.loss(x, y)
+    loss.backward()
+    step.after_backward()
+    assert clean.shape == (4, 32, 10)
+    assert torch.allclose(step.delta, expected, atol=1e-7)
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("lambda_div", [0.0, 1.0])
+def test_dt_with_uap_objective_loss_takes_the_uaps_gradient_from_the_weights_backward(lambda_div):
+    """uap_objective=loss: delta ascends the DT loss itself, its gradient left by the one backward
+    pass (no second pass through the graph); it is not the ensemble CE's, not even at lambda_div=0,
+    because BatchNorm's batch statistics let the clean terms depend on delta."""
+    cfg = Config(method="dt", heads=3, lambda_div=lambda_div, lambda_adv=1.0, uap_objective="loss", **MINI)
+    model, step, x, y, d0, logits = _dt_step_and_twin_logits(cfg)
+    full, _ = dt_loss(logits[:, :32], logits[:, 32:], y, lambda_div=lambda_div, lambda_adv=1.0)
+    g, = torch.autograd.grad(full, d0, retain_graph=True)
+    g_ce, = torch.autograd.grad(ensemble_cross_entropy(logits[:, 32:], y), d0)
+    packed, unpacked = [0], [0]
+
+    def pack(t):
+        packed[0] += 1
+        return t
+
+    def unpack(t):
+        unpacked[0] += 1
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        loss, _ = step.loss(x, y)
+        loss.backward()
+    step.after_backward()
+    expected = project(d0.detach() + cfg.uap_step * ascent(g, "linf"), cfg.eps, "linf")
+    assert torch.allclose(step.delta, expected, atol=1e-7)
+    assert not torch.equal(g.sign(), g_ce.sign())
+    assert unpacked[0] <= packed[0]  # one pass through the graph: each saved tensor read at most once
+    packed[0] = unpacked[0] = 0
+    ce_step = DT(model, cfg.replace(uap_objective="ensemble_ce"), torch.device("cpu"))
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        ce_step.loss(x, y)[0].backward()
+    assert unpacked[0] > packed[0]  # ensemble_ce: a second pass re-reads the perturbed path
+
+
+def test_uat_step_moves_the_running_uap_up_the_training_loss():
+    cfg = Config(method="uat", uap_step=1 / 255, norm="l2", eps=0.5, **MINI)
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    step = UAT(model, cfg, torch.device("cpu"))
+    x, y = torch.rand(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    twin = copy.deepcopy(model)
+    assert step.delta is None  # made at the first batch, in the batch's image shape: zeros
+    d0 = torch.zeros(1, 3, 32, 32, requires_grad=True)
+    g, = torch.autograd.grad(torch.nn.functional.cross_entropy(twin(perturb(x, d0))[0], y), d0)
+    loss, _ = step.loss(x, y)
+    loss.backward()
+    step.after_backward()
+    expected = project(d0.detach() + cfg.uap_step * ascent(g, "l2"), 0.5, "l2")
+    assert torch.allclose(step.delta, expected, atol=1e-7)
+    assert torch.isclose(step.delta.norm(), torch.tensor(1 / 255), rtol=1e-4)  # an L2 step of uap_step
