@@ -132,7 +132,7 @@ def test_a_fresh_interpreter_redraws_figures_without_torch():
     code = ("import sys, dtlib.figures; print(sorted(m for m in sys.modules if m.startswith('dtlib'))); "
             "print(any(m == 'torch' or m.startswith('torch.') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
-    assert eval(out[0]) == ["dtlib", "dtlib.bench_report", "dtlib.config", "dtlib.figures", "dtlib.io", "dtlib.lazy", "dtlib.phases",
+    assert ast.literal_eval(out[0]) == ["dtlib", "dtlib.bench_report", "dtlib.config", "dtlib.figures", "dtlib.io", "dtlib.lazy", "dtlib.phases",
                             "dtlib.study", "dtlib.study.claims"]
     assert out[1] == "False"
 
