@@ -4,6 +4,10 @@
   evaluate RUN_DIR [k=v]    re-evaluate a finished run (evaluation fields may be overridden)
   study [PROFILE] [k=v]     the five study experiments without Jupyter (make reproduce runs the notebooks);
                             k=v: Study or Config fields, as the notebooks' overrides (seeds=0,1,2)
+  attack MODULE:FACTORY WEIGHTS [k=v]
+                            the evaluation attack suite on your own model (FACTORY() maps images in [0, 1] to
+                            logits; WEIGHTS its state dict); k=v: Config fields (data, eval_eps, uap_*, ...) and
+                            out=PATH (default attack-<weights name>.json)
   download [DATA_DIR]       fetch CIFAR-10 with torchvision into DATA_DIR (default data)
   fields                    list every config field with its default and meaning
 """
@@ -15,6 +19,7 @@ from dataclasses import fields
 from . import figures, study
 from .config import Config, key_values, parse_overrides
 from .data import DataError, load_arrays
+from .evaluate import attack_outside
 from .experiment import evaluate_run, load_model, results_table, run
 
 
@@ -42,6 +47,16 @@ def main(argv: list[str] | None = None) -> int:
                 res = experiment(s)
                 print(f"{name}: " + "; ".join(f"{c['claim']} {c['verdict']}" for c in res["claims"]))
             figures.regenerate(s.dir / "results", s.dir / "figures")
+        elif cmd == "attack":
+            if len(args) < 2:
+                raise ValueError("attack needs a model and its weights: python -m dtlib attack package.module:factory "
+                                 "weights.pt [key=value ...].")
+            settings = key_values(args[2:])
+            out = settings.pop("out", None)
+            record = attack_outside(args[0], args[1], Config(eval_modes="single").replace(**settings), out)
+            for key, row in record["eval"].items():
+                print(f"{key}: clean {row['clean_acc']:.3f}, fooling {row['fooling_rate']:.3f} ({row['fooling_by']}), "
+                      f"accuracy under UAP {row['uap_acc']:.3f} ({row['uap_acc_by']})")
         elif cmd == "download":
             load_arrays("full", args[0] if args else "data", download=True)
             print("CIFAR-10 is in place.")

@@ -6,7 +6,8 @@ that is evaluated (white-box, adaptive).
 """
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -53,11 +54,62 @@ def random_uap(shape: tuple[int, ...], eps: float, norm: str = "linf",
     return d * (eps / _l2(d))
 
 
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (perturbed images, labels) -> scalar to ascend
+
+
+def fit_uap(loss_fn: LossFn, images: torch.Tensor, labels: torch.Tensor, *, eps: float, norm: str = "linf",
+            step: float, max_steps: int, batch_size: int = 128, decay: float = 1.0,
+            monitor: Callable[[torch.Tensor], float] | None = None, window: int = 0, tol: float = 0.0,
+            start: torch.Tensor | None = None, generator: torch.Generator | None = None,
+            amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """SGD-UAP (Shafahi et al., AAAI 2020): signed-gradient ascent of one perturbation on
+    ``loss_fn(x + delta, y)`` over minibatches of ``images`` (a new seeded order each pass), projected
+    to the ``norm`` ball of radius eps after each step of ``step`` (pixel units), which shrinks by
+    ``decay`` after every pass. ``start``: the first delta (default zero).
+
+    The stopping rule, when ``monitor`` (delta -> a fitting-set rate, higher = stronger) and
+    ``window`` are given: every ``window`` steps the rate is read; fitting stops once the best rate
+    rose by at most ``tol`` over the last window (converged), else after ``max_steps``. The best
+    delta read is returned. Without it, ``max_steps`` steps and the last delta.
+
+    Returns (delta (1, C, H, W) on images' device, {"steps", "converged", "fit_score", "trace"})."""
+    _check(eps, norm)
+    check_images(images, "UAP fitting images")
+    device = images.device
+    delta = (torch.zeros(1, *images.shape[1:]) if start is None else start.detach().cpu()).to(device)
+    rule = monitor is not None and window > 0
+    best = delta
+    trace = [monitor(delta)] if rule else []
+    steps, converged = 0, False
+    while steps < max_steps and not converged:
+        order = torch.randperm(len(images), generator=generator).to(device)
+        for b in range(0, len(images), batch_size):
+            idx = order[b:b + batch_size]
+            delta.requires_grad_(True)
+            with _autocast(device, amp_dtype):
+                loss = loss_fn(perturb(to_float(images[idx]), delta), labels[idx])
+            grad, = torch.autograd.grad(loss, delta)
+            delta = project(delta.detach() + step * ascent(grad, norm), eps, norm)
+            steps += 1
+            if rule and (steps % window == 0 or steps == max_steps):
+                score = monitor(delta)
+                if score > max(trace):
+                    best = delta
+                converged = max(trace + [score]) - max(trace) <= tol
+                trace.append(score)
+            if steps >= max_steps or converged:
+                break
+        step *= decay
+    out = best if rule else delta
+    return out.detach(), {"steps": steps, "converged": converged, "fit_score": max(trace) if trace else None,
+                          "trace": trace}
+
+
 def sgd_uap(scores_fn: ScoresFn, images: torch.Tensor, labels: torch.Tensor, *, eps: float,
             norm: str = "linf", target: int | None = None, epochs: int = 5, batch_size: int = 128,
             lr: float | Sequence[float] = 0.1, decay: float = 0.8, beta: float = 12.0, restarts: int = 1, seed: int = 0,
             amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """SGD-UAP (Shafahi et al., AAAI 2020): minibatch signed-gradient ascent on one perturbation.
+    """SGD-UAP with a fixed budget, ``epochs`` passes over ``images`` (``fit_uap``), against ``scores_fn``.
 
     ``images`` (N, 3, H, W), uint8 or floats in [0, 1], are the fitting images (training data);
     the loss is per-example cross-entropy clamped at ``beta`` (so already-fooled images stop
@@ -66,38 +118,23 @@ def sgd_uap(scores_fn: ScoresFn, images: torch.Tensor, labels: torch.Tensor, *, 
     ``decay`` each epoch. Restart 0 starts at zero, later ones at a random point of the ball; the
     UAP that does best on the fitting images is returned, shape (1, 3, H, W), on images' device."""
     _check(eps, norm)
-    check_images(images, "UAP fitting images")
     if target is not None and not 0 <= target < 10:
         raise ValueError(f"target class {target} is outside 0..9.")
-    device = images.device
     g = torch.Generator().manual_seed(seed)
     best, best_score = None, float("-inf")
     lrs = [lr] if isinstance(lr, (int, float)) else list(lr)
+    if target is None:
+        loss_fn = lambda x, y: F.cross_entropy(scores_fn(x).float(), y, reduction="none").clamp(max=beta).mean()
+    else:
+        loss_fn = lambda x, y: -F.cross_entropy(scores_fn(x).float(), torch.full_like(y, target))
+    steps = epochs * math.ceil(len(images) / batch_size)
     for lr_, r in ((lr_, r) for lr_ in lrs for r in range(restarts)):
-        if r == 0:
-            delta = torch.zeros(1, *images.shape[1:])
-        else:
-            delta = random_uap((1, *images.shape[1:]), eps, norm, g) * torch.rand(1, generator=g)
-        delta = delta.to(device)
-        step = lr_ * eps
-        for _ in range(epochs):
-            order = torch.randperm(len(images), generator=g).to(device)
-            for b in range(0, len(images), batch_size):
-                idx = order[b:b + batch_size]
-                x = to_float(images[idx])
-                delta.requires_grad_(True)
-                with _autocast(device, amp_dtype):
-                    s = scores_fn(perturb(x, delta)).float()
-                if target is None:
-                    loss = F.cross_entropy(s, labels[idx], reduction="none").clamp(max=beta).mean()
-                else:
-                    loss = -F.cross_entropy(s, torch.full_like(labels[idx], target))
-                grad, = torch.autograd.grad(loss, delta)
-                delta = project(delta.detach() + step * ascent(grad, norm), eps, norm)
-            step *= decay
+        start = None if r == 0 else random_uap((1, *images.shape[1:]), eps, norm, g) * torch.rand(1, generator=g)
+        delta, _ = fit_uap(loss_fn, images, labels, eps=eps, norm=norm, step=lr_ * eps, max_steps=steps,
+                           batch_size=batch_size, decay=decay, start=start, generator=g, amp_dtype=amp_dtype)
         score = _fit_score(scores_fn, images, labels, delta, target, batch_size, amp_dtype)
         if best is None or score > best_score:  # NaN scores (no non-target image) keep restart 0
-            best, best_score = delta.detach(), score
+            best, best_score = delta, score
     return best
 
 

@@ -23,6 +23,8 @@ DATASETS = ("full", "mini")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
 MODES = ("ensemble", "single")
+ATTACK_OBJECTIVES = ("ensemble_ce", "heads_ce", "mean_logit")
+ATTACK_LABELS = ("predicted", "true")
 EVAL_SPLITS = ("test", "val")
 UAP_OBJECTIVES = ("ensemble_ce", "loss")
 
@@ -79,13 +81,21 @@ class Config:
     eval_size: int = _f(0, "eval", "images scored, a class-balanced subset (0, or more than the split holds, = the "
                         "whole split; the metrics record the number scored, n_test)")
     eval_split: str = _f("test", "eval", "images the UAP is scored on: test | val (the validation split, for model selection)")
-    uap_fit_size: int = _f(2000, "eval", "training images the evaluation UAP is fitted on (at most the training "
+    uap_fit_size: int = _f(5000, "eval", "training images the evaluation UAPs are fitted on (at most the training "
                            "split; the metrics record the number used, n_fit)")
-    uap_epochs: int = _f(5, "eval", "SGD-UAP passes over the fitting images")
-    uap_lr: str = _f("0.1", "eval", "initial SGD-UAP step as a fraction of eval_eps; a comma-separated list "
-                     "(e.g. 0.05,0.2) tries each and keeps the UAP strongest on the fitting images")
-    uap_decay: float = _f(0.8, "eval", "SGD-UAP step multiplier per epoch")
-    uap_restarts: int = _f(1, "eval", "SGD-UAP runs from different random starts; the strongest on the fitting images is kept")
+    uap_epochs: int = _f(10, "eval", "the cap of each SGD-UAP fit, in passes over the fitting images (the stopping "
+                         "rule usually ends it earlier; the metrics record the steps taken)")
+    uap_window: int = _f(20, "eval", "stopping rule: SGD-UAP steps between readings of the fitting-set rate")
+    uap_tol: float = _f(0.005, "eval", "stopping rule: a fit stops once its best fitting-set rate rose by at most "
+                        "this over the last window")
+    uap_lr: str = _f("0.1,0.25", "eval", "SGD-UAP step as a fraction of eval_eps; a comma-separated list fits each")
+    uap_decay: float = _f(1.0, "eval", "SGD-UAP step multiplier per pass over the fitting images (1 = constant)")
+    uap_restarts: int = _f(1, "eval", "SGD-UAP fits per setting: the first from zero, the others from random points")
+    eval_objectives: str = _f("ensemble_ce,heads_ce,mean_logit", "eval", "what the suite's SGD-UAPs ascend on a "
+                              "K-head model, comma-separated: ensemble_ce | heads_ce (mean per-head CE) | mean_logit "
+                              "(one objective, the CE, with one head)")
+    eval_labels: str = _f("predicted,true", "eval", "labels the suite's SGD-UAPs use, comma-separated: predicted (the "
+                          "model's clean predictions, aimed at the fooling rate) | true (aimed at accuracy)")
     # --- runtime -----------------------------------------------------------------------------
     device: str = _f("auto", "runtime", "auto (CUDA when present) | cpu | cuda")
     checkpointing: bool = _f(False, "runtime", "gradient checkpointing of the backbone (memory for compute; same results)")
@@ -134,6 +144,14 @@ class Config:
     def uap_lrs(self) -> list[float]:
         """The SGD-UAP step sizes tried (fractions of eval_eps)."""
         return [float(v) for v in self.uap_lr.split(",") if v.strip()]
+
+    @property
+    def uap_objective_list(self) -> list[str]:
+        return [m.strip() for m in self.eval_objectives.split(",") if m.strip()]
+
+    @property
+    def uap_label_list(self) -> list[str]:
+        return [m.strip() for m in self.eval_labels.split(",") if m.strip()]
 
     @property
     def modes(self) -> list[str]:
@@ -276,6 +294,10 @@ def validate(cfg: Config) -> None:
     for mode in cfg.modes or [""]:
         if mode not in MODES:
             raise ValueError(f"Unknown inference mode {mode!r} in eval_modes; choose from {', '.join(MODES)}.")
+    for name, values, allowed in (("eval_objectives", cfg.uap_objective_list, ATTACK_OBJECTIVES),
+                                  ("eval_labels", cfg.uap_label_list, ATTACK_LABELS)):
+        if not values or any(v not in allowed for v in values):
+            raise ValueError(f"{name}={getattr(cfg, name)!r} must list one or more of {', '.join(allowed)}.")
     if cfg.heads < 1:
         raise ValueError(f"heads (K) must be at least 1, got {cfg.heads}.")
     if not 0 <= cfg.eval_head < cfg.heads:
@@ -294,7 +316,7 @@ def validate(cfg: Config) -> None:
             raise ValueError(f"{name} must be non-negative, got {getattr(cfg, name)}.")
     if cfg.batch_size < 2:
         raise ValueError(f"batch_size must be at least 2 (BatchNorm needs two images per batch to train), got {cfg.batch_size}.")
-    for name in ("epochs", "uap_epochs", "uap_restarts", "uap_fit_size"):
+    for name in ("epochs", "uap_epochs", "uap_restarts", "uap_fit_size", "uap_window"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}.")
     for name in ("pgd_steps", "train_size", "val_size", "eval_size"):
@@ -315,5 +337,7 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"lr must be positive, got {cfg.lr}.")
     if not 0 <= cfg.warmup < 1:
         raise ValueError(f"warmup must be a fraction in [0, 1), got {cfg.warmup}.")
+    if not 0 <= cfg.uap_tol < 1:
+        raise ValueError(f"uap_tol must be a rate in [0, 1), got {cfg.uap_tol}.")
     if not 0 < cfg.uap_decay <= 1:
         raise ValueError(f"uap_decay must be in (0, 1], got {cfg.uap_decay}.")

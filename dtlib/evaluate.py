@@ -1,17 +1,25 @@
-"""The evaluation of a trained model under SGD-UAP (docs/protocol.md section 3): which images fit
-the UAP and which are scored, and the metrics (``metrics``) of every inference mode."""
+"""The evaluation of a trained model (docs/protocol.md section 3): which images fit the UAPs and
+which are scored, and the attack suite's metrics (``suite``) for every inference mode."""
 from __future__ import annotations
 
-from typing import Any
+import pickle
+import time
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn as nn
 
-from .attacks import random_uap, sgd_uap
+from .attacks import random_uap
 from .config import Config
-from .data import CLASSES, Split, balanced_indices
+from .data import CLASSES, Split, balanced_indices, file_digest, load_data
+from .io import write_json
+from .lazy import factory_from
 from .metrics import accuracy, fooling_rate, predict
 from .models import MultiHead
+from .runtime import amp_dtype, provenance, resolve_device
+from .suite import Suite, attack, mode_fns
 
 
 def fit_images(train: Split, n: int, seed: int) -> Split:
@@ -28,38 +36,65 @@ def scored_subset(split: Split, n: int) -> Split:
     return split.subset(balanced_indices(split.y.numpy(), n // len(CLASSES), seed=0))
 
 
-def evaluate_model(model: MultiHead, cfg: Config, train: Split, test: Split,
+def evaluate_model(model: nn.Module, cfg: Config, train: Split, test: Split,
                    amp_dtype: torch.dtype | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Clean accuracy, and fooling rate / accuracy under an SGD-UAP fitted (on ``train`` images)
-    against each inference mode in ``cfg.modes``, plus the random-sign floor of the same norm.
+    """Clean accuracy, and the fooling rate / accuracy under UAP of the attack suite (``suite``:
+    the strongest of its SGD-UAPs, fitted on ``train`` images against each inference mode in
+    ``cfg.modes``, and its untuned patterns), plus the random-sign floor of the same norm.
     ``test`` is what is scored: the test split, or the validation split when selecting settings.
+    ``model``: a MultiHead, or any module mapping images in [0, 1] to logits (scored as ``single``).
 
-    Returns ``({mode: metrics}, {mode: uap})``; a one-head model is scored once, as ``single``."""
+    Returns ``({mode: metrics}, {mode: uap})``: the UAP that won the fooling rate under the mode's
+    key, the one that won accuracy under ``<mode>/uap_acc``; a one-head model is scored once, as
+    ``single``."""
     model.eval()
-    modes = ["single"] if model.heads == 1 else cfg.modes
+    modes = cfg.modes if isinstance(model, MultiHead) and model.heads > 1 else ["single"]
     fit = fit_images(train, cfg.uap_fit_size, cfg.seed)
     test = scored_subset(test, cfg.eval_size)
     rows, uaps = {}, {}
     for mode in modes:
-        fn = lambda x, mode=mode: model.scores(x, mode, cfg.eval_head)
+        parts, fn = mode_fns(model, mode, cfg.eval_head)
+        found, won = attack(parts, fn, fit, test, Suite.from_config(cfg), amp_dtype=amp_dtype)
+        uap = won["fooling"]
         clean = predict(fn, test.x, amp_dtype=amp_dtype)
-        uap = sgd_uap(fn, fit.x, fit.y, eps=cfg.eval_eps, norm=cfg.eval_norm, epochs=cfg.uap_epochs,
-                      lr=cfg.uap_lrs, decay=cfg.uap_decay, restarts=cfg.uap_restarts, seed=cfg.seed,
-                      amp_dtype=amp_dtype)
-        adv = predict(fn, test.x, delta=uap, amp_dtype=amp_dtype)
         rnd = random_uap(tuple(uap.shape), cfg.eval_eps, cfg.eval_norm,
-                         torch.Generator().manual_seed(cfg.seed)).to(uap.device)
+                         torch.Generator().manual_seed(cfg.seed)).to(test.x.device)
         rnd_pred = predict(fn, test.x, delta=rnd, amp_dtype=amp_dtype)
         key = mode if mode == "ensemble" else f"head{cfg.eval_head}"
         rows[key] = {
             "mode": mode, "head": cfg.eval_head if mode == "single" else None,
-            "clean_acc": accuracy(clean, test.y),
-            "fooling_rate": fooling_rate(clean, adv),
-            "uap_acc": accuracy(adv, test.y),
-            "random_fooling_rate": fooling_rate(clean, rnd_pred),
-            "random_acc": accuracy(rnd_pred, test.y),
+            "clean_acc": found["clean_acc"], "fooling_rate": found["fooling_rate"], "uap_acc": found["uap_acc"],
+            "random_fooling_rate": fooling_rate(clean, rnd_pred), "random_acc": accuracy(rnd_pred, test.y),
+            "fooling_by": found["fooling_by"], "uap_acc_by": found["uap_acc_by"], "converged": found["converged"],
             "uap_linf": uap.abs().max().item(), "uap_l2": uap.norm().item(),
-            "n_test": len(test), "n_fit": len(fit),
+            "n_test": len(test), "n_fit": len(fit), "attack": found["entries"],
         }
-        uaps[key] = uap.cpu()
+        uaps[key], uaps[f"{key}/uap_acc"] = uap, won["uap_acc"]
     return rows, uaps
+
+
+def attack_outside(spec: str, weights: str | Path, cfg: Config, out: str | Path | None = None,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The attack suite on a model of one's own: ``spec`` = ``package.module:factory`` (a callable
+    returning a module that maps images (B, 3, H, W) in [0, 1] to logits), ``weights`` its state
+    dict (``torch.save``), data and attack settings from ``cfg`` (Config fields). Writes the same
+    metrics record as the study's evaluations to ``out`` (default ``attack-<weights name>.json``)."""
+    device = resolve_device(cfg.device)
+    model = factory_from(spec)()
+    try:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except (OSError, RuntimeError, pickle.UnpicklingError) as e:
+        raise ValueError(f"The weights {weights} do not load into {spec}() ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]}).") from None
+    model = model.to(device)
+    train, val, test = load_data(cfg)
+    scored = val if cfg.eval_split == "val" else test
+    log(f"attacking {spec} with {weights}: suite of SGD-UAPs {cfg.eval_norm} eps {cfg.eval_eps:.4f} on the "
+        f"{cfg.eval_split} split")
+    t0 = time.perf_counter()
+    rows, _ = evaluate_model(model, cfg, train.to(device), scored.to(device), amp_dtype(cfg.precision, device))
+    record = {"model": spec, "weights": str(weights), "weights_sha256": file_digest(Path(weights)),
+              "config": cfg.group("eval") | {k: getattr(cfg, k) for k in ("data", "train_size", "val_size", "seed")},
+              "eval": rows, "eval_wall_s": time.perf_counter() - t0, "provenance": provenance(device)}
+    write_json(Path(out) if out else Path(f"attack-{Path(weights).stem}.json"), record)
+    return record

@@ -34,7 +34,7 @@ def runs_dir(tmp_path_factory):
 def standard_run(runs_dir):
     """A standard compact CNN trained on the mini set (about 10 s), evaluated with SGD-UAP."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    return dtlib.run(method="standard", epochs=8, uap_fit_size=1000, runs_dir=runs_dir, progress=False,
+    return dtlib.run(method="standard", epochs=8, uap_fit_size=1000, uap_epochs=3, runs_dir=runs_dir, progress=False,
                      log=lambda s: None, **MINI)
 
 

@@ -239,3 +239,13 @@ def test_cost_claims_reach_each_verdict(ratios, expected):
     rows = C.cost_claims(ratios, STUDY)
     assert [r["claim"] for r in rows] == ["C3-cost", "C4", "C5"]
     assert tuple(r["verdict"].split(":")[0] for r in rows) == expected
+
+
+def test_a_claim_whose_arms_attack_did_not_converge_is_inconclusive():
+    rows = _rows(0.8, 0.15)
+    check = [{"arm": arm, "eval": "ensemble", "converged": arm != "dt_best"} for arm in ARMS]
+    c = {r["claim"]: r for r in C.headline_claims(rows, STUDY, check=check)}
+    assert c["C1"]["verdict"] == "inconclusive: attack not converged on dt_best"
+    assert not c["C2"]["verdict"].startswith("inconclusive")  # clean accuracy needs no attack
+    passed = {r["claim"]: r for r in C.headline_claims(rows, STUDY, check=[{**r, "converged": True} for r in check])}
+    assert passed["C1"]["verdict"] == C.headline_claims(rows, STUDY)[0]["verdict"] == "holds"

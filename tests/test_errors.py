@@ -194,6 +194,10 @@ VALID = {
     "uap_lr": st.sampled_from(["0.1", "0.05,0.2"]),
     "uap_decay": st.floats(0.1, 1.0),
     "uap_restarts": st.integers(1, 2),
+    "uap_window": st.integers(1, 30),
+    "uap_tol": st.floats(0, 0.1),
+    "eval_objectives": st.sampled_from(["ensemble_ce", "heads_ce,mean_logit", "ensemble_ce,heads_ce,mean_logit"]),
+    "eval_labels": st.sampled_from(["predicted", "true", "predicted,true"]),
     "checkpointing": st.booleans(),
     "checkpoint_minutes": st.floats(0.1, 10),
 }
@@ -229,6 +233,10 @@ ANY = {
     "uap_decay": st.floats(-0.5, 1.5),
     "uap_restarts": st.integers(-1, 0),
     "uap_fit_size": st.sampled_from([0, -5]),
+    "uap_window": st.sampled_from([0, -3, 2.5]),
+    "uap_tol": st.sampled_from([-0.1, 1.0, NAN]),
+    "eval_objectives": st.sampled_from(["", "ce", "ensemble_ce,,", "logit"]),
+    "eval_labels": st.sampled_from(["", "target", "true,predicted,x"]),
     "checkpointing": st.sampled_from(["yes", "maybe", 2]),
     "checkpoint_minutes": st.sampled_from([0.0, -1.0, NAN]),
     "compile": st.sampled_from([True, "no"]),
@@ -270,7 +278,8 @@ def test_any_config_is_accepted_and_trains_and_evaluates_or_is_refused_in_one_se
     scored = (val if cfg.eval_split == "val" else test).subset(torch.arange(20))
     rows, uaps = dtlib.evaluate.evaluate_model(model, cfg.replace(uap_fit_size=16, uap_epochs=1, eval_size=0),
                                                small, scored, amp_dtype(cfg.precision, torch.device("cpu")))
-    assert set(rows) == set(uaps) and all(0 <= r["clean_acc"] <= 1 for r in rows.values())
+    assert {k.split("/")[0] for k in uaps} == set(rows) and all(0 <= r["clean_acc"] <= 1 for r in rows.values())
+    assert all(r["fooling_rate"] == max(e["fooling_rate"] for e in r["attack"].values()) for r in rows.values())
 
 
 if __name__ == "__main__":  # the closing note's list: each bad input and the message it gets

@@ -212,7 +212,8 @@ def _another_value(name: str, value):
     choices = {"method": METHODS, "backbone": BACKBONES, "norm": ("linf", "l2"), "eval_norm": ("linf", "l2"),
                "data": ("full", "mini"), "device": ("auto", "cpu"), "precision": ("auto", "bf16", "fp32"),
                "eval_split": ("test", "val"), "uap_objective": ("ensemble_ce", "loss"),
-               "eval_modes": ("ensemble,single", "ensemble"), "uap_lr": ("0.1", "0.05,0.2"), "data_dir": ("data", "x")}
+               "eval_modes": ("ensemble,single", "ensemble"), "uap_lr": ("0.1", "0.05,0.2"), "data_dir": ("data", "x"),
+               "eval_objectives": ("ensemble_ce", "heads_ce"), "eval_labels": ("predicted", "true")}
     if name in choices:
         return next(c for c in choices[name] if c != value)
     kind = FIELD_TYPES[name]

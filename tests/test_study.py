@@ -102,6 +102,7 @@ ACCEPTED = {"lambda_cons": 0.5, "norm": "l2", "eps": 0.5, "uap_step": 0.05, "uap
             "pgd_steps": 3, "pgd_alpha": 1 / 255, "epochs": 2, "batch_size": 32, "lr": 0.05, "weight_decay": 1e-4,
             "warmup": 0.1, "data": "full", "train_size": 300, "val_size": 50, "precision": "fp32", "eval_size": 100,
             "uap_fit_size": 64, "uap_epochs": 2, "uap_lr": "0.3", "uap_decay": 0.9, "uap_restarts": 2,
+            "uap_window": 5, "uap_tol": 0.01, "eval_objectives": "heads_ce", "eval_labels": "true",
             "device": "auto", "checkpointing": True, "compile": True, "deterministic": True,
             "checkpoint_minutes": 5.0, "data_dir": "elsewhere", "download": True}
 
@@ -119,7 +120,8 @@ def _fake_runs(monkeypatch):
     def fake_run(self, log=print, **o):
         cfg = self.config.replace(**o)
         keys = dict.fromkeys("ensemble" if m == "ensemble" and cfg.heads > 1 else f"head{cfg.eval_head}" for m in cfg.modes)
-        m = {k: {"clean_acc": 0.8, "fooling_rate": 0.5, "uap_acc": 0.4, "random_fooling_rate": 0.1} for k in keys}
+        m = {k: {"clean_acc": 0.8, "fooling_rate": 0.5, "uap_acc": 0.4, "random_fooling_rate": 0.1,
+                 "fooling_by": "sgd:ce/predicted/lr0.1", "uap_acc_by": "sgd:ce/true/lr0.1"} for k in keys}
         return RunResult(cfg, Path("runs") / cfg.train_hash(), {"eval": m, "train": {"wall_s": 1.0}, "provenance": {}})
 
     def timings(study, cases, **kw):
@@ -165,3 +167,19 @@ def test_training_bars_are_widgets_in_jupyterlab_and_text_under_papermill():
     assert S.setup("smoke", progress="off").progress == "off" == S.setup("smoke", progress=False).progress
     with pytest.raises(ValueError, match="progress='loud' is not one of auto, text, off"):
         S.setup("smoke", progress="loud")
+
+
+def test_transferred_uaps_never_beat_a_models_reported_numbers():
+    """04: the other models' UAPs are candidates of each model's suite, so what is reported for a
+    model is at least every transferred UAP's fooling rate on it, and at most its accuracy."""
+    own = {"a": {"fooling_rate": 0.3, "fooling_by": "sgd:x", "uap_acc": 0.5, "uap_acc_by": "sgd:y"},
+           "b": {"fooling_rate": 0.6, "fooling_by": "sgd:x", "uap_acc": 0.2, "uap_acc_by": "pattern:z"}}
+    rows = [{"source": s, "target": t, "fooling_rate": fr, "uap_acc": acc}
+            for s, t, fr, acc in (("a", "a", 0.3, 0.55), ("b", "a", 0.45, 0.52), ("a", "b", 0.4, 0.1), ("b", "b", 0.6, 0.3))]
+    rep = {r["target"]: r for r in experiments.reported(rows, own)}
+    assert (rep["a"]["fooling_rate"], rep["a"]["fooling_by"]) == (0.45, "transfer:b")
+    assert (rep["a"]["uap_acc"], rep["a"]["uap_acc_by"]) == (0.5, "sgd:y")
+    assert (rep["b"]["fooling_rate"], rep["b"]["fooling_by"]) == (0.6, "sgd:x")
+    assert (rep["b"]["uap_acc"], rep["b"]["uap_acc_by"]) == (0.1, "transfer:a")
+    for r in rows:
+        assert rep[r["target"]]["fooling_rate"] >= r["fooling_rate"] and rep[r["target"]]["uap_acc"] <= r["uap_acc"]

@@ -15,7 +15,7 @@ _NAMES = {
     "claims": ("INCONCLUSIVE", "MIN_NOISE", "ORDER", "SEED", "accuracy_cost_verdict", "claim", "cost_claims",
                "cost_verdict", "cross_claims", "figure_verdict", "finite", "fmt", "headline_claims", "inconclusive",
                "k_claims", "mean_spread", "missing", "noise", "not_measured", "overhead_verdict", "ratio", "summarise",
-               "transfer_claims", "verdict"),
+               "transfer_claims", "unconverged", "verdict"),
     "experiments": ("CROSS_ARMS", "EXPERIMENTS", "METRICS", "arms", "attack_check", "cost", "cross_norm", "headline",
                     "k_ablation", "save", "select_dt", "transfer"),
 }

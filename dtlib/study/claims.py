@@ -160,8 +160,17 @@ def training_threat(c: Config) -> str:
     return f"trained against {c.norm} {radius} UAPs (DT, UAT) or {pgd_setting(c)}"
 
 
-def headline_claims(rows: list[dict[str, Any]], study: Study, selection: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """C1, C1-ctl, C2, C3 and C4-wall from the headline's rows (one per arm, inference mode, seed)."""
+def unconverged(check: list[dict[str, Any]] | None, *arms: str) -> str | None:
+    """``inconclusive: attack not converged on ...`` when the attack check (``attack_check`` rows)
+    failed for any of ``arms``; None when it passed for all of them, or was not run."""
+    failed = sorted({r["arm"] for r in check or [] if r.get("arm") in arms and not r.get("converged")})
+    return inconclusive(f"attack not converged on {', '.join(failed)}") if failed else None
+
+
+def headline_claims(rows: list[dict[str, Any]], study: Study, selection: dict[str, Any] | None = None,
+                    check: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """C1, C1-ctl, C2, C3 and C4-wall from the headline's rows (one per arm, inference mode, seed);
+    a fooling-rate claim whose arms' attack did not converge (``check``) reads inconclusive."""
     eps = f"L-inf {study.config.eval_eps * 255:.0f}/255 white-box SGD-UAP"
     best = (selection or {}).get("best") or {}
     div, adv = best.get("lambda_div"), best.get("lambda_adv")
@@ -180,7 +189,7 @@ def headline_claims(rows: list[dict[str, Any]], study: Study, selection: dict[st
     s1 = SEED["C1"]
     seed_rel = (s1["standard"] - s1["dt"]) / s1["standard"]
     rel = ratio(std_fr["mean"] - dt_fr["mean"], std_fr["mean"])
-    result = weak or missing(**{"DT (chosen, ensemble)": dt_fr}) or verdict(
+    result = weak or unconverged(check, "standard", "dt_best") or missing(**{"DT (chosen, ensemble)": dt_fr}) or verdict(
         rel, seed_rel, ratio(noise(std_fr, dt_fr), std_fr["mean"]))
     out = [claim("C1", "UAP fooling rate, standard -> DT (K=5, ensemble)", "93.4% -> 18.7%",
                  f"{fmt(std_fr)} -> {fmt(dt_fr)}; single head {fmt(dt_single)}; best with diversity {fmt(div_fr)};"
@@ -197,7 +206,7 @@ def headline_claims(rows: list[dict[str, Any]], study: Study, selection: dict[st
     else:
         best_ctrl = min(measured, key=lambda a: measured[a]["mean"])
         diff = measured[best_ctrl]["mean"] - div_fr["mean"]
-        result = weak or missing(**{"DT with diversity": div_fr}) or (
+        result = weak or unconverged(check, "dt_div", best_ctrl) or missing(**{"DT with diversity": div_fr}) or (
             "holds" if diff > noise(div_fr, measured[best_ctrl]) else "does not hold")
         out.append(claim("C1-ctl", what, "(implied: all of C1)",
                          f"DT with diversity {fmt(div_fr)} vs {best_ctrl} {fmt(measured[best_ctrl])}", setting, result,
@@ -221,7 +230,7 @@ def headline_claims(rows: list[dict[str, Any]], study: Study, selection: dict[st
     result = missing(**{"PGD-AT's accuracy": pgd_acc, "the standard model's accuracy": std_acc})
     if not result and std_acc["mean"] - pgd_acc["mean"] > 0.10:
         result = inconclusive(f"PGD-AT is undertrained (clean {fmt(pgd_acc)} vs standard {fmt(std_acc)})")
-    result = result or weak or missing(**{"PGD-AT's fooling rate": pgd_fr}) or verdict(
+    result = result or weak or unconverged(check, "standard", "pgd_at") or missing(**{"PGD-AT's fooling rate": pgd_fr}) or verdict(
         rel3, seed_rel3, ratio(noise(std_fr, pgd_fr), std_fr["mean"]))
     out.append(claim("C3", "PGD-AT: fooling rate, training cost", "34.5% at 8x",
                      f"{fmt(pgd_fr)} at {fmt(pgd_cost, pct=False)} (wall time); clean {fmt(pgd_acc)}",

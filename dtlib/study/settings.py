@@ -61,13 +61,12 @@ PROFILES: dict[str, dict[str, Any]] = {
                   linf_radii=(10 / 255,), l2_radii=(1.0,), bench_steps=2, bench_warmup=1,
                   config=dict(data="mini", train_size=400, val_size=100, epochs=1, batch_size=64,
                               uap_fit_size=128, uap_epochs=1, eval_size=200, device="cpu")),
-    "cpu": dict(config=dict(train_size=8000, val_size=1000, epochs=4, uap_fit_size=1000, uap_epochs=5,
-                            uap_lr="0.05,0.2", eval_size=5000, device="cpu")),
+    "cpu": dict(config=dict(train_size=8000, val_size=1000, epochs=4, eval_size=5000, device="cpu")),
     "gpu": dict(seeds=(0, 1, 2), ablation_seeds=3, grid_div=(0.0, 0.3, 1.0, 3.0), grid_adv=(0.0, 0.5, 1.0),
                 backbone="resnet18", linf_radii=(4 / 255, 8 / 255, 10 / 255, 16 / 255), l2_radii=(0.25, 0.5, 1.0, 2.0),
                 transfer_backbones=("resnet18", "vgg"), bench_steps=50, bench_warmup=10,
-                config=dict(val_size=5000, epochs=15, uap_fit_size=5000, uap_epochs=10,
-                            uap_lr="0.05,0.1,0.2", uap_restarts=2, device="cuda")),
+                config=dict(val_size=5000, epochs=15, uap_fit_size=10000, uap_lr="0.05,0.1,0.25", uap_restarts=2,
+                            device="cuda")),
 }
 STUDY_FIELDS = {f.name for f in fields(Study)} - {"config", "profile", "root", "progress"}
 STUDY_KINDS = field_kinds(Study)

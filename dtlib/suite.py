@@ -1,0 +1,172 @@
+"""The evaluation attack: a suite of universal perturbations against one model and inference mode,
+and the strongest entry reported for each metric (docs/protocol.md section 3).
+
+A weak attack makes every defense look good, so the fooling rate reported is the maximum, and the
+accuracy under UAP the minimum, over:
+- SGD-UAPs (``attacks.fit_uap``, fitted until the fitting-set rate stops rising) for every attacker
+  objective aimed at the model's parts (``OBJECTIVES``), both kinds of labels (the model's own clean
+  predictions, which is what the fooling rate counts, and the true labels, what accuracy counts),
+  every step size and restart;
+- untuned universal patterns as floors (checkerboards, random signs, per-channel shifts);
+- UAPs fitted on other models (``candidates``: transfer is never stronger than what is reported).
+Every entry's rates are kept, with the name of the entry that won. Pixels in [0, 1]; eps in pixel units.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attacks import _check, _l2, fit_uap, random_uap
+from .config import ATTACK_LABELS, ATTACK_OBJECTIVES, Config
+from .data import Split, to_float
+from .metrics import ScoresFn, accuracy, fooling_rate, predict
+from .models import MultiHead, ensemble_log_probs
+
+PartsFn = Callable[[torch.Tensor], torch.Tensor]  # images -> (K, B, classes) logits of the attacked parts
+# What an SGD-UAP ascends on the parts' logits: the ensemble's cross-entropy (log of the mean of
+# the softmaxes), the mean of each part's cross-entropy, the cross-entropy of the mean logit. With
+# one part they are one objective, "ce".
+OBJECTIVES, LABELS = ATTACK_OBJECTIVES, ATTACK_LABELS
+MONITOR_IMAGES = 2000  # fitting images the stopping rule reads (a fixed subset: differences are not noise)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """The suite's settings (``from_config`` reads them from a Config's eval fields)."""
+    eps: float
+    norm: str = "linf"
+    lrs: tuple[float, ...] = (0.1, 0.25)          # constant steps, fractions of eps
+    restarts: int = 1                             # restart 0 starts at zero, later ones at a random point
+    max_epochs: int = 10                          # the cap: passes over the fitting images
+    decay: float = 1.0                            # step multiplier per pass
+    window: int = 20                              # steps between readings of the stopping rule
+    tol: float = 0.005                            # ... which stops once the best rate rose by at most this
+    objectives: tuple[str, ...] = OBJECTIVES
+    labels: tuple[str, ...] = LABELS
+    batch_size: int = 128
+    beta: float = 12.0                            # per-example cross-entropy clamp
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "Suite":
+        return cls(eps=cfg.eval_eps, norm=cfg.eval_norm, lrs=tuple(cfg.uap_lrs), restarts=cfg.uap_restarts,
+                   max_epochs=cfg.uap_epochs, decay=cfg.uap_decay, window=cfg.uap_window, tol=cfg.uap_tol,
+                   objectives=tuple(cfg.uap_objective_list), labels=tuple(cfg.uap_label_list), seed=cfg.seed)
+
+
+def objective_loss(parts: torch.Tensor, labels: torch.Tensor, objective: str, beta: float = 12.0) -> torch.Tensor:
+    """The mean per-example cross-entropy, clamped at ``beta``, of ``objective`` on (K, B, C) logits."""
+    parts = parts.float()
+    if objective == "heads_ce":
+        k, b, c = parts.shape
+        ce = F.cross_entropy(parts.reshape(k * b, c), labels.repeat(k), reduction="none").view(k, b).mean(0)
+    elif objective in ("ensemble_ce", "ce"):
+        ce = F.nll_loss(ensemble_log_probs(parts), labels, reduction="none")
+    elif objective == "mean_logit":
+        ce = F.cross_entropy(parts.mean(0), labels, reduction="none")
+    else:
+        raise ValueError(f"Unknown attacker objective {objective!r}; choose from {', '.join(OBJECTIVES)}.")
+    return ce.clamp(max=beta).mean()
+
+
+def patterns(shape: tuple[int, ...], eps: float, norm: str = "linf", seed: int = 0) -> dict[str, torch.Tensor]:
+    """Untuned universal perturbations of radius eps, shape (1, C, H, W): checkerboards of cells 1,
+    2, 4 and 8 pixels (both signs), two random sign patterns, and every per-channel constant shift
+    (+-eps per channel). L2: the same directions scaled to L2 norm eps."""
+    _check(eps, norm)
+    c, h, w = shape
+    out = {}
+    for cell in (1, 2, 4, 8):
+        board = ((torch.arange(h) // cell)[:, None] + (torch.arange(w) // cell)[None, :]) % 2 * 2.0 - 1
+        out[f"checkerboard{cell}"] = board.expand(1, c, h, w)
+        out[f"checkerboard{cell}-"] = -board.expand(1, c, h, w)
+    g = torch.Generator().manual_seed(seed + 7919)  # not the random floor's draw (random_fooling_rate)
+    for i in range(2):
+        out[f"random_signs{i}"] = random_uap((1, c, h, w), 1.0, "linf", g)
+    for signs in product((1.0, -1.0), repeat=c):
+        name = "shift" + "".join("+" if s > 0 else "-" for s in signs)
+        out[name] = torch.tensor(signs).view(1, c, 1, 1).expand(1, c, h, w)
+    if norm == "linf":
+        return {k: eps * v.contiguous() for k, v in out.items()}
+    return {k: v * (eps / _l2(v)) for k, v in out.items()}
+
+
+def attack(parts_fn: PartsFn, scores_fn: ScoresFn, fit: Split, test: Split, suite: Suite, *,
+           candidates: dict[str, torch.Tensor] | None = None,
+           amp_dtype: torch.dtype | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Run the suite against one inference mode: ``scores_fn`` gives its (B, C) scores, ``parts_fn``
+    the (K, B, C) logits of its parts (heads; K = 1 for one head or any plain model). UAPs are fitted
+    on ``fit`` (training images) and scored on ``test``; ``candidates`` are UAPs from elsewhere.
+
+    Returns (metrics, UAPs): metrics hold clean accuracy, ``fooling_rate`` (the maximum over the
+    entries, won by ``fooling_by``), ``uap_acc`` (the minimum, ``uap_acc_by``) and every entry's rates
+    and fit record under ``entries``; the UAPs are the two winners, ``fooling`` and ``uap_acc``."""
+    device = fit.x.device
+    with torch.no_grad():
+        k = parts_fn(to_float(fit.x[:2])).shape[0]
+    objectives = tuple(dict.fromkeys(suite.objectives)) if k > 1 else ("ce",)
+    clean_fit = predict(scores_fn, fit.x, amp_dtype=amp_dtype).to(device)
+    clean_test = predict(scores_fn, test.x, amp_dtype=amp_dtype)
+    watch = slice(0, min(len(fit), MONITOR_IMAGES))
+    deltas = {f"pattern:{k_}": v.to(device) for k_, v in patterns(tuple(fit.x.shape[1:]), suite.eps, suite.norm,
+                                                                  suite.seed).items()}
+    deltas.update({f"transfer:{k_}": v.to(device) for k_, v in (candidates or {}).items()})
+    fits: dict[str, dict[str, Any]] = {}
+    g = torch.Generator().manual_seed(suite.seed)
+    steps = suite.max_epochs * -(-len(fit) // suite.batch_size)
+    for objective, kind in product(objectives, suite.labels):
+        labels = clean_fit if kind == "predicted" else fit.y
+        target = clean_fit[watch] if kind == "predicted" else fit.y[watch].cpu()
+        # the rate the entry is aimed at: predictions changed (fooling) or images now wrong (accuracy)
+        monitor = (lambda d, target=target, kind=kind: _rate(scores_fn, fit.x[watch], d, target, kind, amp_dtype))
+        loss_fn = (lambda x, y, objective=objective: objective_loss(parts_fn(x), y, objective, suite.beta))
+        for lr, r in product(suite.lrs, range(suite.restarts)):
+            start = None if r == 0 else random_uap((1, *fit.x.shape[1:]), suite.eps, suite.norm, g) * torch.rand(1, generator=g)
+            name = f"sgd:{objective}/{kind}/lr{lr:g}" + (f"/restart{r}" if r else "")
+            deltas[name], fits[name] = fit_uap(loss_fn, fit.x, labels, eps=suite.eps, norm=suite.norm, step=lr * suite.eps,
+                                               max_steps=steps, batch_size=suite.batch_size, decay=suite.decay,
+                                               monitor=monitor, window=suite.window, tol=suite.tol, start=start,
+                                               generator=g, amp_dtype=amp_dtype)
+    entries = {}
+    for name, d in deltas.items():
+        adv = predict(scores_fn, test.x, delta=d, amp_dtype=amp_dtype)
+        entries[name] = {"fooling_rate": fooling_rate(clean_test, adv), "uap_acc": accuracy(adv, test.y), **fits.get(name, {})}
+    fool_by = max(entries, key=lambda n: entries[n]["fooling_rate"])
+    acc_by = min(entries, key=lambda n: entries[n]["uap_acc"])
+    metrics = {"clean_acc": accuracy(clean_test, test.y), "fooling_rate": entries[fool_by]["fooling_rate"],
+               "fooling_by": fool_by, "uap_acc": entries[acc_by]["uap_acc"], "uap_acc_by": acc_by,
+               "converged": all(f["converged"] for f in fits.values()), "entries": entries}
+    return metrics, {"fooling": deltas[fool_by].cpu(), "uap_acc": deltas[acc_by].cpu()}
+
+
+def _rate(scores_fn: ScoresFn, images: torch.Tensor, delta: torch.Tensor, target: torch.Tensor, kind: str,
+          amp_dtype: torch.dtype | None) -> float:
+    adv = predict(scores_fn, images, delta=delta, amp_dtype=amp_dtype)
+    return fooling_rate(target, adv) if kind == "predicted" else 1.0 - accuracy(adv, target)
+
+
+def mode_fns(model: nn.Module, mode: str = "ensemble", head: int = 0) -> tuple[PartsFn, ScoresFn]:
+    """(parts, scores) of an inference mode: a MultiHead's ensemble (its K heads) or single head,
+    or any module mapping images in [0, 1] to (B, C) logits (one part)."""
+    if isinstance(model, MultiHead):
+        if mode == "ensemble":
+            return model, lambda x: model.scores(x, "ensemble")
+        return (lambda x: model(x)[head:head + 1]), (lambda x: model.scores(x, "single", head))
+    return (lambda x: model(x).unsqueeze(0)), model
+
+
+def attack_model(model: nn.Module, fit: Split, test: Split, suite: Suite, *, mode: str = "ensemble", head: int = 0,
+                 candidates: dict[str, torch.Tensor] | None = None,
+                 amp_dtype: torch.dtype | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The suite against any model: a ``MultiHead`` (``mode`` ensemble or single ``head``) or a plain
+    module mapping images (B, C, H, W) in [0, 1] to (B, classes) logits, e.g. a torchvision model
+    with its normalisation inside. ``fit``/``test``: images (uint8 or [0, 1] floats) and labels.
+    Returns what ``attack`` returns. The model is put in eval mode."""
+    model.eval()
+    parts, scores = mode_fns(model, mode, head)
+    return attack(parts, scores, fit, test, suite, candidates=candidates, amp_dtype=amp_dtype)
