@@ -60,7 +60,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(seeds=(0,), ablation_seeds=1, ks=(1, 2), grid_div=(0.0, 1.0), grid_adv=(0.0,),
                   linf_radii=(10 / 255,), l2_radii=(1.0,), bench_steps=2, bench_warmup=1,
                   config=dict(data="mini", train_size=400, val_size=100, epochs=1, batch_size=64,
-                              uap_fit_size=128, uap_epochs=1, eval_size=200, device="cpu")),
+                              uap_fit_size=128, uap_epochs=1, uap_lr="0.25", eval_size=200, device="cpu")),
     "cpu": dict(config=dict(train_size=8000, val_size=1000, epochs=4, eval_size=5000, device="cpu")),
     "gpu": dict(seeds=(0, 1, 2), ablation_seeds=3, grid_div=(0.0, 0.3, 1.0, 3.0), grid_adv=(0.0, 0.5, 1.0),
                 backbone="resnet18", linf_radii=(4 / 255, 8 / 255, 10 / 255, 16 / 255), l2_radii=(0.25, 0.5, 1.0, 2.0),
