@@ -105,6 +105,14 @@ def fit_uap(loss_fn: LossFn, images: torch.Tensor, labels: torch.Tensor, *, eps:
                           "trace": trace}
 
 
+def restart_point(restart: int, shape: tuple[int, ...], eps: float, norm: str,
+                  generator: torch.Generator) -> torch.Tensor | None:
+    """Where restart ``restart`` of an SGD-UAP starts: zero (None) for the first, else a random point of the ball."""
+    if restart == 0:
+        return None
+    return random_uap((1, *shape), eps, norm, generator) * torch.rand(1, generator=generator)
+
+
 def sgd_uap(scores_fn: ScoresFn, images: torch.Tensor, labels: torch.Tensor, *, eps: float,
             norm: str = "linf", target: int | None = None, epochs: int = 5, batch_size: int = 128,
             lr: float | Sequence[float] = 0.1, decay: float = 0.8, beta: float = 12.0, restarts: int = 1, seed: int = 0,
@@ -129,7 +137,7 @@ def sgd_uap(scores_fn: ScoresFn, images: torch.Tensor, labels: torch.Tensor, *, 
         loss_fn = lambda x, y: -F.cross_entropy(scores_fn(x).float(), torch.full_like(y, target))
     steps = epochs * math.ceil(len(images) / batch_size)
     for lr_, r in ((lr_, r) for lr_ in lrs for r in range(restarts)):
-        start = None if r == 0 else random_uap((1, *images.shape[1:]), eps, norm, g) * torch.rand(1, generator=g)
+        start = restart_point(r, tuple(images.shape[1:]), eps, norm, g)
         delta, _ = fit_uap(loss_fn, images, labels, eps=eps, norm=norm, step=lr_ * eps, max_steps=steps,
                            batch_size=batch_size, decay=decay, start=start, generator=g, amp_dtype=amp_dtype)
         score = _fit_score(scores_fn, images, labels, delta, target, batch_size, amp_dtype)

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attacks import _check, _l2, fit_uap, random_uap
+from .attacks import _check, _l2, fit_uap, random_uap, restart_point
 from .config import ATTACK_LABELS, ATTACK_OBJECTIVES, Config
 from .data import Split, to_float
 from .metrics import ScoresFn, accuracy, fooling_rate, predict
@@ -126,7 +126,7 @@ def attack(parts_fn: PartsFn, scores_fn: ScoresFn, fit: Split, test: Split, suit
         monitor = (lambda d, target=target, kind=kind: _rate(scores_fn, fit.x[watch], d, target, kind, amp_dtype))
         loss_fn = (lambda x, y, objective=objective: objective_loss(parts_fn(x), y, objective, suite.beta))
         for lr, r in product(suite.lrs, range(suite.restarts)):
-            start = None if r == 0 else random_uap((1, *fit.x.shape[1:]), suite.eps, suite.norm, g) * torch.rand(1, generator=g)
+            start = restart_point(r, tuple(fit.x.shape[1:]), suite.eps, suite.norm, g)
             name = f"sgd:{objective}/{kind}/lr{lr:g}" + (f"/restart{r}" if r else "")
             deltas[name], fits[name] = fit_uap(loss_fn, fit.x, labels, eps=suite.eps, norm=suite.norm, step=lr * suite.eps,
                                                max_steps=steps, batch_size=suite.batch_size, decay=suite.decay,
