@@ -16,7 +16,7 @@ from .bench_report import report, write_report
 from .config import Config, coerce, field_kinds, key_values, parse_setting
 from .data import DataError
 from .io import write_json
-from .measure import bench_split, device_slug, inference_latency, time_epoch, training_steps
+from .measure import bench_split, device_slug, inference_latency, time_epoch, time_evaluation, training_steps
 from .runtime import precision_name, provenance, resolve_device
 
 
@@ -33,6 +33,7 @@ class Bench:
     infer_steps: int = 60
     profile_steps: int = 5                           # steps timed phase by phase for the breakdown
     epoch: bool = False                              # also time a standard epoch on 50,000 images
+    evaluation: bool = True                          # time one full evaluation (the attack suite) per model
     out: str = "results"                             # folder of bench-<device>.json
     config: Config = field(default_factory=lambda: Config(data="mini", lambda_div=1.0, lambda_adv=1.0))
 
@@ -96,6 +97,9 @@ def train_cases(b: Bench) -> dict[str, dict[str, Any]]:
 RATIO_KEYS = {"pgd_at": "pgd_train", "single_head_k5": "single_head_infer", "ensemble_k5": "ensemble_k5_infer"}
 INFER_CASES = {"plain": dict(heads=1, mode="single"), "single_head_k5": dict(heads=5, mode="single"),
                "ensemble_k5": dict(heads=5, mode="ensemble")}
+# Models whose evaluation is timed: a one-head model (one attacker objective, one mode) and DT K=5
+# (three objectives against the ensemble, one against a head).
+EVAL_CASES = {"standard": dict(method="standard", heads=1), "dt_k5": dict(method="dt", heads=5)}
 
 
 def run(bench: Bench | None = None, *, root: str | Path = ".", log: Callable[[str], None] = print,
@@ -119,6 +123,7 @@ def run(bench: Bench | None = None, *, root: str | Path = ".", log: Callable[[st
                            profile=("standard", "standard_2b", "dt_k5", "dt_k5_loss"), profile_steps=b.profile_steps)
     infer = inference_latency(cfg, INFER_CASES, batch_size=b.infer_batch, steps=b.infer_steps, warmup=b.warmup)
     epoch = time_epoch(cfg, log) if b.epoch else None
+    evaluation = time_evaluation(cfg, EVAL_CASES, log) if b.evaluation else None
 
     ratios, spread = {}, {}
     for kind, part in (("train", steps), ("infer", infer)):
@@ -143,7 +148,7 @@ def run(bench: Bench | None = None, *, root: str | Path = ".", log: Callable[[st
         "device": device_slug(device), "settings": {**{f: getattr(b, f) for f in BENCH_FIELDS}, "config": cfg.to_dict()},
         "precision": precision_name(cfg), "threads": torch.get_num_threads(),
         "ratios": ratios, "ratio_quartiles": spread, "targets": targets, "memory_by_k": memory,
-        "train": steps, "inference": infer, "epoch": epoch,
+        "train": steps, "inference": infer, "epoch": epoch, "evaluation": evaluation,
         "wall_s": time.perf_counter() - t0, "provenance": provenance(device)}
     out = Path(root) / b.out / f"bench-{record['device']}.json"
     write_json(out, record)
@@ -155,7 +160,8 @@ def run(bench: Bench | None = None, *, root: str | Path = ".", log: Callable[[st
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m dtlib.bench [key=value ...]``: Bench fields (steps, warmup, ks, infer_batch,
-    infer_steps, profile_steps, epoch, out) and Config fields (backbone, batch_size, device, ...)."""
+    infer_steps, profile_steps, epoch, evaluation, out) and Config fields (backbone, batch_size,
+    device, the eval fields of the timed evaluation, ...)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help", "help"):
         print(main.__doc__)

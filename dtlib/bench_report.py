@@ -52,6 +52,14 @@ def report(record: dict[str, Any]) -> str:
             shown = [f"{k.removeprefix('aten::')} {v:.1f}" for k, v in top.items() if v >= 0.5]
             if shown:
                 lines.append(f"- {ph}: " + ", ".join(shown))
+    if record.get("evaluation"):
+        lines += ["", "| evaluation (attack suite) | seconds | in training epochs | modes | SGD-UAP fits | SGD steps | "
+                  "entries | fit / scored images |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for name, e in record["evaluation"].items():
+            lines.append(f"| {name} | {e['seconds']:.1f} | {e['in_epochs']:.1f} | {', '.join(e['modes'])} | {e['sgd_fits']} | "
+                         f"{e['sgd_steps']} | {e['entries']} | {e['n_fit']} / {e['n_test']} |")
+        lines.append(f"\nOne evaluation per model, trained one epoch on {s['data']} ({s['train_size'] or 'all'} images); "
+                     f"eval settings as in the config (uap_fit_size {s['uap_fit_size']}, eval_size {s['eval_size']}).")
     if record.get("epoch"):
         e = record["epoch"]
         lines.append(f"\nStandard epoch: {e['seconds']:.2f} s ({e['images_per_s']:.0f} images/s, {e['images']} images, {e['data']}).")

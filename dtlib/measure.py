@@ -31,6 +31,7 @@ from torch.utils._pytree import tree_leaves
 
 from .config import Config
 from .data import DataError, Loader, Split, load_data
+from .evaluate import evaluate_model, fit_images, scored_subset
 from .methods import STEPS
 from .models import build_model
 from .phases import PHASES
@@ -258,6 +259,33 @@ def time_epoch(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any
     second = stats["history"][1]
     return {"seconds": second["seconds"], "images_per_s": second["images_per_s"], "images": len(split),
             "data": source, "first_epoch_s": stats["history"][0]["seconds"]}
+
+
+def time_evaluation(cfg: Config, cases: dict[str, dict[str, Any]], log: Callable[[str], None] = print,
+                    epochs: int = 1) -> dict[str, dict[str, Any]]:
+    """Wall time of one full evaluation per case (``evaluate.evaluate_model``: the attack suite
+    against each of the model's inference modes, with ``cfg``'s eval settings and data), each on a
+    model trained for ``epochs`` on ``cfg``'s training split (an untrained model would stop the
+    fits early). The suite's work depends on when its stopping rule stops, so the SGD steps taken
+    are reported beside the time, and the evaluation is also given in training epochs of that model."""
+    device = resolve_device(cfg.device)
+    train_split, _, test = load_data(cfg)
+    out = {}
+    for name, o in cases.items():
+        c = cfg.replace(**o, epochs=epochs)
+        model, stats = train(c, train_split, progress=False, log=log)
+        model = model.to(device, memory_format=torch.channels_last)
+        t0 = time.perf_counter()
+        rows, _ = evaluate_model(model, c, train_split.to(device), test.to(device), amp_dtype(c.precision, device))
+        sync(device)
+        seconds = time.perf_counter() - t0
+        fits = [e for m in rows.values() for n, e in m["attack"].items() if n.startswith("sgd:")]
+        out[name] = {"seconds": seconds, "modes": list(rows), "sgd_fits": len(fits),
+                     "sgd_steps": sum(e["steps"] for e in fits), "entries": sum(len(m["attack"]) for m in rows.values()),
+                     "n_fit": len(fit_images(train_split, c.uap_fit_size, c.seed)), "n_test": len(scored_subset(test, c.eval_size)),
+                     "train_epoch_s": stats["wall_s"] / epochs, "in_epochs": seconds / (stats["wall_s"] / epochs)}
+        log(f"evaluation of {name}: {seconds:.1f} s, {out[name]['sgd_fits']} SGD-UAP fits, {out[name]['sgd_steps']} steps")
+    return out
 
 
 def device_slug(device: torch.device) -> str:

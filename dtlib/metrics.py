@@ -23,8 +23,9 @@ def perturb(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(scores_fn: ScoresFn, images: torch.Tensor, *, delta: torch.Tensor | None = None,
-            batch_size: int = 500, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Predicted labels (N,) on the CPU for images (uint8 or [0, 1] floats), optionally plus ``delta``."""
+            batch_size: int = 256, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Predicted labels (N,) on the CPU for images (uint8 or [0, 1] floats), optionally plus ``delta``.
+    Batches of 256: on 2 CPU cores 500 was about half as fast (activations outgrow the caches)."""
     check_images(images, "images to predict")
     out = []
     for b in range(0, len(images), batch_size):

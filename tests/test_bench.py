@@ -16,7 +16,8 @@ pytestmark = pytest.mark.precision  # times real training steps: run under both 
 def test_the_benchmark_writes_every_ratio_target_and_memory_per_k(tmp_path):
     lines = []
     rec = run(setup({"steps": "2", "warmup": "0", "infer_steps": "2", "profile_steps": "1", "batch_size": "16",
-                     "infer_batch": "16", "out": str(tmp_path), **MINI}), log=lines.append)
+                     "infer_batch": "16", "out": str(tmp_path), "train_size": "320", "uap_fit_size": "128",
+                     "uap_epochs": "1", "uap_lr": "0.25", "eval_size": "100", **MINI}), log=lines.append)
     saved = json.loads((tmp_path / "bench-cpu.json").read_text())
     assert saved["ratios"] == pytest.approx(rec["ratios"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench-cpu.json", "bench-cpu.md"]  # no temporary file left
@@ -36,6 +37,11 @@ def test_the_benchmark_writes_every_ratio_target_and_memory_per_k(tmp_path):
     assert not any("backward" in op.lower() for op in ops["forward_and_loss"])
     assert "backward" in next(iter(ops["uap_gradient"])) and "backward" in next(iter(ops["backward"]))
     assert any("| dt_k5_train | <= 2 |" in line for line in lines)
+    ev = saved["evaluation"]  # one full evaluation per model: one head -> 1 objective x 2 labels x 1 step size
+    assert (ev["standard"]["modes"], ev["standard"]["sgd_fits"]) == (["head0"], 2)
+    assert (ev["dt_k5"]["modes"], ev["dt_k5"]["sgd_fits"]) == (["ensemble", "head0"], 3 * 2 + 2)  # + the head
+    assert all(e["seconds"] > 0 and e["sgd_steps"] >= e["sgd_fits"] and (e["n_fit"], e["n_test"]) == (128, 100)
+               for e in ev.values())
     md = (tmp_path / "bench-cpu.md").read_text()
     (tmp_path / "bench-cpu.md").unlink()
     figures.regenerate(tmp_path, tmp_path / "figures")  # the tables come back from the JSON alone

@@ -249,3 +249,30 @@ def test_a_claim_whose_arms_attack_did_not_converge_is_inconclusive():
     assert not c["C2"]["verdict"].startswith("inconclusive")  # clean accuracy needs no attack
     passed = {r["claim"]: r for r in C.headline_claims(rows, STUDY, check=[{**r, "converged": True} for r in check])}
     assert passed["C1"]["verdict"] == C.headline_claims(rows, STUDY)[0]["verdict"] == "holds"
+
+
+def test_k_cross_and_transfer_claims_are_inconclusive_where_their_attack_did_not_converge():
+    """Every notebook's check gates its claims: C6 on the two K compared, C7 on DT and the stronger
+    defense at the radius read (other radii and norms do not count), C8 on the sources used."""
+    k_rows = [{"heads": k, "eval": "ensemble", "seed": 0, "fooling_rate": fr} for k, fr in ((2, 0.5), (10, 0.2))]
+    k_check = [{"arm": f"K={k}", "heads": k, "eval": "ensemble", "converged": k != 10} for k in (2, 5, 10)]
+    assert C.k_claims({2: {}, 10: {}}, k_rows, STUDY, k_check)[0]["verdict"] == "inconclusive: attack not converged on K=10"
+    k_check[-1]["converged"] = True
+    assert C.k_claims({2: {}, 10: {}}, k_rows, STUDY, k_check)[0]["verdict"] == "holds (one seed)"
+
+    def cross_check(failed):
+        return [{"arm": arm, "norm": norm, "radius": r, "eval": "ensemble", "converged": (arm, norm, r) != failed}
+                for arm in ("dt_div", "uat", "pgd_at") for norm in ("linf", "l2") for r in (0.5, 1.0)]
+    rows = _l2_rows(0.8, 0.3, 0.2)
+    assert C.cross_claims(rows, STUDY, cross_check(("uat", "l2", 1.0)))[0]["verdict"] == \
+        "inconclusive: attack not converged on uat"
+    for harmless in (("pgd_at", "l2", 1.0), ("uat", "linf", 1.0), None):  # not the stronger defense; L-inf
+        assert C.cross_claims(rows, STUDY, cross_check(harmless))[0]["verdict"] == "holds (one seed)"
+
+    t_rows = [{"source": f"{src}/standard", "target": f"{bb}/{arm}", "fooling_rate": 0.5 if arm == "standard" else 0.1}
+              for src, bb in (("vgg", "cnn"), ("cnn", "vgg")) for arm in ("standard", "dt_div")]
+    t_check = [{"arm": m, "eval": "ensemble", "converged": m != "vgg/standard"}
+               for m in ("cnn/standard", "cnn/dt_div", "vgg/standard", "vgg/dt_div")]
+    assert C.transfer_claims(t_rows, STUDY, t_check)[0]["verdict"] == "inconclusive: attack not converged on vgg/standard"
+    t_check[2]["converged"], t_check[3]["converged"] = True, False  # a target only: its own attack is not used
+    assert C.transfer_claims(t_rows, STUDY, t_check)[0]["verdict"] == "holds (one seed)"

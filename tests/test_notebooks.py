@@ -16,7 +16,7 @@ import pytest
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
-from dtlib.study import NOTEBOOK_PARAMETERS, NOTEBOOKS, PER_RUN, SHARED_FIELDS
+from dtlib.study import CROSS_ARMS, NOTEBOOK_PARAMETERS, NOTEBOOKS, PER_RUN, SHARED_FIELDS, arms
 
 pytestmark = pytest.mark.precision  # trains or evaluates: run under both precisions (make test-other-precision)
 
@@ -106,6 +106,15 @@ def test_notebook_runs_under_nbval_and_writes_its_results(name, root, tmp_path):
         differ = {k for k, v in study_cfg.items() if run["config"][k] != v}
         assert differ <= set(PER_RUN) | set(SHARED_FIELDS), (name, differ)
     assert (root / "results" / f"{name}-smoke.csv").exists()
+    # every model the notebook reports was attacked again by the stronger suite (first seed)
+    st = res["study"]
+    checked = {(r["arm"], r.get("norm"), r.get("radius")) for r in res.get("attack_check", [])}
+    expected = {"01_headline": {(a, None, None) for a in arms(res["selection"])},
+                "02_k_ablation": {(f"K={k}", None, None) for k in st["ks"]},
+                "03_cross_norm": {(a, n, r) for a in CROSS_ARMS for n in ("linf", "l2") for r in st[f"{n}_radii"]},
+                "04_transfer": {(m, None, None) for m in res.get("models", {})}}.get(name, set())
+    assert checked == expected, (name, checked ^ expected)
+    assert all(isinstance(r["converged"], bool) and r["stronger"]["uap_restarts"] == 2 for r in res.get("attack_check", []))
     for ext in ("png", "pdf"):
         assert (root / "figures" / f"{name}-smoke.{ext}").stat().st_size > 1000
 

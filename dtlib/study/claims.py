@@ -1,5 +1,5 @@
-"""The study's claims rows: the seed summary's figures (``SEED``), the named verdict rules, and one
-``*_claims`` function per experiment, each computing its rows from measured numbers alone.
+"""The study's claims rows: the seed summary's figures (``SEED``) and one ``*_claims`` function per
+experiment, each computing its rows from measured numbers alone with the verdict rules of ``rules``.
 
 No torch and no training here (``dtlib.figures`` redraws the claims tables with this module):
 every function takes result rows (dicts), so each verdict can be reached from synthetic rows.
@@ -12,6 +12,9 @@ import statistics
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config
+from .rules import (INCONCLUSIVE, MIN_NOISE, ORDER, accuracy_cost_verdict, cost_verdict, figure_verdict,  # noqa: F401
+                    finite, fmt, inconclusive, mean_spread, missing, noise, overhead_verdict, ratio, unconverged,
+                    verdict)
 
 if TYPE_CHECKING:  # for annotations only: the settings module brings the run cache with it
     from .settings import Study
@@ -20,102 +23,6 @@ if TYPE_CHECKING:  # for annotations only: the settings module brings the run ca
 SEED = {"C1": {"standard": 0.934, "dt": 0.187}, "C2": {"standard": 0.766, "dt": 0.762},
         "C3": {"fooling": 0.345, "cost": 8.0}, "C4": {"cost": 2.3}, "C5": {"overhead": 0.0},
         "C6": {2: 0.41, 5: 0.187, 10: 0.169}, "C7": {"dt": 0.713, "defenses": 0.124}, "C8": {"change": -0.64}}
-
-
-def mean_spread(values: list[float | None]) -> dict[str, Any]:
-    """Mean, sample standard deviation (None for one value) and n of the finite values (None and
-    NaN are missing, not zero)."""
-    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    try:
-        return {"mean": statistics.fmean(vals) if vals else float("nan"),
-                "std": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals)}
-    except OverflowError:  # not rates at all (|v| near 1e308): no measurement to read
-        return {"mean": float("nan"), "std": None, "n": 0}
-
-
-def fmt(ms: dict[str, Any], pct: bool = True) -> str:
-    if not ms["n"]:
-        return "n/a (n=0)"
-    f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.2f}x")
-    spread = f" ± {(100 if pct else 1) * ms['std']:.1f}{'pt' if pct else 'x'}" if ms["std"] is not None else ""
-    return f"{f(ms['mean'])}{spread} (n={ms['n']})"
-
-
-def ratio(num: float | None, den: float | None) -> float:
-    """``num / den``, NaN where it cannot be formed (a zero, missing or non-finite term)."""
-    return num / den if finite(num, den) and den != 0 else float("nan")
-
-
-def finite(*values: float | None) -> bool:
-    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
-
-
-def inconclusive(why: str) -> str:
-    return f"inconclusive: {why}"
-
-
-def missing(**groups: dict[str, Any]) -> str | None:
-    """``inconclusive: no measurement of ...`` naming each compared group without a finite value
-    (``mean_spread`` with n = 0), or None when every group has one."""
-    empty = [name for name, ms in groups.items() if not ms["n"]]
-    return inconclusive(f"no measurement of {', '.join(empty)}") if empty else None
-
-
-INCONCLUSIVE = inconclusive("the UAP does not beat the random floor on the standard model")
-MIN_NOISE = 0.02  # an absolute difference of rates below 2 points is never read as an effect
-ORDER = ("does not hold", "partly", "holds")  # verdicts from weakest to strongest
-
-
-def noise(*stats: dict[str, Any]) -> float:
-    """Twice the combined standard deviation of the compared means, at least MIN_NOISE."""
-    var = sum((s["std"] or 0.0) ** 2 for s in stats)
-    return max(MIN_NOISE, 2 * math.sqrt(var))
-
-
-def verdict(effect: float, seed_effect: float, margin: float) -> str:
-    """The rule for an effect claim. ``effect`` is the measured change in the claim's direction
-    (positive = as claimed), ``seed_effect`` the seed's, both on the same scale; ``margin`` the
-    smallest change read as real on that scale. holds: at least half the seed's effect and beyond
-    the margin; partly: beyond the margin but under half; does not hold: otherwise; inconclusive
-    when the effect or the margin is not a number (e.g. a ratio over a zero rate)."""
-    if not finite(effect, seed_effect, margin):
-        return inconclusive("the effect cannot be formed from these numbers (a zero or missing rate)")
-    if effect <= margin:
-        return "does not hold"
-    return "holds" if effect >= seed_effect / 2 else "partly"
-
-
-def cost_verdict(measured: float, claimed: float) -> str:
-    """The rule for a cost bound ("costs only X"): holds if at most 10% over the claimed cost,
-    partly if at most 50% over, does not hold otherwise."""
-    if not (finite(measured) and measured > 0):
-        return inconclusive(f"the measured cost {measured} is not a positive number")
-    return "holds" if measured <= claimed * 1.1 else "partly" if measured <= claimed * 1.5 else "does not hold"
-
-
-def figure_verdict(measured: float, claimed: float) -> str:
-    """The rule for a reported figure ("PGD-AT costs 8x"): holds within 25% of it either way,
-    partly within a factor of 2, does not hold otherwise."""
-    if not (finite(measured) and measured > 0):
-        return inconclusive(f"the measured figure {measured} is not a positive number")
-    r = measured / claimed
-    return "holds" if 0.75 <= r <= 1.25 else "partly" if 0.5 <= r <= 2 else "does not hold"
-
-
-def accuracy_cost_verdict(drop: float) -> str:
-    """The rule for "DT costs (almost) no clean accuracy": holds if the mean drop is at most 1
-    point, partly if at most 3 points, does not hold otherwise."""
-    if not finite(drop):
-        return inconclusive("the accuracy drop cannot be formed (a missing accuracy)")
-    return "holds" if drop <= 0.01 else "partly" if drop <= 0.03 else "does not hold"
-
-
-def overhead_verdict(ratio_: float) -> str:
-    """The rule for "no inference overhead": holds if within 5% of the plain model (timing noise),
-    partly within 20%, does not hold otherwise."""
-    if not (finite(ratio_) and ratio_ > 0):
-        return inconclusive(f"the latency ratio {ratio_} is not a positive number")
-    return "holds" if ratio_ <= 1.05 else "partly" if ratio_ <= 1.2 else "does not hold"
 
 
 def claim(cid: str, what: str, seed: str, measured: str, setting: str, result: str, n: int | None = None,
@@ -158,13 +65,6 @@ def pgd_setting(c: Config) -> str:
 def training_threat(c: Config) -> str:
     radius = f"{c.eps * 255:g}/255" if c.norm == "linf" else f"{c.eps:g}"
     return f"trained against {c.norm} {radius} UAPs (DT, UAT) or {pgd_setting(c)}"
-
-
-def unconverged(check: list[dict[str, Any]] | None, *arms: str) -> str | None:
-    """``inconclusive: attack not converged on ...`` when the attack check (``attack_check`` rows)
-    failed for any of ``arms``; None when it passed for all of them, or was not run."""
-    failed = sorted({r["arm"] for r in check or [] if r.get("arm") in arms and not r.get("converged")})
-    return inconclusive(f"attack not converged on {', '.join(failed)}") if failed else None
 
 
 def headline_claims(rows: list[dict[str, Any]], study: Study, selection: dict[str, Any] | None = None,
@@ -245,8 +145,10 @@ def headline_claims(rows: list[dict[str, Any]], study: Study, selection: dict[st
     return out
 
 
-def k_claims(ens: dict[int, dict[str, Any]], rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any]]:
-    """C6: the ensemble's fooling rate from the smallest to the largest of K = 2, 5, 10 measured."""
+def k_claims(ens: dict[int, dict[str, Any]], rows: list[dict[str, Any]], study: Study,
+             check: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """C6: the ensemble's fooling rate from the smallest to the largest of K = 2, 5, 10 measured
+    (inconclusive where either K's attack did not converge, ``check``)."""
     s6 = SEED["C6"]
     what, seed = "fooling rate falls with K", "41% / 18.7% / 16.9%"
     ks = [k for k in (2, 5, 10) if k in ens]
@@ -257,7 +159,7 @@ def k_claims(ens: dict[int, dict[str, Any]], rows: list[dict[str, Any]], study: 
     a, b = (_pick(rows, "fooling_rate", heads=k, eval="ensemble") for k in (lo, hi))
     rel = ratio(a["mean"] - b["mean"], a["mean"])
     seed_rel = (s6[lo] - s6[hi]) / s6[lo]
-    result = missing(**{f"K={lo}": a, f"K={hi}": b}) or (
+    result = unconverged(check, f"K={lo}", f"K={hi}") or missing(**{f"K={lo}": a, f"K={hi}": b}) or (
         inconclusive(f"K={lo} is never fooled, so no relative fall can be formed") if a["mean"] == 0 else
         verdict(rel, seed_rel, ratio(noise(a, b), a["mean"])))
     return [claim("C6", f"{what} (K={lo} -> K={hi}, ensemble)", seed, measured,
@@ -265,10 +167,11 @@ def k_claims(ens: dict[int, dict[str, Any]], rows: list[dict[str, Any]], study: 
                   n=min(a["n"], b["n"]), effect=rel, seed_effect=seed_rel)]
 
 
-def cross_claims(rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any]]:
+def cross_claims(rows: list[dict[str, Any]], study: Study,
+                 check: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """C7, read at every L2 radius: DT (with its diversity term) against the stronger of UAT and
     PGD-AT at that radius; the verdict is the weakest over the radii (the seed names none), and
-    inconclusive if any radius lacks a measurement."""
+    inconclusive if any radius lacks a measurement or an unconverged attack (``check``)."""
     what, seed = "accuracy under L2 UAPs, DT vs the stronger standard defense", "71.3% vs 12.4%"
     if not study.l2_radii:
         return [not_measured("C7", what, seed, "no L2 radius in the profile")]
@@ -286,7 +189,8 @@ def cross_claims(rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any
         gap = dt["mean"] - defenses[strongest]["mean"]
         gaps.append(gap)
         n = min(n if n is not None else dt["n"], dt["n"], defenses[strongest]["n"])
-        verdicts.append(verdict(gap, s7["dt"] - s7["defenses"], noise(dt, defenses[strongest])))
+        verdicts.append(unconverged(check, "dt_div", strongest, norm="l2", radius=r) or
+                        verdict(gap, s7["dt"] - s7["defenses"], noise(dt, defenses[strongest])))
         parts.append(f"r={r:g}: DT {fmt(dt)} vs {strongest} {fmt(defenses[strongest])}"
                      f" (fooling {fmt(at('dt_div', 'fooling_rate'))} vs {fmt(at(strongest, 'fooling_rate'))})")
     unsure = [v for v in verdicts if v not in ORDER]
@@ -296,14 +200,16 @@ def cross_claims(rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any
                   worst, n=n, effect=min(gaps) if gaps else float("nan"), seed_effect=s7["dt"] - s7["defenses"])]
 
 
-def transfer_claims(rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any]]:
+def transfer_claims(rows: list[dict[str, Any]], study: Study,
+                    check: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """C8: for each architecture, UAPs from the other architectures' models, on the DT target vs
-    the standard target of that architecture: mean relative change of transfer success."""
+    the standard target of that architecture: mean relative change of transfer success
+    (inconclusive where a source's own attack did not converge, ``check``: its UAP is then weak)."""
     what, seed = "cross-model UAP transfer success, relative change on a DT target", "-64%"
     fr = {(r.get("source"), r.get("target")): r.get("fooling_rate") for r in rows}
     fr = {k: v for k, v in fr.items() if finite(v)}
     sources = sorted({s for s, _ in fr if isinstance(s, str)})
-    per_arch, diffs, bases = [], [], []
+    per_arch, diffs, bases, used = [], [], [], set()
     for bb in study.transfer_backbones:
         std, dt = f"{bb}/standard", f"{bb}/dt_div"
         changes = []
@@ -312,6 +218,7 @@ def transfer_claims(rows: list[dict[str, Any]], study: Study) -> list[dict[str, 
                 changes.append((fr[(s, dt)] - fr[(s, std)]) / fr[(s, std)])
                 diffs.append(fr[(s, dt)] - fr[(s, std)])
                 bases.append(fr[(s, std)])
+                used.add(s)
         if changes:
             per_arch.append(statistics.fmean(changes))
     if not per_arch:
@@ -324,7 +231,7 @@ def transfer_claims(rows: list[dict[str, Any]], study: Study) -> list[dict[str, 
                   f"{100 * change:+.0f}% (mean over target architectures of {len(diffs)} cross-architecture "
                   f"pairs; absolute {100 * statistics.fmean(diffs):+.1f}pt)",
                   f"DT = best validated lambda_div > 0; sources: {', '.join(sources)}",
-                  verdict(-change, -SEED["C8"]["change"], margin), n=1, effect=change,
+                  unconverged(check, *used) or verdict(-change, -SEED["C8"]["change"], margin), n=1, effect=change,
                   seed_effect=SEED["C8"]["change"])]
 
 

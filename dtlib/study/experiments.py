@@ -15,6 +15,7 @@ import statistics
 import time
 from typing import Any, Callable
 
+from ..config import Config
 from ..data import load_data
 from ..evaluate import scored_subset
 from ..experiment import RunResult, load_model, load_uaps
@@ -136,33 +137,37 @@ def headline(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]
                              **{k: m[k] for k in METRICS}, "train_s": wall, "cost_ratio": ratio(wall, base_wall),
                              "run": res.run_dir.name})
     table = summarise(rows, ("arm", "eval"), (*METRICS, "cost_ratio"))
-    check = attack_check(study, selection, log)
+    check = attack_check(study, [({"arm": arm}, {**o, "seed": study.seeds[0]}) for arm, o in arms(selection).items()], log)
     payload = {"selection": selection, "rows": rows, "table": table, "attack_check": check,
                "claims": headline_claims(rows, study, selection, check), "runs": _runs(results)}
     return save(study, "01_headline", payload, t0)
 
 
-def attack_check(study: Study, selection: dict[str, Any], log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Has the evaluation attack converged? Every arm of the headline (first seed) is attacked again
-    by a clearly larger suite (``stronger``): twice the fitting images and the cap, one more
-    restart, a longer window and half the tolerance of the stopping rule. Converged: its fooling
-    rate rises by at most MIN_NOISE and its accuracy under UAP falls by at most that
-    (docs/protocol.md section 3); a claim resting on an arm that fails reads inconclusive."""
-    out = []
-    c = study.config
-    stronger = dict(uap_fit_size=2 * c.uap_fit_size, uap_epochs=2 * c.uap_epochs, uap_restarts=c.uap_restarts + 1,
-                    uap_window=2 * c.uap_window, uap_tol=c.uap_tol / 2)
-    for arm, o in arms(selection).items():
-        o = {**o, "seed": study.seeds[0]}
+def stronger(c: Config) -> dict[str, Any]:
+    """The clearly larger suite ``attack_check`` compares with: twice the fitting images and the cap,
+    one more restart, twice the stopping rule's window and half its tolerance."""
+    return dict(uap_fit_size=2 * c.uap_fit_size, uap_epochs=2 * c.uap_epochs, uap_restarts=c.uap_restarts + 1,
+                uap_window=2 * c.uap_window, uap_tol=c.uap_tol / 2)
+
+
+def attack_check(study: Study, models: list[tuple[dict[str, Any], dict[str, Any]]],
+                 log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Has the evaluation attack converged? Each of ``models`` (``(tags, overrides)``: the row's
+    labels, e.g. ``{"arm": "dt_div"}``, and the run's Config overrides, seed included) is attacked
+    again by the ``stronger`` suite. Converged: its fooling rate rises by at most MIN_NOISE and its
+    accuracy under UAP falls by at most that (docs/protocol.md section 3); a claim resting on a
+    model that fails reads inconclusive (``claims.unconverged``)."""
+    out, more = [], stronger(study.config)
+    for tags, o in models:
         base = study.run(log, **o).metrics["eval"]
-        strong = study.run(log, **o, **stronger).metrics["eval"]
+        strong = study.run(log, **o, **more).metrics["eval"]
         for key in base:
             rise = strong[key]["fooling_rate"] - base[key]["fooling_rate"]
             drop = base[key]["uap_acc"] - strong[key]["uap_acc"]
-            out.append({"arm": arm, "eval": key, "fooling_rate": base[key]["fooling_rate"],
+            out.append({**tags, "eval": key, "fooling_rate": base[key]["fooling_rate"],
                         "stronger_fooling_rate": strong[key]["fooling_rate"], "rise": rise,
                         "uap_acc": base[key]["uap_acc"], "stronger_uap_acc": strong[key]["uap_acc"], "acc_drop": drop,
-                        "converged": rise <= MIN_NOISE and drop <= MIN_NOISE, "stronger": stronger})
+                        "converged": rise <= MIN_NOISE and drop <= MIN_NOISE, "stronger": more})
     return out
 
 
@@ -190,8 +195,10 @@ def k_ablation(study: Study, log: Callable[[str], None] = print) -> dict[str, An
         row["step_ratio"] = b["median_s"] / bench["standard"]["median_s"]
         row["train_memory_mb"] = b["memory"].get("cuda_peak_mb", b["memory"]["peak_mb"])
     ens = {r["heads"]: r for r in table if r["eval"] == "ensemble" or r["heads"] == 1}
-    payload = {"selection": selection, "rows": rows, "table": table, "bench": bench,
-               "claims": k_claims(ens, rows, study), "runs": _runs(results)}
+    check = attack_check(study, [({"arm": f"K={k}", "heads": k}, dict(method="dt", heads=k, seed=study.seeds[0], **best))
+                                 for k in study.ks], log)
+    payload = {"selection": selection, "rows": rows, "table": table, "bench": bench, "attack_check": check,
+               "claims": k_claims(ens, rows, study, check), "runs": _runs(results)}
     return save(study, "02_k_ablation", payload, t0)
 
 
@@ -209,20 +216,23 @@ def cross_norm(study: Study, log: Callable[[str], None] = print) -> dict[str, An
     of radii, each UAP fitted against the model's default inference mode (DT: the ensemble)."""
     t0 = time.perf_counter()
     selection = select_dt(study, log)
-    rows, results = [], []
+    rows, results, checked = [], [], []
     for seed in study.seeds[:study.ablation_seeds]:
         for arm in dict.fromkeys(CROSS_ARMS):
             for norm, radii in (("linf", study.linf_radii), ("l2", study.l2_radii)):
                 for r in radii:
-                    res = study.run(log, seed=seed, eval_norm=norm, eval_eps=r, eval_modes="ensemble",
-                                    **arms(selection)[arm])
+                    o = dict(seed=seed, eval_norm=norm, eval_eps=r, eval_modes="ensemble", **arms(selection)[arm])
+                    res = study.run(log, **o)
+                    if seed == study.seeds[0]:
+                        checked.append(({"arm": arm, "norm": norm, "radius": r}, o))
                     results.append(res)
                     (key, m), = res.metrics["eval"].items()
                     rows.append({"arm": arm, "norm": norm, "radius": r, "seed": seed, "eval": key,
                                  **{x: m[x] for x in METRICS}, "run": res.run_dir.name})
     table = summarise(rows, ("arm", "norm", "radius"), METRICS)
-    payload = {"selection": selection, "rows": rows, "table": table, "claims": cross_claims(rows, study),
-               "runs": _runs(results)}
+    check = attack_check(study, checked, log)
+    payload = {"selection": selection, "rows": rows, "table": table, "attack_check": check,
+               "claims": cross_claims(rows, study, check), "runs": _runs(results)}
     return save(study, "03_cross_norm", payload, t0)
 
 
@@ -257,8 +267,9 @@ def transfer(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]
             adv = predict(fn, test.x, delta=delta, amp_dtype=dtype)
             rows.append({"source": s, "target": t, "fooling_rate": fooling_rate(clean[t], adv),
                          "uap_acc": accuracy(adv, test.y), "white_box": s == t})
+    check = attack_check(study, [({"arm": name}, {**o, "seed": seed}) for name, o in models.items()], log)
     payload = {"selection": selection, "models": models, "rows": rows, "table": rows, "reported": reported(rows, own),
-               "claims": transfer_claims(rows, study), "runs": _runs(results)}
+               "attack_check": check, "claims": transfer_claims(rows, study, check), "runs": _runs(results)}
     return save(study, "04_transfer", payload, t0)
 
 

@@ -1,0 +1,114 @@
+"""The study's verdict rules, shared by every claims row (docs/protocol.md section 4): the mean and
+spread of a group of rates, the noise margin, and one rule per kind of claim (an effect, a cost
+bound, a reported figure, an accuracy cost, an overhead), plus the gate on the attack check.
+Torch-free; rates are fractions in [0, 1]."""
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+
+def mean_spread(values: list[float | None]) -> dict[str, Any]:
+    """Mean, sample standard deviation (None for one value) and n of the finite values (None and
+    NaN are missing, not zero)."""
+    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    try:
+        return {"mean": statistics.fmean(vals) if vals else float("nan"),
+                "std": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals)}
+    except OverflowError:  # not rates at all (|v| near 1e308): no measurement to read
+        return {"mean": float("nan"), "std": None, "n": 0}
+
+
+def fmt(ms: dict[str, Any], pct: bool = True) -> str:
+    if not ms["n"]:
+        return "n/a (n=0)"
+    f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.2f}x")
+    spread = f" ± {(100 if pct else 1) * ms['std']:.1f}{'pt' if pct else 'x'}" if ms["std"] is not None else ""
+    return f"{f(ms['mean'])}{spread} (n={ms['n']})"
+
+
+def ratio(num: float | None, den: float | None) -> float:
+    """``num / den``, NaN where it cannot be formed (a zero, missing or non-finite term)."""
+    return num / den if finite(num, den) and den != 0 else float("nan")
+
+
+def finite(*values: float | None) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+def inconclusive(why: str) -> str:
+    return f"inconclusive: {why}"
+
+
+def missing(**groups: dict[str, Any]) -> str | None:
+    """``inconclusive: no measurement of ...`` naming each compared group without a finite value
+    (``mean_spread`` with n = 0), or None when every group has one."""
+    empty = [name for name, ms in groups.items() if not ms["n"]]
+    return inconclusive(f"no measurement of {', '.join(empty)}") if empty else None
+
+
+INCONCLUSIVE = inconclusive("the UAP does not beat the random floor on the standard model")
+MIN_NOISE = 0.02  # an absolute difference of rates below 2 points is never read as an effect
+ORDER = ("does not hold", "partly", "holds")  # verdicts from weakest to strongest
+
+
+def noise(*stats: dict[str, Any]) -> float:
+    """Twice the combined standard deviation of the compared means, at least MIN_NOISE."""
+    var = sum((s["std"] or 0.0) ** 2 for s in stats)
+    return max(MIN_NOISE, 2 * math.sqrt(var))
+
+
+def verdict(effect: float, seed_effect: float, margin: float) -> str:
+    """The rule for an effect claim. ``effect`` is the measured change in the claim's direction
+    (positive = as claimed), ``seed_effect`` the seed's, both on the same scale; ``margin`` the
+    smallest change read as real on that scale. holds: at least half the seed's effect and beyond
+    the margin; partly: beyond the margin but under half; does not hold: otherwise; inconclusive
+    when the effect or the margin is not a number (e.g. a ratio over a zero rate)."""
+    if not finite(effect, seed_effect, margin):
+        return inconclusive("the effect cannot be formed from these numbers (a zero or missing rate)")
+    if effect <= margin:
+        return "does not hold"
+    return "holds" if effect >= seed_effect / 2 else "partly"
+
+
+def cost_verdict(measured: float, claimed: float) -> str:
+    """The rule for a cost bound ("costs only X"): holds if at most 10% over the claimed cost,
+    partly if at most 50% over, does not hold otherwise."""
+    if not (finite(measured) and measured > 0):
+        return inconclusive(f"the measured cost {measured} is not a positive number")
+    return "holds" if measured <= claimed * 1.1 else "partly" if measured <= claimed * 1.5 else "does not hold"
+
+
+def figure_verdict(measured: float, claimed: float) -> str:
+    """The rule for a reported figure ("PGD-AT costs 8x"): holds within 25% of it either way,
+    partly within a factor of 2, does not hold otherwise."""
+    if not (finite(measured) and measured > 0):
+        return inconclusive(f"the measured figure {measured} is not a positive number")
+    r = measured / claimed
+    return "holds" if 0.75 <= r <= 1.25 else "partly" if 0.5 <= r <= 2 else "does not hold"
+
+
+def accuracy_cost_verdict(drop: float) -> str:
+    """The rule for "DT costs (almost) no clean accuracy": holds if the mean drop is at most 1
+    point, partly if at most 3 points, does not hold otherwise."""
+    if not finite(drop):
+        return inconclusive("the accuracy drop cannot be formed (a missing accuracy)")
+    return "holds" if drop <= 0.01 else "partly" if drop <= 0.03 else "does not hold"
+
+
+def overhead_verdict(ratio_: float) -> str:
+    """The rule for "no inference overhead": holds if within 5% of the plain model (timing noise),
+    partly within 20%, does not hold otherwise."""
+    if not (finite(ratio_) and ratio_ > 0):
+        return inconclusive(f"the latency ratio {ratio_} is not a positive number")
+    return "holds" if ratio_ <= 1.05 else "partly" if ratio_ <= 1.2 else "does not hold"
+
+
+def unconverged(check: list[dict[str, Any]] | None, *arms: str, **where: Any) -> str | None:
+    """``inconclusive: attack not converged on ...`` when the attack check (``attack_check`` rows)
+    failed for any of ``arms`` (among the rows whose fields equal ``where``, e.g. ``norm="l2"``);
+    None when it passed for all of them, or was not run."""
+    rows = [r for r in check or [] if r.get("arm") in arms and all(r.get(k) == v for k, v in where.items())]
+    failed = sorted({r["arm"] for r in rows if not r.get("converged")})
+    return inconclusive(f"attack not converged on {', '.join(failed)}") if failed else None
