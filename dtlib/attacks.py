@@ -60,7 +60,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (perturbed imag
 def fit_uap(loss_fn: LossFn, images: torch.Tensor, labels: torch.Tensor, *, eps: float, norm: str = "linf",
             step: float, max_steps: int, batch_size: int = 128, decay: float = 1.0,
             monitor: Callable[[torch.Tensor], float] | None = None, window: int = 0, tol: float = 0.0,
-            start: torch.Tensor | None = None, generator: torch.Generator | None = None,
+            patience: int = 1, start: torch.Tensor | None = None, generator: torch.Generator | None = None,
             amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """SGD-UAP (Shafahi et al., AAAI 2020): signed-gradient ascent of one perturbation on
     ``loss_fn(x + delta, y)`` over minibatches of ``images`` (a new seeded order each pass), projected
@@ -68,9 +68,10 @@ def fit_uap(loss_fn: LossFn, images: torch.Tensor, labels: torch.Tensor, *, eps:
     ``decay`` after every pass. ``start``: the first delta (default zero).
 
     The stopping rule, when ``monitor`` (delta -> a fitting-set rate, higher = stronger) and
-    ``window`` are given: every ``window`` steps the rate is read; fitting stops once the best rate
-    rose by at most ``tol`` over the last window (converged), else after ``max_steps``. The best
-    delta read is returned. Without it, ``max_steps`` steps and the last delta.
+    ``window`` are given: every ``window`` steps the rate is read; fitting stops once the last
+    ``patience`` readings in a row have not raised the best rate by more than ``tol`` (converged:
+    no gain over ``patience * window`` steps, so one unlucky reading does not end it), else after
+    ``max_steps``. The best delta read is returned. Without it, ``max_steps`` steps and the last delta.
 
     Returns (delta (1, C, H, W) on images' device, {"steps", "converged", "fit_score", "trace"})."""
     _check(eps, norm)
@@ -95,8 +96,8 @@ def fit_uap(loss_fn: LossFn, images: torch.Tensor, labels: torch.Tensor, *, eps:
                 score = monitor(delta)
                 if score > max(trace):
                     best = delta
-                converged = max(trace + [score]) - max(trace) <= tol
                 trace.append(score)
+                converged = len(trace) > patience and max(trace[-patience:]) - max(trace[:-patience]) <= tol
             if steps >= max_steps or converged:
                 break
         step *= decay

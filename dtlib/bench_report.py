@@ -58,8 +58,8 @@ def report(record: dict[str, Any]) -> str:
         for name, e in record["evaluation"].items():
             lines.append(f"| {name} | {e['seconds']:.1f} | {e['in_epochs']:.1f} | {', '.join(e['modes'])} | {e['sgd_fits']} | "
                          f"{e['sgd_steps']} | {e['entries']} | {e['n_fit']} / {e['n_test']} |")
-        lines.append(f"\nOne evaluation per model, trained one epoch on {s['data']} ({s['train_size'] or 'all'} images); "
-                     f"eval settings as in the config (uap_fit_size {s['uap_fit_size']}, eval_size {s['eval_size']}).")
+        lines.append(f"\nOne evaluation per model, trained one epoch on {s['data']} ({s['train_size'] or 'all'} training "
+                     f"images); the config's eval settings, fit and scored images as the data allow (last column).")
     if record.get("epoch"):
         e = record["epoch"]
         lines.append(f"\nStandard epoch: {e['seconds']:.2f} s ({e['images_per_s']:.0f} images/s, {e['images']} images, {e['data']}).")

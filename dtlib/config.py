@@ -87,7 +87,8 @@ class Config:
                          "rule usually ends it earlier; the metrics record the steps taken)")
     uap_window: int = _f(20, "eval", "stopping rule: SGD-UAP steps between readings of the fitting-set rate")
     uap_tol: float = _f(0.005, "eval", "stopping rule: a fit stops once its best fitting-set rate rose by at most "
-                        "this over the last window")
+                        "this in uap_patience readings in a row")
+    uap_patience: int = _f(3, "eval", "stopping rule: readings in a row without a gain above uap_tol that end a fit")
     uap_lr: str = _f("0.1,0.25", "eval", "SGD-UAP step as a fraction of eval_eps; a comma-separated list fits each")
     uap_decay: float = _f(1.0, "eval", "SGD-UAP step multiplier per pass over the fitting images (1 = constant)")
     uap_restarts: int = _f(1, "eval", "SGD-UAP fits per setting: the first from zero, the others from random points")
@@ -316,7 +317,7 @@ def validate(cfg: Config) -> None:
             raise ValueError(f"{name} must be non-negative, got {getattr(cfg, name)}.")
     if cfg.batch_size < 2:
         raise ValueError(f"batch_size must be at least 2 (BatchNorm needs two images per batch to train), got {cfg.batch_size}.")
-    for name in ("epochs", "uap_epochs", "uap_restarts", "uap_fit_size", "uap_window"):
+    for name in ("epochs", "uap_epochs", "uap_restarts", "uap_fit_size", "uap_window", "uap_patience"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}.")
     for name in ("pgd_steps", "train_size", "val_size", "eval_size"):

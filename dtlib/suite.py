@@ -46,6 +46,7 @@ class Suite:
     decay: float = 1.0                            # step multiplier per pass
     window: int = 20                              # steps between readings of the stopping rule
     tol: float = 0.005                            # ... which stops once the best rate rose by at most this
+    patience: int = 3                             # ... in this many readings in a row
     objectives: tuple[str, ...] = OBJECTIVES
     labels: tuple[str, ...] = LABELS
     batch_size: int = 128
@@ -56,15 +57,19 @@ class Suite:
     def from_config(cls, cfg: Config) -> "Suite":
         return cls(eps=cfg.eval_eps, norm=cfg.eval_norm, lrs=tuple(cfg.uap_lrs), restarts=cfg.uap_restarts,
                    max_epochs=cfg.uap_epochs, decay=cfg.uap_decay, window=cfg.uap_window, tol=cfg.uap_tol,
+                   patience=cfg.uap_patience,
                    objectives=tuple(cfg.uap_objective_list), labels=tuple(cfg.uap_label_list), seed=cfg.seed)
 
 
 def objective_loss(parts: torch.Tensor, labels: torch.Tensor, objective: str, beta: float = 12.0) -> torch.Tensor:
-    """The mean per-example cross-entropy, clamped at ``beta``, of ``objective`` on (K, B, C) logits."""
+    """The mean per-example cross-entropy, clamped at ``beta``, of ``objective`` on (K, B, C) logits
+    (``heads_ce``: each head's cross-entropy clamped, then averaged, so a head already fooled stops
+    pulling the perturbation)."""
     parts = parts.float()
     if objective == "heads_ce":
         k, b, c = parts.shape
-        ce = F.cross_entropy(parts.reshape(k * b, c), labels.repeat(k), reduction="none").view(k, b).mean(0)
+        ce = F.cross_entropy(parts.reshape(k * b, c), labels.repeat(k), reduction="none").view(k, b)
+        ce = ce.clamp(max=beta).mean(0)
     elif objective in ("ensemble_ce", "ce"):
         ce = F.nll_loss(ensemble_log_probs(parts), labels, reduction="none")
     elif objective == "mean_logit":
@@ -121,7 +126,7 @@ def attack(parts_fn: PartsFn, scores_fn: ScoresFn, fit: Split, test: Split, suit
     steps = suite.max_epochs * -(-len(fit) // suite.batch_size)
     for objective, kind in product(objectives, suite.labels):
         labels = clean_fit if kind == "predicted" else fit.y
-        target = clean_fit[watch] if kind == "predicted" else fit.y[watch].cpu()
+        target = (clean_fit if kind == "predicted" else fit.y)[watch].cpu()  # predict answers on the CPU
         # the rate the entry is aimed at: predictions changed (fooling) or images now wrong (accuracy)
         monitor = (lambda d, target=target, kind=kind: _rate(scores_fn, fit.x[watch], d, target, kind, amp_dtype))
         loss_fn = (lambda x, y, objective=objective: objective_loss(parts_fn(x), y, objective, suite.beta))
@@ -130,7 +135,8 @@ def attack(parts_fn: PartsFn, scores_fn: ScoresFn, fit: Split, test: Split, suit
             name = f"sgd:{objective}/{kind}/lr{lr:g}" + (f"/restart{r}" if r else "")
             deltas[name], fits[name] = fit_uap(loss_fn, fit.x, labels, eps=suite.eps, norm=suite.norm, step=lr * suite.eps,
                                                max_steps=steps, batch_size=suite.batch_size, decay=suite.decay,
-                                               monitor=monitor, window=suite.window, tol=suite.tol, start=start,
+                                               monitor=monitor, window=suite.window, tol=suite.tol,
+                                               patience=suite.patience, start=start,
                                                generator=g, amp_dtype=amp_dtype)
     entries = {}
     for name, d in deltas.items():

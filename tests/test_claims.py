@@ -243,12 +243,20 @@ def test_cost_claims_reach_each_verdict(ratios, expected):
 
 def test_a_claim_whose_arms_attack_did_not_converge_is_inconclusive():
     rows = _rows(0.8, 0.15)
-    check = [{"arm": arm, "eval": "ensemble", "converged": arm != "dt_best"} for arm in ARMS]
+    k5 = ("dt_nodiv", "dt_literal", "dt_div", "dt_best")
+    check = [{"arm": arm, "eval": ev, "converged": (arm, ev) != ("dt_best", "ensemble")}
+             for arm in ARMS for ev in (("ensemble", "head0") if arm in k5 else ("head0",))]
     c = {r["claim"]: r for r in C.headline_claims(rows, STUDY, check=check)}
     assert c["C1"]["verdict"] == "inconclusive: attack not converged on dt_best"
     assert not c["C2"]["verdict"].startswith("inconclusive")  # clean accuracy needs no attack
     passed = {r["claim"]: r for r in C.headline_claims(rows, STUDY, check=[{**r, "converged": True} for r in check])}
     assert passed["C1"]["verdict"] == C.headline_claims(rows, STUDY)[0]["verdict"] == "holds"
+    # C1 reads DT's ensemble: its single head failing the check does not touch it
+    head_only = [{**r, "converged": (r["arm"], r["eval"]) != ("dt_best", "head0")} for r in check]
+    assert C.headline_claims(rows, STUDY, check=head_only)[0]["verdict"] == "holds"
+    # a check that left an arm out cannot vouch for it
+    no_std = [r for r in check if r["arm"] != "standard"]
+    assert C.headline_claims(rows, STUDY, check=no_std)[0]["verdict"] == "inconclusive: attack not checked on standard"
 
 
 def test_k_cross_and_transfer_claims_are_inconclusive_where_their_attack_did_not_converge():

@@ -102,7 +102,7 @@ ACCEPTED = {"lambda_cons": 0.5, "norm": "l2", "eps": 0.5, "uap_step": 0.05, "uap
             "pgd_steps": 3, "pgd_alpha": 1 / 255, "epochs": 2, "batch_size": 32, "lr": 0.05, "weight_decay": 1e-4,
             "warmup": 0.1, "data": "full", "train_size": 300, "val_size": 50, "precision": "fp32", "eval_size": 100,
             "uap_fit_size": 64, "uap_epochs": 2, "uap_lr": "0.3", "uap_decay": 0.9, "uap_restarts": 2,
-            "uap_window": 5, "uap_tol": 0.01, "eval_objectives": "heads_ce", "eval_labels": "true",
+            "uap_window": 5, "uap_tol": 0.01, "uap_patience": 2, "eval_objectives": "heads_ce", "eval_labels": "true",
             "device": "auto", "checkpointing": True, "compile": True, "deterministic": True,
             "checkpoint_minutes": 5.0, "data_dir": "elsewhere", "download": True}
 
@@ -121,7 +121,8 @@ def _fake_runs(monkeypatch):
         cfg = self.config.replace(**o)
         keys = dict.fromkeys("ensemble" if m == "ensemble" and cfg.heads > 1 else f"head{cfg.eval_head}" for m in cfg.modes)
         m = {k: {"clean_acc": 0.8, "fooling_rate": 0.5, "uap_acc": 0.4, "random_fooling_rate": 0.1,
-                 "fooling_by": "sgd:ce/predicted/lr0.1", "uap_acc_by": "sgd:ce/true/lr0.1"} for k in keys}
+                 "fooling_by": "sgd:ce/predicted/lr0.1", "uap_acc_by": "sgd:ce/true/lr0.1",
+                 "n_fit": cfg.uap_fit_size} for k in keys}
         return RunResult(cfg, Path("runs") / cfg.train_hash(), {"eval": m, "train": {"wall_s": 1.0}, "provenance": {}})
 
     def timings(study, cases, **kw):
@@ -183,3 +184,13 @@ def test_transferred_uaps_never_beat_a_models_reported_numbers():
     assert (rep["b"]["uap_acc"], rep["b"]["uap_acc_by"]) == (0.1, "transfer:a")
     for r in rows:
         assert rep[r["target"]]["fooling_rate"] >= r["fooling_rate"] and rep[r["target"]]["uap_acc"] <= r["uap_acc"]
+    # ... and a transfer that beats a model's own suite by more than the noise margin marks that
+    # model's attack as not converged (its suite missed a direction another model found)
+    check = [{"arm": t, "eval": "head0", "fooling_rate": own[t]["fooling_rate"], "uap_acc": own[t]["uap_acc"],
+              "converged": True} for t in own]
+    marked = {c["arm"]: c for c in experiments.beaten_by_transfer(check, rows, {"a": "head0", "b": "head0"})}
+    assert (marked["a"]["converged"], marked["a"]["beaten_by_transfer"]) == (False, ["b"])  # 0.45 > 0.3 + 0.02
+    assert (marked["b"]["converged"], marked["b"]["beaten_by_transfer"]) == (False, ["a"])  # accuracy 0.1 < 0.2 - 0.02
+    within = [{**r, "fooling_rate": min(r["fooling_rate"], own[r["target"]]["fooling_rate"] + 0.01),
+               "uap_acc": max(r["uap_acc"], own[r["target"]]["uap_acc"])} for r in rows]
+    assert all(c["converged"] for c in experiments.beaten_by_transfer(check, within, {"a": "head0", "b": "head0"}))

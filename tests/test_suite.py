@@ -3,6 +3,7 @@ entry fools a model built to be fooled by it, the rule raises an under-fitted UA
 converged one, transferred UAPs never beat what is reported, and the reported numbers are the
 maximum fooling rate and minimum accuracy of the recorded entries."""
 import json
+import math
 import subprocess
 import sys
 
@@ -131,7 +132,7 @@ def _rule_setup():
 
 def test_the_stopping_rule_raises_an_underfitted_uap_and_stops_on_a_converged_one():
     data, clean, monitor, loss = _rule_setup()
-    kw = dict(eps=EPS, step=0.02 * EPS, batch_size=32, monitor=monitor, window=8, tol=0.005,
+    kw = dict(eps=EPS, step=0.02 * EPS, batch_size=32, monitor=monitor, window=8, tol=0.005, patience=2,
               generator=torch.Generator().manual_seed(0))
     under, info = fit_uap(loss, data.x, clean, max_steps=2, **kw)  # two steps: far from done
     assert not info["converged"] and info["steps"] == 2
@@ -140,8 +141,32 @@ def test_the_stopping_rule_raises_an_underfitted_uap_and_stops_on_a_converged_on
     assert monitor(more) > monitor(under) + 0.1
     assert info["fit_score"] == max(info["trace"]) == monitor(more)
     again, info = fit_uap(loss, data.x, clean, max_steps=2000, start=more, **kw)  # already converged
-    assert info["converged"] and info["steps"] <= 2 * 8
+    assert info["converged"] and info["steps"] == 2 * 8 and len(info["trace"]) == 3  # patience 2: two idle readings
     assert monitor(again) >= monitor(more)
+
+
+def test_one_idle_reading_does_not_end_a_fit_under_patience():
+    """A rate that stalls for one reading and then rises again: patience 1 stops at the stall,
+    patience 2 goes on and finds the rise."""
+    rates = iter([0.0, 0.1, 0.1, 0.3, 0.3, 0.3, 0.3, 0.3])
+    stalls = lambda d: next(rates)
+    images, labels = torch.zeros(8, 3, 4, 4), torch.zeros(8, dtype=torch.long)
+    loss = lambda x, y: x.sum()
+    kw = dict(eps=EPS, step=0.1 * EPS, batch_size=8, window=1, tol=0.01, max_steps=100)
+    _, info = fit_uap(loss, images, labels, monitor=stalls, patience=1, **kw)
+    assert info["trace"] == [0.0, 0.1, 0.1] and info["steps"] == 2
+    rates = iter([0.0, 0.1, 0.1, 0.3, 0.3, 0.3, 0.3, 0.3])
+    _, info = fit_uap(loss, images, labels, monitor=lambda d: next(rates), patience=2, **kw)
+    assert info["trace"] == [0.0, 0.1, 0.1, 0.3, 0.3, 0.3] and info["steps"] == 5 and info["fit_score"] == 0.3
+
+
+def test_heads_ce_clamps_each_head_before_averaging():
+    """A head already fooled far beyond the clamp adds at most beta, so the others keep their pull."""
+    labels = torch.tensor([0])
+    fooled = torch.tensor([[[-100.0, 100.0]]])           # CE about 200 on one head
+    unsure = torch.tensor([[[0.0, 0.0]]])                # CE log 2 on the other
+    parts = torch.cat([fooled, unsure])                  # (K=2, B=1, C=2)
+    assert objective_loss(parts, labels, "heads_ce", beta=12.0).item() == pytest.approx((12.0 + math.log(2)) / 2)
 
 
 def test_the_command_line_attacks_a_model_of_ones_own(tmp_path):

@@ -89,7 +89,7 @@ def headline_claims(rows: list[dict[str, Any]], study: Study, selection: dict[st
     s1 = SEED["C1"]
     seed_rel = (s1["standard"] - s1["dt"]) / s1["standard"]
     rel = ratio(std_fr["mean"] - dt_fr["mean"], std_fr["mean"])
-    result = weak or unconverged(check, "standard", "dt_best") or missing(**{"DT (chosen, ensemble)": dt_fr}) or verdict(
+    result = weak or unconverged(check, "standard", eval="head0") or unconverged(check, "dt_best", eval="ensemble") or missing(**{"DT (chosen, ensemble)": dt_fr}) or verdict(
         rel, seed_rel, ratio(noise(std_fr, dt_fr), std_fr["mean"]))
     out = [claim("C1", "UAP fooling rate, standard -> DT (K=5, ensemble)", "93.4% -> 18.7%",
                  f"{fmt(std_fr)} -> {fmt(dt_fr)}; single head {fmt(dt_single)}; best with diversity {fmt(div_fr)};"
@@ -106,7 +106,8 @@ def headline_claims(rows: list[dict[str, Any]], study: Study, selection: dict[st
     else:
         best_ctrl = min(measured, key=lambda a: measured[a]["mean"])
         diff = measured[best_ctrl]["mean"] - div_fr["mean"]
-        result = weak or unconverged(check, "dt_div", best_ctrl) or missing(**{"DT with diversity": div_fr}) or (
+        result = weak or unconverged(check, "dt_div", eval="ensemble") or unconverged(
+            check, best_ctrl, eval="ensemble" if best_ctrl == "dt_nodiv" else "head0") or missing(**{"DT with diversity": div_fr}) or (
             "holds" if diff > noise(div_fr, measured[best_ctrl]) else "does not hold")
         out.append(claim("C1-ctl", what, "(implied: all of C1)",
                          f"DT with diversity {fmt(div_fr)} vs {best_ctrl} {fmt(measured[best_ctrl])}", setting, result,
@@ -130,7 +131,7 @@ def headline_claims(rows: list[dict[str, Any]], study: Study, selection: dict[st
     result = missing(**{"PGD-AT's accuracy": pgd_acc, "the standard model's accuracy": std_acc})
     if not result and std_acc["mean"] - pgd_acc["mean"] > 0.10:
         result = inconclusive(f"PGD-AT is undertrained (clean {fmt(pgd_acc)} vs standard {fmt(std_acc)})")
-    result = result or weak or unconverged(check, "standard", "pgd_at") or missing(**{"PGD-AT's fooling rate": pgd_fr}) or verdict(
+    result = result or weak or unconverged(check, "standard", "pgd_at", eval="head0") or missing(**{"PGD-AT's fooling rate": pgd_fr}) or verdict(
         rel3, seed_rel3, ratio(noise(std_fr, pgd_fr), std_fr["mean"]))
     out.append(claim("C3", "PGD-AT: fooling rate, training cost", "34.5% at 8x",
                      f"{fmt(pgd_fr)} at {fmt(pgd_cost, pct=False)} (wall time); clean {fmt(pgd_acc)}",
@@ -159,7 +160,7 @@ def k_claims(ens: dict[int, dict[str, Any]], rows: list[dict[str, Any]], study: 
     a, b = (_pick(rows, "fooling_rate", heads=k, eval="ensemble") for k in (lo, hi))
     rel = ratio(a["mean"] - b["mean"], a["mean"])
     seed_rel = (s6[lo] - s6[hi]) / s6[lo]
-    result = unconverged(check, f"K={lo}", f"K={hi}") or missing(**{f"K={lo}": a, f"K={hi}": b}) or (
+    result = unconverged(check, f"K={lo}", f"K={hi}", eval="ensemble") or missing(**{f"K={lo}": a, f"K={hi}": b}) or (
         inconclusive(f"K={lo} is never fooled, so no relative fall can be formed") if a["mean"] == 0 else
         verdict(rel, seed_rel, ratio(noise(a, b), a["mean"])))
     return [claim("C6", f"{what} (K={lo} -> K={hi}, ensemble)", seed, measured,

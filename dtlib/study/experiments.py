@@ -167,6 +167,7 @@ def attack_check(study: Study, models: list[tuple[dict[str, Any], dict[str, Any]
             out.append({**tags, "eval": key, "fooling_rate": base[key]["fooling_rate"],
                         "stronger_fooling_rate": strong[key]["fooling_rate"], "rise": rise,
                         "uap_acc": base[key]["uap_acc"], "stronger_uap_acc": strong[key]["uap_acc"], "acc_drop": drop,
+                        "n_fit": base[key]["n_fit"], "stronger_n_fit": strong[key]["n_fit"],
                         "converged": rise <= MIN_NOISE and drop <= MIN_NOISE, "stronger": more})
     return out
 
@@ -251,14 +252,14 @@ def transfer(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]
     dtype = amp_dtype(study.config.precision, device)
     _, _, test = load_data(study.config)
     test = scored_subset(test, study.config.eval_size).to(device)
-    loaded, uaps, own, results = {}, {}, {}, []
+    loaded, uaps, own, keys, results = {}, {}, {}, {}, []
     for name, o in models.items():
         res = study.run(log, seed=seed, **o)
         results.append(res)
         model, cfg = load_model(res.run_dir, device)
         mode = "ensemble" if cfg.heads > 1 else "single"
         loaded[name] = (lambda x, model=model, mode=mode: model.scores(x, mode))
-        key = "ensemble" if cfg.heads > 1 else f"head{cfg.eval_head}"
+        keys[name] = key = "ensemble" if cfg.heads > 1 else f"head{cfg.eval_head}"
         uaps[name], own[name] = load_uaps(res.run_dir, res.config, device)[key], res.metrics["eval"][key]
     clean = {t: predict(fn, test.x, amp_dtype=dtype) for t, fn in loaded.items()}
     rows = []
@@ -267,10 +268,25 @@ def transfer(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]
             adv = predict(fn, test.x, delta=delta, amp_dtype=dtype)
             rows.append({"source": s, "target": t, "fooling_rate": fooling_rate(clean[t], adv),
                          "uap_acc": accuracy(adv, test.y), "white_box": s == t})
-    check = attack_check(study, [({"arm": name}, {**o, "seed": seed}) for name, o in models.items()], log)
+    check = beaten_by_transfer(attack_check(study, [({"arm": name}, {**o, "seed": seed}) for name, o in models.items()],
+                                            log), rows, keys)
     payload = {"selection": selection, "models": models, "rows": rows, "table": rows, "reported": reported(rows, own),
                "attack_check": check, "claims": transfer_claims(rows, study, check), "runs": _runs(results)}
     return save(study, "04_transfer", payload, t0)
+
+
+def beaten_by_transfer(check: list[dict[str, Any]], rows: list[dict[str, Any]],
+                       keys: dict[str, str]) -> list[dict[str, Any]]:
+    """The check rows of the transfer matrix's models, each also marked unconverged when another
+    model's UAP fools it more, or leaves it less accurate, than its own suite by more than
+    MIN_NOISE: a white-box attack that transfer beats has not found the model's weakest direction."""
+    out = []
+    for c in check:
+        moved = [r for r in rows if r["target"] == c["arm"] and r["source"] != c["arm"] and keys[c["arm"]] == c["eval"]]
+        beat = sorted(r["source"] for r in moved if r["fooling_rate"] > c["fooling_rate"] + MIN_NOISE
+                      or r["uap_acc"] < c["uap_acc"] - MIN_NOISE)
+        out.append({**c, "beaten_by_transfer": beat, "converged": c["converged"] and not beat})
+    return out
 
 
 def reported(rows: list[dict[str, Any]], own: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -107,8 +107,14 @@ def overhead_verdict(ratio_: float) -> str:
 
 def unconverged(check: list[dict[str, Any]] | None, *arms: str, **where: Any) -> str | None:
     """``inconclusive: attack not converged on ...`` when the attack check (``attack_check`` rows)
-    failed for any of ``arms`` (among the rows whose fields equal ``where``, e.g. ``norm="l2"``);
-    None when it passed for all of them, or was not run."""
-    rows = [r for r in check or [] if r.get("arm") in arms and all(r.get(k) == v for k, v in where.items())]
+    failed for any of ``arms`` (among the rows whose fields equal ``where``, e.g. ``eval="ensemble"``
+    or ``norm="l2"``), ``inconclusive: attack not checked on ...`` when a check was run but has no
+    such row for one of them; None when it passed for all of them, or no check was run (None)."""
+    if check is None:
+        return None
+    rows = [r for r in check if r.get("arm") in arms and all(r.get(k) == v for k, v in where.items())]
     failed = sorted({r["arm"] for r in rows if not r.get("converged")})
-    return inconclusive(f"attack not converged on {', '.join(failed)}") if failed else None
+    unchecked = sorted(set(arms) - {r["arm"] for r in rows})
+    if failed:
+        return inconclusive(f"attack not converged on {', '.join(failed)}")
+    return inconclusive(f"attack not checked on {', '.join(unchecked)}") if unchecked else None
