@@ -55,7 +55,7 @@ class Study:
 
 
 # Named presets. `smoke` runs every notebook in seconds on the committed mini set (the tests);
-# `cpu` is the quick look, the whole batch in about half an hour on 2 cores with bf16; `gpu` is the study.
+# `cpu` is the quick look (hours on 2 cores with the attack suite and its checks); `gpu` is the study.
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(seeds=(0,), ablation_seeds=1, ks=(1, 2), grid_div=(0.0, 1.0), grid_adv=(0.0,),
                   linf_radii=(10 / 255,), l2_radii=(1.0,), bench_steps=2, bench_warmup=1,
