@@ -22,10 +22,14 @@ from .runtime import amp_dtype, provenance, resolve_device
 from .suite import Suite, attack, mode_fns
 
 
+def fit_indices(n_train: int, n: int, seed: int) -> np.ndarray:
+    """Which of ``n_train`` training images evaluation UAPs are fitted on: the first ``n`` of a seeded permutation."""
+    return np.random.default_rng(seed).permutation(n_train)[:n]
+
+
 def fit_images(train: Split, n: int, seed: int) -> Split:
-    """The first ``n`` training images of a seeded permutation: what evaluation UAPs are fitted on."""
-    order = np.random.default_rng(seed).permutation(len(train))[:n]
-    return train.subset(order)
+    """The training images evaluation UAPs are fitted on (``fit_indices``)."""
+    return train.subset(fit_indices(len(train), n, seed))
 
 
 def scored_subset(split: Split, n: int) -> Split:

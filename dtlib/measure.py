@@ -31,7 +31,7 @@ from torch.utils._pytree import tree_leaves
 
 from .config import Config
 from .data import DataError, Loader, Split, load_data
-from .evaluate import evaluate_model, fit_images, scored_subset
+from .evaluate import evaluate_model
 from .methods import STEPS
 from .models import build_model
 from .phases import PHASES
@@ -280,9 +280,10 @@ def time_evaluation(cfg: Config, cases: dict[str, dict[str, Any]], log: Callable
         sync(device)
         seconds = time.perf_counter() - t0
         fits = [e for m in rows.values() for n, e in m["attack"].items() if n.startswith("sgd:")]
+        first = next(iter(rows.values()))
         out[name] = {"seconds": seconds, "modes": list(rows), "sgd_fits": len(fits),
                      "sgd_steps": sum(e["steps"] for e in fits), "entries": sum(len(m["attack"]) for m in rows.values()),
-                     "n_fit": len(fit_images(train_split, c.uap_fit_size, c.seed)), "n_test": len(scored_subset(test, c.eval_size)),
+                     "n_fit": first["n_fit"], "n_test": first["n_test"],
                      "train_epoch_s": stats["wall_s"] / epochs, "in_epochs": seconds / (stats["wall_s"] / epochs)}
         log(f"evaluation of {name}: {seconds:.1f} s, {out[name]['sgd_fits']} SGD-UAP fits, {out[name]['sgd_steps']} steps")
     return out

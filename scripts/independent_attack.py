@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from dtlib.data import load_data
-from dtlib.evaluate import scored_subset
+from dtlib.evaluate import fit_indices, scored_subset
 from dtlib.experiment import load_model
 from dtlib.io import write_json
 from dtlib.runtime import amp_dtype, provenance
@@ -63,7 +63,7 @@ def main(profile: str = "cpu") -> dict:
         model, cfg = load_model(ROOT / "runs" / row["run"])
         dtype = amp_dtype(cfg.precision, torch.device("cpu"))
         train, _, test = load_data(cfg)
-        suite_fit = np.random.default_rng(cfg.seed).permutation(len(train))[:cfg.uap_fit_size]
+        suite_fit = fit_indices(len(train), cfg.uap_fit_size, cfg.seed)
         rest = np.setdiff1d(np.arange(len(train)), suite_fit)
         rng = np.random.default_rng(SEED)
         pick = np.concatenate([rng.permutation(rest), rng.permutation(suite_fit)])[:5000]
