@@ -194,3 +194,33 @@ def test_transferred_uaps_never_beat_a_models_reported_numbers():
     within = [{**r, "fooling_rate": min(r["fooling_rate"], own[r["target"]]["fooling_rate"] + 0.01),
                "uap_acc": max(r["uap_acc"], own[r["target"]]["uap_acc"])} for r in rows]
     assert all(c["converged"] for c in experiments.beaten_by_transfer(check, within, {"a": "head0", "b": "head0"}))
+
+
+def test_cross_norm_reads_the_headlines_evaluation_at_its_radius(monkeypatch, tmp_path):
+    """03's L-inf point at the study's eval_eps asks the run cache for exactly the evaluations (base
+    and stronger) the headline made, so nothing is fitted twice; its other points score the
+    ensemble only, and its check keeps one row per point, for the mode that point reports."""
+    _fake_runs(monkeypatch)
+    fake, asked = S.Study.run, {}
+
+    def record(self, log=print, **o):
+        res = fake(self, log, **o)
+        asked.setdefault(current, []).append(res.config)
+        return res
+
+    monkeypatch.setattr(S.Study, "run", record)
+    study = S.setup("smoke", {"linf_radii": [4 / 255, 10 / 255], "l2_radii": [1.0]}, root=str(tmp_path))
+    results = {}
+    for current in ("01_headline", "03_cross_norm"):
+        results[current] = S.EXPERIMENTS[current](study, log=lambda s: None)
+    key = lambda c: (c.train_hash(), c.eval_hash())
+    headline = {key(c) for c in asked["01_headline"]}
+    shared = [c for c in asked["03_cross_norm"] if c.eval_split == "test" and c.eval_norm == "linf"
+              and c.eval_eps == study.eval_eps]
+    assert shared and all(key(c) in headline for c in shared)
+    others = [c for c in asked["03_cross_norm"] if c.eval_split == "test" and c not in shared]
+    assert others and all(c.modes == ["ensemble"] and key(c) not in headline for c in others)
+    check = results["03_cross_norm"]["attack_check"]
+    assert len(check) == len({(c["arm"], c["norm"], c["radius"]) for c in check})
+    assert {c["eval"] for c in check if c["arm"] == "dt_div"} == {"ensemble"}
+    assert {c["eval"] for c in check if c["arm"] == "standard"} == {"head0"}
