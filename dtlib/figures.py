@@ -177,20 +177,35 @@ PLOTS: dict[str, Callable[[dict[str, Any], Path], list[str]]] = {
 
 
 def claims_table(results: list[dict[str, Any]]) -> str:
-    """The claims rows of every notebook of one profile, as a Markdown table."""
+    """The claims rows of every notebook of one profile, as a Markdown table, with where and from
+    which commit each notebook's results came; a notebook whose results were made before the
+    evaluation's attack suite (no stopping rule in its config) is marked so in every row."""
     lines = ["| claim | what | seed (ImageNet) | measured (CIFAR-10) | setting | verdict | notebook |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for res in results:
         for c in res["claims"]:
             lines.append(f"| {c['claim']} | {c['what']} | {c['seed']} | {c['measured']} | {c['setting']} | "
-                         f"**{c['verdict']}** | {res['notebook']} |")
+                         f"**{c['verdict']}** | {res['notebook']}{'' if with_suite(res) else PRE_SUITE} |")
     short = lambda c: c[:12] + ("+dirty" if c.endswith("+dirty") else "")
-    made = sorted({(r["provenance"]["device"], r["provenance"]["torch"], short(r["provenance"]["git_commit"]))
-                   for r in results})
-    trained = sorted({short(run["train"]["provenance"]["git_commit"]) for r in results
-                      for run in r.get("runs", {}).values()})
-    return ("\n".join(lines) + "\n\n" + " ".join(f"Run on {d}, torch {t}, commit {c}." for d, t, c in made)
-            + (f" Models trained at commit {', '.join(trained)}." if trained else "") + "\n")
+    made: dict[str, list[str]] = {}
+    for r in results:
+        trained = sorted({short(run["train"]["provenance"]["git_commit"]) for run in r.get("runs", {}).values()})
+        where = (f"run on {r['provenance']['device']}, torch {r['provenance']['torch']}, commit "
+                 f"{short(r['provenance']['git_commit'])}" + (f"; models trained at {', '.join(trained)}" if trained else ""))
+        made.setdefault(where, []).append(r["notebook"])
+    return ("\n".join(lines) + "\n\n" + " ".join(f"{', '.join(nbs)}: {where}." for where, nbs in made.items())
+            + ("" if all(map(with_suite, results)) else f" Rows marked \"{PRE_SUITE.strip()}\": {PRE_SUITE_WHY}") + "\n")
+
+
+PRE_SUITE = " (before the attack suite)"
+PRE_SUITE_WHY = ("results made with the earlier evaluation attack (one SGD-UAP fitted for a fixed number of epochs), "
+                 "whose fooling rates are lower bounds; not yet regenerated.")
+
+
+def with_suite(res: dict[str, Any]) -> bool:
+    """Whether a results record's UAP numbers come from the attack suite (its config has the
+    stopping rule); a record without evaluated runs (05_cost: timings) has none to qualify."""
+    return "uap_patience" in res["study"]["config"] or not res.get("runs")
 
 
 def headline_table(res: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dtlib import study as S
+from dtlib.figures import PRE_SUITE, claims_table
 from dtlib.study import claims as C
 
 VERDICTS = ("holds", "partly", "does not hold", "not measured")
@@ -284,3 +285,22 @@ def test_k_cross_and_transfer_claims_are_inconclusive_where_their_attack_did_not
     assert C.transfer_claims(t_rows, STUDY, t_check)[0]["verdict"] == "inconclusive: attack not converged on vgg/standard"
     t_check[2]["converged"], t_check[3]["converged"] = True, False  # a target only: its own attack is not used
     assert C.transfer_claims(t_rows, STUDY, t_check)[0]["verdict"] == "holds (one seed)"
+
+
+def test_claims_table_says_which_notebooks_predate_the_attack_suite():
+    """The claims table names, per notebook, where and from which commit its results came, and marks
+    every row of a notebook whose UAP numbers were made before the attack suite (a reader mixing
+    regenerated and older results sees which is which); a timings-only notebook is never marked."""
+    row = {"claim": "C1", "what": "w", "seed": "s", "measured": "m", "setting": "x", "verdict": "holds"}
+    prov = lambda commit: {"device": "cpu (test)", "torch": "2.x", "git_commit": commit}
+    run = {"r": {"train": {"provenance": prov("aaaa")}}}
+    new = {"notebook": "01_headline", "claims": [row], "study": {"config": {"uap_patience": 3}}, "runs": run,
+           "provenance": prov("bbbb")}
+    old = {"notebook": "02_k_ablation", "claims": [row], "study": {"config": {}}, "runs": run, "provenance": prov("cccc")}
+    cost = {"notebook": "05_cost", "claims": [row], "study": {"config": {}}, "provenance": prov("bbbb")}
+    table = claims_table([new, old, cost])
+    assert "| 01_headline |" in table and f"| 02_k_ablation{PRE_SUITE} |" in table and "| 05_cost |" in table
+    assert "01_headline: run on cpu (test), torch 2.x, commit bbbb; models trained at aaaa." in table
+    assert "02_k_ablation: run on cpu (test), torch 2.x, commit cccc; models trained at aaaa." in table
+    assert PRE_SUITE.strip() in table.splitlines()[-1]
+    assert PRE_SUITE.strip() not in claims_table([new, cost])
