@@ -1,6 +1,6 @@
 """Does the study's attack suite report at least what a plain, independent SGD-UAP finds?
 
-    python scripts/independent_attack.py [profile]        (default: cpu)
+    python scripts/independent_attack.py [profile] [jobs]      (default: cpu 1; jobs = processes of one thread)
 
 For every run of ``results/01_headline-<profile>.json`` (every arm and seed, every inference mode
 scored), the baseline that first exposed the project's weak attack (issue "The evaluation attack"),
@@ -17,6 +17,7 @@ the baseline's. Needs the run cache (``runs/``) of the batch that wrote the head
 import json
 import sys
 import time
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -56,47 +57,55 @@ def plain_sgd_uap(fn, x, y, eps, step, dtype, passes=5, batch=128):
     return delta.detach()
 
 
-def main(profile: str = "cpu") -> dict:
+def attack_row(row: dict) -> dict:
+    """The baseline against one (run, inference mode) of the headline, beside the suite's numbers."""
+    model, cfg = load_model(ROOT / "runs" / row["run"])
+    dtype = amp_dtype(cfg.precision, torch.device("cpu"))
+    train, _, test = load_data(cfg)
+    suite_fit = fit_indices(len(train), cfg.uap_fit_size, cfg.seed)
+    rest = np.setdiff1d(np.arange(len(train)), suite_fit)
+    rng = np.random.default_rng(SEED)
+    pick = np.concatenate([rng.permutation(rest), rng.permutation(suite_fit)])[:5000]
+    overlap = int(np.isin(pick, suite_fit).sum())
+    pick = torch.from_numpy(pick)
+    fit_x, fit_y = train.x[pick], train.y[pick]
+    test = scored_subset(test, cfg.eval_size)
+    mode = "ensemble" if row["eval"] == "ensemble" else "single"
+    fn = lambda x: model.scores(x, mode, cfg.eval_head)
+    clean_fit, clean_test = labels_of(fn, fit_x, dtype), labels_of(fn, test.x, dtype)
+    found = {}
+    for kind, labels in (("predicted", clean_fit), ("true", fit_y)):
+        for frac in (0.1, 0.25):
+            uap = plain_sgd_uap(fn, fit_x, labels, cfg.eval_eps, frac * cfg.eval_eps, dtype)
+            adv = labels_of(fn, test.x, dtype, uap)
+            found[f"{kind}/eps*{frac:g}"] = {"fooling_rate": (adv != clean_test).float().mean().item(),
+                                             "uap_acc": (adv == test.y).float().mean().item()}
+    best_fool = max(f["fooling_rate"] for f in found.values())
+    best_acc = min(f["uap_acc"] for f in found.values())
+    print(f"{row['arm']:>10} seed {row['seed']} {row['eval']:>8}: suite {row['fooling_rate']:.3f} / "
+          f"{row['uap_acc']:.3f}, independent {best_fool:.3f} / {best_acc:.3f}", flush=True)
+    return {"arm": row["arm"], "seed": row["seed"], "eval": row["eval"], "run": row["run"],
+            "suite_fooling_rate": row["fooling_rate"], "independent_fooling_rate": best_fool,
+            "suite_uap_acc": row["uap_acc"], "independent_uap_acc": best_acc,
+            "suite_at_least_as_strong": row["fooling_rate"] >= best_fool and row["uap_acc"] <= best_acc,
+            "independent": found, "n_fit": len(pick), "n_fit_overlap_with_suite": overlap}
+
+
+def main(profile: str = "cpu", jobs: int = 1) -> dict:
     headline = json.loads((ROOT / "results" / f"01_headline-{profile}.json").read_text())
-    out, t0 = [], time.perf_counter()
-    for row in headline["rows"]:
-        model, cfg = load_model(ROOT / "runs" / row["run"])
-        dtype = amp_dtype(cfg.precision, torch.device("cpu"))
-        train, _, test = load_data(cfg)
-        suite_fit = fit_indices(len(train), cfg.uap_fit_size, cfg.seed)
-        rest = np.setdiff1d(np.arange(len(train)), suite_fit)
-        rng = np.random.default_rng(SEED)
-        pick = np.concatenate([rng.permutation(rest), rng.permutation(suite_fit)])[:5000]
-        overlap = int(np.isin(pick, suite_fit).sum())
-        pick = torch.from_numpy(pick)
-        fit_x, fit_y = train.x[pick], train.y[pick]
-        test = scored_subset(test, cfg.eval_size)
-        mode = "ensemble" if row["eval"] == "ensemble" else "single"
-        fn = lambda x, mode=mode: model.scores(x, mode, cfg.eval_head)
-        clean_fit, clean_test = labels_of(fn, fit_x, dtype), labels_of(fn, test.x, dtype)
-        found = {}
-        for kind, labels in (("predicted", clean_fit), ("true", fit_y)):
-            for frac in (0.1, 0.25):
-                uap = plain_sgd_uap(fn, fit_x, labels, cfg.eval_eps, frac * cfg.eval_eps, dtype)
-                adv = labels_of(fn, test.x, dtype, uap)
-                found[f"{kind}/eps*{frac:g}"] = {"fooling_rate": (adv != clean_test).float().mean().item(),
-                                                 "uap_acc": (adv == test.y).float().mean().item()}
-        best_fool = max(f["fooling_rate"] for f in found.values())
-        best_acc = min(f["uap_acc"] for f in found.values())
-        out.append({"arm": row["arm"], "seed": row["seed"], "eval": row["eval"], "run": row["run"],
-                    "suite_fooling_rate": row["fooling_rate"], "independent_fooling_rate": best_fool,
-                    "suite_uap_acc": row["uap_acc"], "independent_uap_acc": best_acc,
-                    "suite_at_least_as_strong": row["fooling_rate"] >= best_fool and row["uap_acc"] <= best_acc,
-                    "independent": found, "n_fit": len(pick), "n_fit_overlap_with_suite": overlap})
-        print(f"{row['arm']:>10} seed {row['seed']} {row['eval']:>8}: suite {row['fooling_rate']:.3f} / "
-              f"{row['uap_acc']:.3f}, independent {best_fool:.3f} / {best_acc:.3f}", flush=True)
+    t0 = time.perf_counter()
+    if jobs > 1:  # processes of one thread each (spawned: a forked OpenMP runtime can hang)
+        with get_context("spawn").Pool(jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            out = pool.map(attack_row, headline["rows"], chunksize=1)
+    else:
+        out = [attack_row(row) for row in headline["rows"]]
     record = {"profile": profile, "headline_commit": headline["provenance"]["git_commit"],
               "baseline": "plain SGD-UAP, 5 passes x 128-image batches over 5,000 training images (those the suite "
                           "did not fit on first), constant step eps/10 or eps/4, clamped CE on clean-prediction or true labels",
-              "rows": out, "wall_s": time.perf_counter() - t0, "provenance": provenance(torch.device("cpu"))}
+              "rows": out, "jobs": jobs, "wall_s": time.perf_counter() - t0, "provenance": provenance(torch.device("cpu"))}
     write_json(ROOT / "results" / f"independent-attack-{profile}.json", record)
     return record
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    main(sys.argv[1] if len(sys.argv) > 1 else "cpu", int(sys.argv[2]) if len(sys.argv) > 2 else 1)
