@@ -24,6 +24,7 @@ import seaborn as sns  # noqa: E402
 from .bench_report import write_report  # noqa: E402
 from .io import atomic_path  # noqa: E402
 from .study.claims import SEED  # noqa: E402
+from .study.rules import MIN_NOISE  # noqa: E402
 
 SEED_STYLE = dict(marker="X", color="black", s=90, zorder=5, label="seed (ImageNet)")
 ARM_LABELS = {"standard": "standard", "pgd_at": "PGD-AT", "uat": "UAT", "dt_k1": "DT K=1 (ctl)",
@@ -229,7 +230,26 @@ def headline_table(res: dict[str, Any]) -> str:
     return ("\n".join(lines) + f"\n\nChosen on the validation split: DT (chosen) λ_div = {best['lambda_div']:g}, "
             f"λ_adv = {best['lambda_adv']:g}; best cell with the diversity term (DT λdiv>0, and its controls' "
             f"λ_adv): λ_div = {div['lambda_div']:g}, λ_adv = {div['lambda_adv']:g}; DT literal: λ_div = 1, λ_adv = 0. "
-            "Seed figures: ImageNet, ResNet-50 (C1-C4); single-head inference has no overhead (C5, `05_cost`).\n")
+            "Seed figures: ImageNet, ResNet-50 (C1-C4); single-head inference has no overhead (C5, `05_cost`).\n"
+            + check_table(res.get("attack_check") or []))
+
+
+def check_table(check: list[dict[str, Any]]) -> str:
+    """The attack check (``attack_check`` rows: each model's suite against the stronger suite) as
+    Markdown; empty for results made before the suite, whose check rows lack the accuracy columns."""
+    if not check or "stronger_uap_acc" not in check[0]:
+        return ""
+    pct = lambda v: f"{100 * v:.1f}"
+    lines = ["| method | eval | UAP fooling (%) | stronger suite | acc under UAP (%) | stronger suite | "
+             "fitting images | converged |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for c in check:
+        lines.append(f"| {ARM_LABELS.get(c['arm'], c['arm'])} | {c['eval']} | {pct(c['fooling_rate'])} | "
+                     f"{pct(c['stronger_fooling_rate'])} | {pct(c['uap_acc'])} | {pct(c['stronger_uap_acc'])} | "
+                     f"{c['n_fit']} / {c['stronger_n_fit']} | {'yes' if c['converged'] else '**no**'} |")
+    more = check[0]["stronger"]
+    return ("\nAttack check (first seed): each model attacked again by a larger suite (" +
+            ", ".join(f"{k}={v:g}" for k, v in more.items()) + f"); converged = the fooling rate rises by at most "
+            f"{100 * MIN_NOISE:g} points and the accuracy under UAP falls by at most as much.\n\n" + "\n".join(lines) + "\n")
 
 
 def regenerate(results_dir: str | Path = "results", figures_dir: str | Path = "figures") -> list[str]:

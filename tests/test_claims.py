@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dtlib import study as S
-from dtlib.figures import PRE_SUITE, claims_table
+from dtlib.figures import PRE_SUITE, check_table, claims_table
 from dtlib.study import claims as C
 
 VERDICTS = ("holds", "partly", "does not hold", "not measured")
@@ -304,3 +304,14 @@ def test_claims_table_says_which_notebooks_predate_the_attack_suite():
     assert "02_k_ablation: run on cpu (test), torch 2.x, commit cccc; models trained at aaaa." in table
     assert PRE_SUITE.strip() in table.splitlines()[-1]
     assert PRE_SUITE.strip() not in claims_table([new, cost])
+
+
+def test_headline_markdown_shows_the_attack_check_with_its_verdict_per_model():
+    row = {"arm": "dt_div", "eval": "ensemble", "fooling_rate": 0.40, "stronger_fooling_rate": 0.45, "uap_acc": 0.3,
+           "stronger_uap_acc": 0.29, "n_fit": 5000, "stronger_n_fit": 8000, "converged": False,
+           "stronger": {"uap_restarts": 2, "uap_tol": 0.0025}}
+    table = check_table([row, {**row, "arm": "standard", "eval": "head0", "converged": True}])
+    assert "| DT λdiv>0 | ensemble | 40.0 | 45.0 | 30.0 | 29.0 | 5000 / 8000 | **no** |" in table
+    assert "| standard | head0 |" in table and table.count("| yes |") == 1
+    assert "uap_restarts=2, uap_tol=0.0025" in table
+    assert check_table([]) == "" == check_table([{"arm": "a", "fooling_rate": 0.1, "stronger_fooling_rate": 0.1}])
