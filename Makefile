@@ -11,7 +11,7 @@ SHARED_DATA ?= ../shared/data/cifar10.npz
 PROFILE ?= cpu
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
-.PHONY: install test test-other-precision reproduce bench figures data mini readme lab clean
+.PHONY: install test test-other-precision reproduce fill bench figures data mini readme lab clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -48,6 +48,12 @@ reproduce: install data
 	    notebooks/executed/$$(basename $$nb .ipynb)-$(PROFILE).ipynb || exit 1; \
 	done
 	$(PY) -m dtlib.figures
+
+# The run cache of the notebooks (all, or NB="02_k_ablation 03_cross_norm") filled before the batch:
+# training alone at full threads, evaluations in LANES processes (dtlib/study/fill.py); then `make reproduce`.
+LANES ?= 2
+fill: install data
+	$(PY) -m dtlib.study.fill --lanes $(LANES) $(PROFILE) $(NB)
 
 # What each method costs, as ratios to standard training (docs/protocol.md, C3-C5): results/bench-<device>.{json,md}.
 # Settings as key=value, e.g. `make bench ARGS="steps=50 batch_size=256"`; about 2 minutes on 2 CPU cores.

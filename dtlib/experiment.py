@@ -125,6 +125,15 @@ def run(cfg: Config | None = None, *, runs_dir: str | Path = "runs", progress: b
             return RunResult(cfg, run_dir, metrics)
         except (ValueError, FileNotFoundError) as e:  # JSONDecodeError and CorruptFile are ValueErrors
             log(f"The evaluation cached in {done} cannot be trusted ({str(e).rstrip('.')}); evaluating again.")
+    ensure_trained(cfg, runs_dir=runs_dir, progress=progress, log=log)
+    return evaluate_run(run_dir, cfg, log=log)
+
+
+def ensure_trained(cfg: Config, *, runs_dir: str | Path = "runs", progress: bool | str = True,
+                   log: Callable[[str], None] = print) -> Path:
+    """Train ``cfg`` into ``runs/<hash>/`` unless a finished checkpoint is there (an unfinished one
+    is resumed); returns the run's directory."""
+    run_dir = run_dir_for(cfg, runs_dir)
     ckpt = read_checkpoint(run_dir / CHECKPOINT, cfg, log)  # a corrupt one is moved aside
     if not (ckpt and ckpt["finished"]):
         train_split, _, _ = load_data(cfg)  # bad data fails here, before anything is written,
@@ -132,7 +141,7 @@ def run(cfg: Config | None = None, *, runs_dir: str | Path = "runs", progress: b
         write_json(run_dir / "config.json", cfg.to_dict())
         log(f"training {cfg.method} K={cfg.heads} on {len(train_split)} images -> {run_dir}")
         train(cfg, train_split, run_dir=run_dir, progress=progress, log=log)
-    return evaluate_run(run_dir, cfg, log=log)
+    return run_dir
 
 
 # What differs between two runs of one config on one machine: how long things took, and when.

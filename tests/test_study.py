@@ -9,7 +9,7 @@ import torch
 
 from dtlib import Config, study as S
 from dtlib.config import FIELD_TYPES
-from dtlib.study import experiments
+from dtlib.study import experiments, fill
 from dtlib.data import Split
 from dtlib.experiment import RunResult
 
@@ -224,3 +224,35 @@ def test_cross_norm_reads_the_headlines_evaluation_at_its_radius(monkeypatch, tm
     assert len(check) == len({(c["arm"], c["norm"], c["radius"]) for c in check})
     assert {c["eval"] for c in check if c["arm"] == "dt_div"} == {"ensemble"}
     assert {c["eval"] for c in check if c["arm"] == "standard"} == {"head0"}
+
+
+def test_the_fill_plan_is_what_the_experiments_ask_for(monkeypatch, tmp_path):
+    """``fill.plan`` runs each experiment against stand-ins: it lists exactly the (run, evaluation)
+    pairs the experiments then ask Study.run for, and trains, evaluates and writes nothing."""
+    _fake_runs(monkeypatch)
+    fake, asked = S.Study.run, set()
+
+    def record(self, log=print, **o):
+        res = fake(self, log, **o)
+        asked.add((res.config.train_hash(), res.config.eval_hash()))
+        return res
+
+    study = S.setup("smoke", {"l2_radii": [0.5, 1.0]}, root=str(tmp_path))
+    planned = fill.plan(study, list(S.NOTEBOOKS))
+    assert not any(tmp_path.iterdir())
+    monkeypatch.setattr(S.Study, "run", record)
+    for experiment in S.EXPERIMENTS.values():
+        experiment(study, log=lambda s: None)
+    assert {(c.train_hash(), c.eval_hash()) for c in planned} == asked
+    assert len(planned) == len(asked)  # each once
+
+
+def test_fill_trains_and_evaluates_in_lanes_what_the_notebook_then_reads(tmp_path, capsys):
+    """A real fill of the smoke headline in two lanes: afterwards nothing is left to plan, and the
+    headline trains and fits nothing (every run and evaluation is read from the cache)."""
+    study = S.setup("smoke", {"seeds": [0]}, root=str(tmp_path), progress=False)
+    fill.fill(study, ["01_headline"], lanes=2, log=lambda s: None)
+    assert all(fill.cached(c, tmp_path / "runs") for c in fill.plan(study, ["01_headline"]))
+    said = []
+    S.headline(study, log=said.append)
+    assert said and all("loaded finished run" in s or s.startswith("selection") for s in said), said

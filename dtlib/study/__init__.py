@@ -1,8 +1,9 @@
-"""The study behind the notebooks, in four parts: ``settings`` (the Study record, its profiles and
-``setup``), ``claims`` (the summary's figures and the claims rows) and ``rules`` (the verdict
-rules), both torch-free, and ``experiments`` (the five experiments). ``notebook`` holds the one-line
-calls of the notebooks' cells. Every name a notebook or script uses is offered by ``dtlib.study`` itself, each loaded from
-its module on first use (as ``dtlib`` does), so ``dtlib.study.claims`` alone stays torch-free."""
+"""The study behind the notebooks: ``settings`` (the Study record, its profiles and ``setup``),
+``claims`` (the summary's figures and the claims rows) and ``rules`` (the verdict rules), both
+torch-free, ``experiments`` (the five experiments) and ``fill`` (their run cache filled in parallel
+lanes before the batch). ``notebook`` holds the one-line calls of the notebooks' cells. Every name a
+notebook or script uses is offered by ``dtlib.study`` itself, each loaded from its module on first
+use (as ``dtlib`` does), so ``dtlib.study.claims`` alone stays torch-free."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ _NAMES = {
               "verdict"),
     "experiments": ("CROSS_ARMS", "EXPERIMENTS", "METRICS", "arms", "attack_check", "cost", "cross_norm", "headline",
                     "k_ablation", "save", "select_dt", "transfer"),
+    "fill": ("fill", "plan"),
 }
 # name -> the module of dtlib.study that defines it
 EXPORTS = {name: module for module, names in _NAMES.items() for name in names}
@@ -27,6 +29,7 @@ __all__ = sorted(EXPORTS)
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from .claims import *  # noqa: F403
     from .experiments import *  # noqa: F403
+    from .fill import *  # noqa: F403
     from .rules import *  # noqa: F403
     from .settings import *  # noqa: F403
 

@@ -1,0 +1,165 @@
+"""Filling the run cache before the papermill batch, in parallel lanes.
+
+    python -m dtlib.study.fill [--lanes N] [--root DIR] PROFILE [NOTEBOOK ...]   (make fill)
+
+With the attack suite and its check, a notebook is hours of UAP fitting on 2 cores, nearly all of it
+in evaluations that do not depend on each other. ``fill`` finds the runs the notebooks' experiments
+will ask for (``plan``: each experiment run against stand-ins that record what it asks for), trains
+them in this process one at a time at full threads (training wall times are results, C4-wall, so
+they are not measured on a shared machine), then evaluates them in ``lanes`` processes that share
+the cores and claim a (run, evaluation) each by creating a lock file. The papermill batch then reads
+every run from the cache. Only the selection grid's results (validation split) decide which other
+runs an experiment asks for, so the grid is filled first and the plan made again from its results.
+On 2 cores one thread gives about 70% of two threads' throughput, so two lanes take about 70% of
+the time of one. A killed fill resumes: what finished is cached.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+from unittest import mock
+
+import torch
+
+from ..config import Config
+from ..data import Split
+from ..experiment import RunResult, ensure_trained, metrics_path, run, run_dir_for
+from . import experiments
+from .settings import NOTEBOOKS, Study, setup
+
+# what an experiment reads from a run's metrics, for runs not evaluated yet (the plan's stand-in)
+PLACEHOLDER = {"clean_acc": 0.5, "fooling_rate": 0.5, "uap_acc": 0.5, "random_fooling_rate": 0.1,
+               "fooling_by": "placeholder", "uap_acc_by": "placeholder"}
+
+
+def cached(cfg: Config, runs: Path) -> bool:
+    return metrics_path(run_dir_for(cfg, runs), cfg).exists()
+
+
+def plan(study: Study, notebooks: list[str]) -> list[Config]:
+    """The configs ``notebooks``' experiments would run (train and evaluate), in the order they ask,
+    each once: found by running the experiments with ``Study.run`` answering from the run cache
+    (placeholders where a run is not evaluated yet) and with timing, data, model loading and
+    results writing replaced by stand-ins. Nothing is trained, evaluated or written."""
+    asked: dict[tuple[str, str], Config] = {}
+    runs = study.dir / "runs"
+
+    def recorded(self: Study, log: Callable[[str], None] = print, **o: Any) -> RunResult:
+        cfg = self.config.replace(**o)
+        where = run_dir_for(cfg, runs)
+        asked.setdefault((where.name, cfg.eval_hash()), cfg)
+        if cached(cfg, runs):
+            return RunResult(cfg, where, json.loads(metrics_path(where, cfg).read_text()))
+        keys = dict.fromkeys("ensemble" if m == "ensemble" and cfg.heads > 1 else f"head{cfg.eval_head}" for m in cfg.modes)
+        return RunResult(cfg, where, {"eval": {k: {**PLACEHOLDER, "n_fit": cfg.uap_fit_size} for k in keys},
+                                      "train": {"wall_s": 1.0}, "provenance": {}})
+
+    def timings(*args: Any, **kw: Any) -> dict[str, dict[str, Any]]:
+        cases = args[1]
+        return {k: {"median_s": 1.0, "ratio": 1.0, "ratio_quartiles": [1.0, 1.0], "memory": {"peak_mb": 0.0}}
+                for k in cases}
+
+    images = Split(torch.zeros(10, 3, 32, 32, dtype=torch.uint8), torch.arange(10))
+    model = SimpleNamespace(scores=lambda x, mode: torch.zeros(len(x), 10))
+    stand_ins = {"save": lambda study, notebook, payload, t0: payload, "time_training_steps": timings,
+                 "inference_latency": timings, "load_data": lambda cfg: (images, images, images),
+                 "load_model": lambda run_dir, device: (model, Config()),
+                 "load_uaps": lambda run_dir, cfg, device: {"head0": torch.zeros(1, 3, 32, 32)}}
+    with ExitStack() as stack:
+        stack.enter_context(mock.patch.object(Study, "run", recorded))
+        for name, fn in stand_ins.items():
+            stack.enter_context(mock.patch.object(experiments, name, fn))
+        for nb in notebooks:
+            experiments.EXPERIMENTS[nb](study, log=lambda s: None)
+    return list(asked.values())
+
+
+def fill(study: Study, notebooks: list[str], lanes: int = 2, log: Callable[[str], None] = print) -> list[Config]:
+    """Train and evaluate every run of ``plan`` (the selection grid first); returns the configs."""
+    runs = study.dir / "runs"
+    for grid_only in (True, False):
+        todo = [c for c in plan(study, notebooks) if c.eval_split == "val" or not grid_only]
+        for cfg in todo:
+            ensure_trained(cfg, runs_dir=runs, progress=False, log=log)
+        evaluate(todo, runs, lanes, log)
+    left = [c for c in plan(study, notebooks) if not cached(c, runs)]
+    if left:
+        raise RuntimeError(f"{len(left)} planned evaluations are still missing after the fill, e.g. {left[0].method} "
+                           f"seed {left[0].seed}: an experiment asks for runs that depend on more than the selection grid.")
+    return todo
+
+
+def evaluate(configs: list[Config], runs: Path, lanes: int, log: Callable[[str], None] = print) -> None:
+    """Evaluate the configs not cached yet: here with one lane, else in ``lanes`` processes."""
+    todo = [c for c in configs if not cached(c, runs)]
+    if lanes <= 1 or len(todo) <= 1:
+        for cfg in todo:
+            run(cfg, runs_dir=runs, progress=False, log=log)
+        return
+    claims = runs / ".claims"
+    shutil.rmtree(claims, ignore_errors=True)  # claims of a killed fill's lanes
+    claims.mkdir(parents=True)
+    threads = max(1, torch.get_num_threads() // lanes)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump({"runs": str(runs), "threads": threads, "configs": [c.to_dict() for c in todo]}, fh)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    try:
+        procs = [subprocess.Popen([sys.executable, "-m", "dtlib.study.fill", "--lane", fh.name], env=env)
+                 for _ in range(lanes)]
+        failed = [p.wait() for p in procs]
+    finally:
+        os.unlink(fh.name)
+    if any(failed):
+        raise RuntimeError(f"a lane of the fill failed (exit codes {failed}); its error is printed above.")
+
+
+def lane(spec: str) -> None:
+    """One lane: evaluate each config of the ``spec`` file that no other lane has claimed, the
+    costliest (most heads) first so the lanes end together."""
+    job = json.loads(Path(spec).read_text())
+    torch.set_num_threads(job["threads"])
+    runs = Path(job["runs"])
+    for cfg in sorted((Config.from_dict(c) for c in job["configs"]), key=lambda c: -c.heads):
+        where = run_dir_for(cfg, runs)
+        try:
+            os.close(os.open(runs / ".claims" / f"{where.name}-{cfg.eval_hash()}", os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            continue
+        if not cached(cfg, runs):
+            run(cfg, runs_dir=runs, progress=False, log=lambda s: print(f"[lane {os.getpid()}] {s}", flush=True))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m dtlib.study.fill", description=__doc__.split("\n\n")[0])
+    ap.add_argument("profile", nargs="?", default="cpu")
+    ap.add_argument("notebooks", nargs="*", help=f"default: every one of {', '.join(NOTEBOOKS)}")
+    ap.add_argument("--lanes", type=int, default=2)
+    ap.add_argument("--root", default=None, help="folder of runs/ (default: the project)")
+    ap.add_argument("--lane", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.lane:
+        return lane(args.lane)
+    unknown = [nb for nb in args.notebooks if nb not in NOTEBOOKS]
+    if unknown:
+        ap.error(f"unknown notebook {unknown[0]!r}; choose from {', '.join(NOTEBOOKS)}.")
+    if args.lanes < 1:
+        ap.error(f"--lanes {args.lanes} must be at least 1.")
+    try:
+        study = setup(args.profile, root=args.root, progress=False)
+    except ValueError as e:
+        ap.error(str(e))
+    done = fill(study, args.notebooks or list(NOTEBOOKS), args.lanes)
+    print(f"{len(done)} evaluations cached in {study.dir / 'runs'}; the notebooks now read them (make reproduce).")
+
+
+if __name__ == "__main__":
+    main()
