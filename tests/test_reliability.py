@@ -15,6 +15,8 @@ import dtlib
 from dtlib import Config
 from dtlib.config import BACKBONES, FIELD_TYPES, METHODS
 from dtlib.experiment import metrics_path, run_dir_for, without_timings
+from dtlib import study as S
+from dtlib.study import fill
 from dtlib.checkpoint import CHECKPOINT, CorruptFile, load_verified, read_checkpoint, save_verified
 
 from conftest import DATA_DIR, MINI
@@ -242,3 +244,14 @@ def test_the_code_version_is_part_of_both_keys(monkeypatch):
     monkeypatch.setattr(dtlib.config, "CODE_VERSION", "test-bump")
     after = Config().train_hash("bf16"), Config().eval_hash()
     assert before[0] != after[0] and before[1] != after[1]
+
+
+def test_fill_trains_and_evaluates_in_lanes_what_the_notebook_then_reads(tmp_path):
+    """A real fill of the smoke headline in two lanes: afterwards nothing is left to plan, and the
+    headline trains and fits nothing (every run and evaluation is read from the cache)."""
+    study = S.setup("smoke", {"seeds": [0], "grid_div": [1.0], "grid_adv": [0.0]}, root=str(tmp_path), progress=False)
+    fill.fill(study, ["01_headline"], lanes=2, log=lambda s: None)
+    assert all(fill.cached(c, tmp_path / "runs") for c in fill.plan(study, ["01_headline"]))
+    said = []
+    S.headline(study, log=said.append)
+    assert said and all("loaded finished run" in s or s.startswith("selection") for s in said), said

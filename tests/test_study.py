@@ -246,13 +246,3 @@ def test_the_fill_plan_is_what_the_experiments_ask_for(monkeypatch, tmp_path):
     assert {(c.train_hash(), c.eval_hash()) for c in planned} == asked
     assert len(planned) == len(asked)  # each once
 
-
-def test_fill_trains_and_evaluates_in_lanes_what_the_notebook_then_reads(tmp_path, capsys):
-    """A real fill of the smoke headline in two lanes: afterwards nothing is left to plan, and the
-    headline trains and fits nothing (every run and evaluation is read from the cache)."""
-    study = S.setup("smoke", {"seeds": [0]}, root=str(tmp_path), progress=False)
-    fill.fill(study, ["01_headline"], lanes=2, log=lambda s: None)
-    assert all(fill.cached(c, tmp_path / "runs") for c in fill.plan(study, ["01_headline"]))
-    said = []
-    S.headline(study, log=said.append)
-    assert said and all("loaded finished run" in s or s.startswith("selection") for s in said), said
