@@ -246,3 +246,14 @@ def test_the_fill_plan_is_what_the_experiments_ask_for(monkeypatch, tmp_path):
     assert {(c.train_hash(), c.eval_hash()) for c in planned} == asked
     assert len(planned) == len(asked)  # each once
 
+
+
+@pytest.mark.parametrize("argv, needle", [(["smoke", "09_nope"], "unknown notebook '09_nope'"),
+                                          (["smoke", "--lanes", "0"], "--lanes 0 must be at least 1"),
+                                          (["nope"], "Unknown profile 'nope'"),
+                                          (["smoke", "--overrides", '{"seedz": [1]}'], "Unknown parameter 'seedz'")])
+def test_fill_refuses_bad_arguments_in_one_sentence(argv, needle, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        fill.main([*argv, "--root", str(tmp_path)])
+    assert needle in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

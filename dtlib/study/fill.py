@@ -1,6 +1,6 @@
 """Filling the run cache before the papermill batch, in parallel lanes.
 
-    python -m dtlib.study.fill [--lanes N] [--root DIR] PROFILE [NOTEBOOK ...]   (make fill)
+    python -m dtlib.study.fill [--lanes N] [--root DIR] [--overrides JSON] PROFILE [NOTEBOOK ...]   (make fill)
 
 With the attack suite and its check, a notebook is hours of UAP fitting on 2 cores, nearly all of it
 in evaluations that do not depend on each other. ``fill`` finds the runs the notebooks' experiments
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("notebooks", nargs="*", help=f"default: every one of {', '.join(NOTEBOOKS)}")
     ap.add_argument("--lanes", type=int, default=2)
     ap.add_argument("--root", default=None, help="folder of runs/ (default: the project)")
+    ap.add_argument("--overrides", default=None, help="the notebooks' overrides, as JSON: '{\"seeds\": [0, 1, 2]}'")
     ap.add_argument("--lane", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.lane:
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.lanes < 1:
         ap.error(f"--lanes {args.lanes} must be at least 1.")
     try:
-        study = setup(args.profile, root=args.root, progress=False)
+        study = setup(args.profile, args.overrides, root=args.root, progress=False)
     except ValueError as e:
         ap.error(str(e))
     done = fill(study, args.notebooks or list(NOTEBOOKS), args.lanes)
