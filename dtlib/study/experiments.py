@@ -226,8 +226,10 @@ def cross_norm(study: Study, log: Callable[[str], None] = print) -> dict[str, An
             for norm, radii in (("linf", study.linf_radii), ("l2", study.l2_radii)):
                 for r in radii:
                     o = dict(seed=seed, eval_norm=norm, eval_eps=r, **arms(selection)[arm])
-                    if not (norm == "linf" and math.isclose(r, study.eval_eps)):
-                        o["eval_modes"] = "ensemble"  # else the point is the headline's evaluation, shared
+                    if norm == "linf" and math.isclose(r, study.eval_eps):
+                        o["eval_eps"] = study.eval_eps  # the headline's evaluation, shared
+                    else:
+                        o["eval_modes"] = "ensemble"
                     res = study.run(log, **o)
                     if seed == study.seeds[0]:
                         checked.append(({"arm": arm, "norm": norm, "radius": r}, o))

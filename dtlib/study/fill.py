@@ -32,7 +32,7 @@ import torch
 
 from ..config import Config
 from ..data import Split
-from ..experiment import RunResult, ensure_trained, metrics_path, run, run_dir_for
+from ..experiment import RunResult, ensure_trained, evaluate_run, metrics_path, run_dir_for, uaps_path
 from . import experiments
 from .settings import NOTEBOOKS, Study, setup
 
@@ -42,7 +42,9 @@ PLACEHOLDER = {"clean_acc": 0.5, "fooling_rate": 0.5, "uap_acc": 0.5, "random_fo
 
 
 def cached(cfg: Config, runs: Path) -> bool:
-    return metrics_path(run_dir_for(cfg, runs), cfg).exists()
+    """Whether the run cache under ``runs`` holds ``cfg``'s evaluation (its metrics and its UAPs)."""
+    where = run_dir_for(cfg, runs)
+    return metrics_path(where, cfg).exists() and uaps_path(where, cfg).exists()
 
 
 def plan(study: Study, notebooks: list[str]) -> list[Config]:
@@ -68,12 +70,13 @@ def plan(study: Study, notebooks: list[str]) -> list[Config]:
         return {k: {"median_s": 1.0, "ratio": 1.0, "ratio_quartiles": [1.0, 1.0], "memory": {"peak_mb": 0.0}}
                 for k in cases}
 
+    # transfer's models: every model is read as one head ("head0", which every evaluation scores)
     images = Split(torch.zeros(10, 3, 32, 32, dtype=torch.uint8), torch.arange(10))
-    model = SimpleNamespace(scores=lambda x, mode: torch.zeros(len(x), 10))
+    model = SimpleNamespace(scores=lambda x, mode: torch.zeros(len(x), 10, device=x.device))
     stand_ins = {"save": lambda study, notebook, payload, t0: payload, "time_training_steps": timings,
                  "inference_latency": timings, "load_data": lambda cfg: (images, images, images),
                  "load_model": lambda run_dir, device: (model, Config()),
-                 "load_uaps": lambda run_dir, cfg, device: {"head0": torch.zeros(1, 3, 32, 32)}}
+                 "load_uaps": lambda run_dir, cfg, device: {"head0": torch.zeros(1, 3, 32, 32, device=device)}}
     with ExitStack() as stack:
         stack.enter_context(mock.patch.object(Study, "run", recorded))
         for name, fn in stand_ins.items():
@@ -88,7 +91,8 @@ def fill(study: Study, notebooks: list[str], lanes: int = 2, log: Callable[[str]
     runs = study.dir / "runs"
     for grid_only in (True, False):
         todo = [c for c in plan(study, notebooks) if c.eval_split == "val" or not grid_only]
-        for cfg in todo:
+        trained = {run_dir_for(c, runs): c for c in todo if not cached(c, runs)}
+        for cfg in trained.values():  # here, alone: the lanes only evaluate
             ensure_trained(cfg, runs_dir=runs, progress=False, log=log)
         evaluate(todo, runs, lanes, log)
     left = [c for c in plan(study, notebooks) if not cached(c, runs)]
@@ -103,7 +107,7 @@ def evaluate(configs: list[Config], runs: Path, lanes: int, log: Callable[[str],
     todo = [c for c in configs if not cached(c, runs)]
     if lanes <= 1 or len(todo) <= 1:
         for cfg in todo:
-            run(cfg, runs_dir=runs, progress=False, log=log)
+            evaluate_run(run_dir_for(cfg, runs), cfg, log=log)
         return
     claims = runs / ".claims"
     shutil.rmtree(claims, ignore_errors=True)  # claims of a killed fill's lanes
@@ -112,14 +116,19 @@ def evaluate(configs: list[Config], runs: Path, lanes: int, log: Callable[[str],
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump({"runs": str(runs), "threads": threads, "configs": [c.to_dict() for c in todo]}, fh)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    procs: list[subprocess.Popen] = []
     try:
         procs = [subprocess.Popen([sys.executable, "-m", "dtlib.study.fill", "--lane", fh.name], env=env)
                  for _ in range(lanes)]
         failed = [p.wait() for p in procs]
     finally:
+        for p in procs:  # interrupted: no lane outlives the fill
+            if p.poll() is None:
+                p.terminate()
         os.unlink(fh.name)
     if any(failed):
         raise RuntimeError(f"a lane of the fill failed (exit codes {failed}); its error is printed above.")
+    shutil.rmtree(claims, ignore_errors=True)
 
 
 def lane(spec: str) -> None:
@@ -127,15 +136,17 @@ def lane(spec: str) -> None:
     costliest (most heads) first so the lanes end together."""
     job = json.loads(Path(spec).read_text())
     torch.set_num_threads(job["threads"])
-    runs = Path(job["runs"])
+    runs, parent = Path(job["runs"]), os.getppid()
     for cfg in sorted((Config.from_dict(c) for c in job["configs"]), key=lambda c: -c.heads):
+        if os.getppid() != parent:  # the fill was killed: stop rather than race the next one
+            return
         where = run_dir_for(cfg, runs)
         try:
             os.close(os.open(runs / ".claims" / f"{where.name}-{cfg.eval_hash()}", os.O_CREAT | os.O_EXCL))
         except FileExistsError:
             continue
-        if not cached(cfg, runs):
-            run(cfg, runs_dir=runs, progress=False, log=lambda s: print(f"[lane {os.getpid()}] {s}", flush=True))
+        if not cached(cfg, runs):  # evaluate_run never trains: a run not trained by the fill is an error
+            evaluate_run(where, cfg, log=lambda s: print(f"[lane {os.getpid()}] {s}", flush=True))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -158,7 +169,10 @@ def main(argv: list[str] | None = None) -> None:
         study = setup(args.profile, args.overrides, root=args.root, progress=False)
     except ValueError as e:
         ap.error(str(e))
-    done = fill(study, args.notebooks or list(NOTEBOOKS), args.lanes)
+    try:
+        done = fill(study, args.notebooks or list(NOTEBOOKS), args.lanes)
+    except RuntimeError as e:
+        ap.exit(1, f"{ap.prog}: {e}\n")
     print(f"{len(done)} evaluations cached in {study.dir / 'runs'}; the notebooks now read them (make reproduce).")
 
 
