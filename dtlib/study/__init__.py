@@ -20,7 +20,7 @@ _NAMES = {
               "verdict"),
     "experiments": ("CROSS_ARMS", "EXPERIMENTS", "METRICS", "arms", "attack_check", "cost", "cross_norm", "headline",
                     "k_ablation", "save", "select_dt", "transfer"),
-    "fill": ("fill", "plan"),
+    "fill": ("fill_runs", "plan"),
 }
 # name -> the module of dtlib.study that defines it
 EXPORTS = {name: module for module, names in _NAMES.items() for name in names}

@@ -86,7 +86,7 @@ def plan(study: Study, notebooks: list[str]) -> list[Config]:
     return list(asked.values())
 
 
-def fill(study: Study, notebooks: list[str], lanes: int = 2, log: Callable[[str], None] = print) -> list[Config]:
+def fill_runs(study: Study, notebooks: list[str], lanes: int = 2, log: Callable[[str], None] = print) -> list[Config]:
     """Train and evaluate every run of ``plan`` (the selection grid first); returns the configs."""
     runs = study.dir / "runs"
     for grid_only in (True, False):
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         ap.error(str(e))
     try:
-        done = fill(study, args.notebooks or list(NOTEBOOKS), args.lanes)
+        done = fill_runs(study, args.notebooks or list(NOTEBOOKS), args.lanes)
     except RuntimeError as e:
         ap.exit(1, f"{ap.prog}: {e}\n")
     print(f"{len(done)} evaluations cached in {study.dir / 'runs'}; the notebooks now read them (make reproduce).")
