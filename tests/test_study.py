@@ -247,7 +247,6 @@ def test_the_fill_plan_is_what_the_experiments_ask_for(monkeypatch, tmp_path):
     assert len(planned) == len(asked)  # each once
 
 
-
 @pytest.mark.parametrize("argv, needle", [(["smoke", "09_nope"], "unknown notebook '09_nope'"),
                                           (["smoke", "--lanes", "0"], "--lanes 0 must be at least 1"),
                                           (["nope"], "Unknown profile 'nope'"),
