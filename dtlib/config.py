@@ -81,8 +81,9 @@ class Config:
     eval_size: int = _f(0, "eval", "images scored, a class-balanced subset (0, or more than the split holds, = the "
                         "whole split; the metrics record the number scored, n_test)")
     eval_split: str = _f("test", "eval", "images the UAP is scored on: test | val (the validation split, for model selection)")
-    uap_fit_size: int = _f(5000, "eval", "training images the evaluation UAPs are fitted on (at most the training "
-                           "split; the metrics record the number used, n_fit)")
+    uap_fit_size: int = _f(5000, "eval", "training images the evaluation UAPs are fitted on, drawn from every "
+                           "training image outside the validation split, whatever train_size (the metrics record "
+                           "the number used, n_fit)")
     uap_epochs: int = _f(10, "eval", "the cap of each SGD-UAP fit, in passes over the fitting images (the stopping "
                          "rule usually ends it earlier; the metrics record the steps taken)")
     uap_window: int = _f(20, "eval", "stopping rule: SGD-UAP steps between readings of the fitting-set rate")
@@ -92,6 +93,9 @@ class Config:
     uap_lr: str = _f("0.1,0.25", "eval", "SGD-UAP step as a fraction of eval_eps; a comma-separated list fits each")
     uap_decay: float = _f(1.0, "eval", "SGD-UAP step multiplier per pass over the fitting images (1 = constant)")
     uap_restarts: int = _f(1, "eval", "SGD-UAP fits per setting: the first from zero, the others from random points")
+    uap_refine: int = _f(3, "eval", "SGD-UAP fits from random points added, per kind of labels, to the setting whose "
+                         "fits reached the best fitting-set rate (fits are multimodal: restarts pay where the "
+                         "attack is strongest); 0 = none")
     eval_objectives: str = _f("ensemble_ce,heads_ce,mean_logit", "eval", "what the suite's SGD-UAPs ascend on a "
                               "K-head model, comma-separated: ensemble_ce | heads_ce (mean per-head CE) | mean_logit "
                               "(one objective, the CE, with one head)")
@@ -320,7 +324,7 @@ def validate(cfg: Config) -> None:
     for name in ("epochs", "uap_epochs", "uap_restarts", "uap_fit_size", "uap_window", "uap_patience"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}.")
-    for name in ("pgd_steps", "train_size", "val_size", "eval_size"):
+    for name in ("pgd_steps", "train_size", "val_size", "eval_size", "uap_refine"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be non-negative, got {getattr(cfg, name)}.")
     if cfg.eval_split == "val" and not cfg.val_size:

@@ -217,6 +217,14 @@ def load_data(cfg: Config) -> tuple[Split, Split, Split]:
     return train_split, val_split, d["test"]
 
 
+def fitting_pool(cfg: Config) -> Split:
+    """Every training image of ``cfg``'s data outside the validation split, whatever ``train_size``:
+    what evaluation UAPs are fitted on (uint8, on the CPU). An attacker is not limited to the images
+    a model was trained on, and a pool larger than the training subset lets a stronger check fit on
+    more images than the suite it checks."""
+    return split_train(load_cifar10(cfg.data, cfg.data_dir, cfg.download)["train"], 0, cfg.val_size, seed=DATA_SEED)[0]
+
+
 def to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1]."""
     return x.float().div_(255) if x.dtype == torch.uint8 else x

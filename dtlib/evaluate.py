@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from .attacks import random_uap
 from .config import Config
-from .data import CLASSES, Split, balanced_indices, file_digest, load_data
+from .data import CLASSES, Split, balanced_indices, file_digest, fitting_pool, load_data
 from .io import write_json
 from .lazy import factory_from
 from .metrics import accuracy, fooling_rate, predict
@@ -22,14 +22,14 @@ from .runtime import amp_dtype, provenance, resolve_device
 from .suite import Suite, attack, mode_fns
 
 
-def fit_indices(n_train: int, n: int, seed: int) -> np.ndarray:
-    """Which of ``n_train`` training images evaluation UAPs are fitted on: the first ``n`` of a seeded permutation."""
-    return np.random.default_rng(seed).permutation(n_train)[:n]
+def fit_indices(n_pool: int, n: int, seed: int) -> np.ndarray:
+    """Which of a pool of ``n_pool`` training images evaluation UAPs are fitted on: the first ``n`` of a seeded permutation."""
+    return np.random.default_rng(seed).permutation(n_pool)[:n]
 
 
-def fit_images(train: Split, n: int, seed: int) -> Split:
-    """The training images evaluation UAPs are fitted on (``fit_indices``)."""
-    return train.subset(fit_indices(len(train), n, seed))
+def fit_images(pool: Split, n: int, seed: int) -> Split:
+    """The training images evaluation UAPs are fitted on (``fit_indices`` of ``data.fitting_pool``)."""
+    return pool.subset(fit_indices(len(pool), n, seed))
 
 
 def scored_subset(split: Split, n: int) -> Split:
@@ -40,10 +40,11 @@ def scored_subset(split: Split, n: int) -> Split:
     return split.subset(balanced_indices(split.y.numpy(), n // len(CLASSES), seed=0))
 
 
-def evaluate_model(model: nn.Module, cfg: Config, train: Split, test: Split,
+def evaluate_model(model: nn.Module, cfg: Config, pool: Split, test: Split,
                    amp_dtype: torch.dtype | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Clean accuracy, and the fooling rate / accuracy under UAP of the attack suite (``suite``:
-    the strongest of its SGD-UAPs, fitted on ``train`` images against each inference mode in
+    the strongest of its SGD-UAPs, fitted on ``cfg.uap_fit_size`` images of ``pool``, the training
+    images outside the validation split (``data.fitting_pool``), against each inference mode in
     ``cfg.modes``, and its untuned patterns), plus the random-sign floor of the same norm.
     ``test`` is what is scored: the test split, or the validation split when selecting settings.
     ``model``: a MultiHead, or any module mapping images in [0, 1] to logits (scored as ``single``).
@@ -53,7 +54,7 @@ def evaluate_model(model: nn.Module, cfg: Config, train: Split, test: Split,
     ``single``."""
     model.eval()
     modes = cfg.modes if isinstance(model, MultiHead) and model.heads > 1 else ["single"]
-    fit = fit_images(train, cfg.uap_fit_size, cfg.seed)
+    fit = fit_images(pool, cfg.uap_fit_size, cfg.seed)
     test = scored_subset(test, cfg.eval_size)
     rows, uaps = {}, {}
     for mode in modes:
@@ -91,12 +92,12 @@ def attack_outside(spec: str, weights: str | Path, cfg: Config, out: str | Path 
         raise ValueError(f"The weights {weights} do not load into {spec}() ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:200]}).") from None
     model = model.to(device)
-    train, val, test = load_data(cfg)
+    _, val, test = load_data(cfg)
     scored = val if cfg.eval_split == "val" else test
     log(f"attacking {spec} with {weights}: suite of SGD-UAPs {cfg.eval_norm} eps {cfg.eval_eps:.4f} on the "
         f"{cfg.eval_split} split")
     t0 = time.perf_counter()
-    rows, _ = evaluate_model(model, cfg, train.to(device), scored.to(device), amp_dtype(cfg.precision, device))
+    rows, _ = evaluate_model(model, cfg, fitting_pool(cfg).to(device), scored.to(device), amp_dtype(cfg.precision, device))
     record = {"model": spec, "weights": str(weights), "weights_sha256": file_digest(Path(weights)),
               "config": cfg.group("eval") | {k: getattr(cfg, k) for k in ("data", "train_size", "val_size", "seed")},
               "eval": rows, "eval_wall_s": time.perf_counter() - t0, "provenance": provenance(device)}

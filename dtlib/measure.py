@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from .config import Config
-from .data import DataError, Loader, Split, load_data
+from .data import DataError, Loader, Split, fitting_pool, load_data
 from .evaluate import evaluate_model
 from .methods import STEPS
 from .models import build_model
@@ -276,7 +276,7 @@ def time_evaluation(cfg: Config, cases: dict[str, dict[str, Any]], log: Callable
         model, stats = train(c, train_split, progress=False, log=log)
         model = model.to(device, memory_format=torch.channels_last)
         t0 = time.perf_counter()
-        rows, _ = evaluate_model(model, c, train_split.to(device), test.to(device), amp_dtype(c.precision, device))
+        rows, _ = evaluate_model(model, c, fitting_pool(c).to(device), test.to(device), amp_dtype(c.precision, device))
         sync(device)
         seconds = time.perf_counter() - t0
         fits = [e for m in rows.values() for n, e in m["attack"].items() if n.startswith("sgd:")]

@@ -6,8 +6,9 @@ For every run of ``results/01_headline-<profile>.json`` (every arm and seed, eve
 scored), the baseline that first exposed the project's weak attack (issue "The evaluation attack"),
 written here from scratch so that a bug in ``dtlib.attacks`` or ``dtlib.suite`` cannot hide in it:
 signed-gradient SGD-UAP (Shafahi et al. 2020) with a fixed budget of 5 passes of 128-image batches
-over 5,000 training images, first those the suite did not fit on (the cpu profile's 8,000-image
-split leaves 3,000 of them; the rest are drawn from the suite's, the overlap is recorded),
+over 5,000 training images outside the validation split that the suite did not fit on (its pool,
+``data.fitting_pool``, holds many more; where it does not, the rest are drawn from the suite's and
+the overlap is recorded),
 constant step eps/10 or eps/4, on the cross-entropy of the scored mode's output clamped at 12,
 with the model's own clean predictions and with the true labels as labels; each of the four UAPs
 is scored on the suite's test images, and the highest fooling rate and lowest accuracy are kept.
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dtlib.data import load_data
+from dtlib.data import fitting_pool, load_data
 from dtlib.evaluate import fit_indices, scored_subset
 from dtlib.experiment import load_model
 from dtlib.io import atomic_path, write_json
@@ -61,7 +62,8 @@ def attack_row(row: dict) -> dict:
     """The baseline against one (run, inference mode) of the headline, beside the suite's numbers."""
     model, cfg = load_model(ROOT / "runs" / row["run"])
     dtype = amp_dtype(cfg.precision, torch.device("cpu"))
-    train, _, test = load_data(cfg)
+    _, _, test = load_data(cfg)
+    train = fitting_pool(cfg)
     suite_fit = fit_indices(len(train), cfg.uap_fit_size, cfg.seed)
     rest = np.setdiff1d(np.arange(len(train)), suite_fit)
     rng = np.random.default_rng(SEED)

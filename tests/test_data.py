@@ -7,7 +7,7 @@ from torch.utils.data import DistributedSampler
 
 from dtlib import Config
 from dtlib.data import (DataError, Loader, Split, augment, check_arrays, content_digest,
-                        load_arrays, load_cifar10, split_train, to_float)
+                        fitting_pool, load_arrays, load_cifar10, load_data, split_train, to_float)
 from dtlib.io import data_path
 
 from conftest import DATA_DIR
@@ -98,6 +98,16 @@ def test_split_train_is_balanced_disjoint_and_fixed(mini):
     assert len(full_tr) == 1900 and len(none) == 100
     with pytest.raises(DataError, match="multiple of 10"):
         split_train(mini["train"], train_size=55)
+
+
+def test_uaps_are_fitted_on_every_training_image_outside_validation_whatever_train_size():
+    cfg = Config(data="mini", data_dir=str(DATA_DIR), train_size=300, val_size=200)
+    train, val, _ = load_data(cfg)
+    pool = fitting_pool(cfg)
+    key = lambda s: {bytes(x.numpy().tobytes()) for x in s.x}
+    assert len(pool) == 2000 - 200  # the mini set's 2,000 training images less validation
+    assert key(train) <= key(pool) and not key(val) & key(pool)
+    assert torch.equal(fitting_pool(cfg.replace(train_size=0)).x, pool.x)
 
 
 def test_augment_is_a_padded_crop_and_flip_of_each_image():

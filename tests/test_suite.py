@@ -45,7 +45,7 @@ class Detector(nn.Module):
 
 
 def _suite(**kw):
-    return Suite(eps=EPS, max_epochs=3, window=4, batch_size=16, **kw)
+    return Suite(eps=EPS, max_epochs=3, window=4, batch_size=16, **{"refine": 0, **kw})
 
 
 @pytest.mark.parametrize("name", sorted(patterns(SHAPE, EPS)))
@@ -109,6 +109,23 @@ def test_the_reported_numbers_are_the_extremes_of_the_recorded_entries():
     test = _gray(100, seed=2)
     adv = predict(scores, test.x, delta=won["fooling"].to(test.x))
     assert fooling_rate(predict(scores, test.x), adv) == found["fooling_rate"]  # the saved winner is that entry
+
+
+def test_extra_random_starts_go_to_the_best_setting_of_each_label_kind():
+    net = Linear(heads=2, seed=3)
+    scores = lambda x: net(x).mean(0)
+    fit, test = (Split(d.x, predict(scores, d.x)) for d in (_gray(160), _gray(100, seed=2)))  # 100% accurate
+    # a step of 0.002 eps cannot move far in 3 passes: 0.25 eps is the setting that reads the best rate
+    found, _ = attack(net, scores, fit, test, _suite(objectives=("ensemble_ce",), lrs=(0.002, 0.25), refine=2))
+    fits = {n: e for n, e in found["entries"].items() if n.startswith("sgd:")}
+    for kind in ("predicted", "true"):
+        screened = {n: e["fit_score"] for n, e in fits.items() if f"/{kind}/" in n and "restart" not in n}
+        best = max(screened, key=screened.get)
+        assert best.endswith("lr0.25")
+        extra = sorted(n for n in fits if f"/{kind}/" in n and "restart" in n)
+        assert extra == [f"{best}/restart1", f"{best}/restart2"]
+    assert len(fits) == 2 * 2 + 2 * 2  # labels x steps, then refine per kind
+    assert found["fooling_rate"] == max(e["fooling_rate"] for e in found["entries"].values())
 
 
 def test_a_plain_module_is_attacked_as_one_part():

@@ -146,8 +146,9 @@ def headline(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]
 
 def stronger(c: Config) -> dict[str, Any]:
     """The clearly larger suite ``attack_check`` compares with: twice the fitting images and the cap,
-    one more restart, twice the stopping rule's window and half its tolerance."""
-    return dict(uap_fit_size=2 * c.uap_fit_size, uap_epochs=2 * c.uap_epochs, uap_restarts=c.uap_restarts + 1,
+    more than twice the random starts of the best settings, twice the stopping rule's window and
+    half its tolerance."""
+    return dict(uap_fit_size=2 * c.uap_fit_size, uap_epochs=2 * c.uap_epochs, uap_refine=2 * c.uap_refine + 2,
                 uap_window=2 * c.uap_window, uap_tol=c.uap_tol / 2)
 
 

@@ -1,0 +1,60 @@
+"""The attack check (``dtlib.study.experiments.attack_check``) on chosen headline arms, with the
+suite as the code defines it now: each model's suite against the clearly larger one.
+
+    python scripts/attack_check.py [profile] [seed] arm[:modes] ...    e.g. cpu 0 dt_k1 dt_nodiv:single
+
+Arms are the headline's (``experiments.arms``, with the loss weights chosen in the committed
+``results/01_headline-<profile>.json``); ``:modes`` limits the inference modes scored (comma-
+separated, ``eval_modes``), to spend the time on the mode in question. Trains what the run cache
+lacks. Writes ``results/attack-check-<profile>.{json,md}``: the rows ``attack_check`` returns,
+every entry's rates read from the run cache, the eval settings and provenance.
+"""
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dtlib.figures import check_table
+from dtlib.io import atomic_path, write_json
+from dtlib.runtime import provenance
+from dtlib.study import setup
+from dtlib.study.experiments import arms, attack_check, stronger
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(profile: str, seed: int, specs: list[str]) -> dict:
+    t0 = time.perf_counter()
+    study = setup(profile, progress=False)
+    selection = json.loads((ROOT / "results" / f"01_headline-{profile}.json").read_text())["selection"]
+    table = arms(selection)
+    models = []
+    for spec in specs:
+        arm, _, modes = spec.partition(":")
+        if arm not in table:
+            raise SystemExit(f"Unknown arm {arm!r}; choose from {', '.join(table)}.")
+        models.append(({"arm": arm}, {**table[arm], "seed": seed, **({"eval_modes": modes} if modes else {})}))
+    rows = attack_check(study, models, log=lambda s: print(s, flush=True))
+    more = stronger(study.config)
+    entries = {}
+    for tags, o in models:
+        for label, extra in (("suite", {}), ("stronger", more)):
+            for key, m in study.run(lambda s: None, **o, **extra).metrics["eval"].items():
+                entries[f"{tags['arm']}/{key}/{label}"] = {n: {k: e[k] for k in ("fooling_rate", "uap_acc")
+                                                              if k in e} | {k: e[k] for k in ("steps", "converged")
+                                                                             if k in e}
+                                                          for n, e in m["attack"].items() if n.startswith("sgd:")}
+    record = {"profile": profile, "seed": seed, "arms": specs, "eval": study.config.group("eval"), "stronger": more,
+              "rows": rows, "entries": entries, "wall_s": time.perf_counter() - t0,
+              "provenance": provenance(torch.device("cpu"))}
+    write_json(ROOT / "results" / f"attack-check-{profile}.json", record)
+    with atomic_path(ROOT / "results" / f"attack-check-{profile}.md") as tmp:
+        tmp.write_text(check_table(rows).lstrip("\n"))
+    return record
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    main(args[0] if args else "cpu", int(args[1]) if len(args) > 1 else 0, args[2:] or ["dt_k1", "dt_nodiv:single"])
