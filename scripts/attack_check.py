@@ -36,23 +36,36 @@ def main(profile: str, seed: int, specs: list[str]) -> dict:
         if arm not in table:
             raise SystemExit(f"Unknown arm {arm!r}; choose from {', '.join(table)}.")
         models.append(({"arm": arm}, {**table[arm], "seed": seed, **({"eval_modes": modes} if modes else {})}))
-    rows = attack_check(study, models, log=lambda s: print(s, flush=True))
-    more = stronger(study.config)
-    entries = {}
-    for tags, o in models:
+    more, rows, entries, runs = stronger(study.config), [], {}, {}
+    for tags, o in models:  # one at a time, the file rewritten after each: a killed run keeps what it did
+        rows += attack_check(study, [(tags, o)], log=lambda s: print(s, flush=True))
         for label, extra in (("suite", {}), ("stronger", more)):
-            for key, m in study.run(lambda s: None, **o, **extra).metrics["eval"].items():
-                entries[f"{tags['arm']}/{key}/{label}"] = {n: {k: e[k] for k in ("fooling_rate", "uap_acc")
-                                                              if k in e} | {k: e[k] for k in ("steps", "converged")
-                                                                             if k in e}
-                                                          for n, e in m["attack"].items() if n.startswith("sgd:")}
-    record = {"profile": profile, "seed": seed, "arms": specs, "eval": study.config.group("eval"), "stronger": more,
-              "rows": rows, "entries": entries, "wall_s": time.perf_counter() - t0,
-              "provenance": provenance(torch.device("cpu"))}
-    write_json(ROOT / "results" / f"attack-check-{profile}.json", record)
-    with atomic_path(ROOT / "results" / f"attack-check-{profile}.md") as tmp:
-        tmp.write_text(check_table(rows).lstrip("\n"))
+            done = study.run(lambda s: None, **o, **extra)
+            runs.setdefault(tags["arm"], {"run": done.run_dir.name, "trained": done.metrics["train"].get("provenance")})
+            runs[tags["arm"]][f"{label}_eval_s"] = done.metrics["eval_wall_s"]
+            for key, m in done.metrics["eval"].items():
+                entries[f"{tags['arm']}/{key}/{label}"] = {
+                    n: {k: e[k] for k in ("fooling_rate", "uap_acc", "steps", "converged") if k in e}
+                    for n, e in m["attack"].items() if n.startswith("sgd:")}
+        record = {"profile": profile, "seed": seed, "arms": specs, "eval": study.config.group("eval"),
+                  "stronger": more, "rows": rows, "runs": runs, "entries": entries, "wall_s": time.perf_counter() - t0,
+                  "provenance": provenance(torch.device("cpu"))}
+        write_json(ROOT / "results" / f"attack-check-{profile}.json", record)
+        with atomic_path(ROOT / "results" / f"attack-check-{profile}.md") as tmp:
+            tmp.write_text(markdown(record))
     return record
+
+
+def markdown(record: dict) -> str:
+    p = record["provenance"]
+    short = lambda c: c[:12] + ("+dirty" if c.endswith("+dirty") else "")
+    trained = sorted({short((r["trained"] or {}).get("git_commit", "?")) for r in record["runs"].values()})
+    minutes = lambda label: sum(r.get(f"{label}_eval_s", 0) for r in record["runs"].values()) / 60
+    return (f"<!-- written by scripts/attack_check.py from attack-check-{record['profile']}.json -->\n"
+            + check_table(record["rows"]).replace("Attack check (first seed)", f"Attack check (seed {record['seed']})")
+            + f"\nRun on {p['device']}, torch {p['torch']}, commit {short(p['git_commit'])}; models trained at "
+            f"{', '.join(trained)}. Evaluations (2 threads, from the run cache where it had them): suite "
+            f"{minutes('suite'):.0f} min, stronger suite {minutes('stronger'):.0f} min.\n")
 
 
 if __name__ == "__main__":
