@@ -37,9 +37,11 @@ def test_the_benchmark_writes_every_ratio_target_and_memory_per_k(tmp_path):
     assert not any("backward" in op.lower() for op in ops["forward_and_loss"])
     assert "backward" in next(iter(ops["uap_gradient"])) and "backward" in next(iter(ops["backward"]))
     assert any("| dt_k5_train | <= 2 |" in line for line in lines)
-    ev = saved["evaluation"]  # one full evaluation per model: one head -> 1 objective x 2 labels x 1 step size
-    assert (ev["standard"]["modes"], ev["standard"]["sgd_fits"]) == (["head0"], 2)
-    assert (ev["dt_k5"]["modes"], ev["dt_k5"]["sgd_fits"]) == (["ensemble", "head0"], 3 * 2 + 2)  # + the head
+    # one full evaluation per model: one head -> 1 objective x 2 labels x 1 step size, then 3 random
+    # starts of the best per label kind (uap_refine)
+    ev, refine = saved["evaluation"], 2 * 3
+    assert (ev["standard"]["modes"], ev["standard"]["sgd_fits"]) == (["head0"], 2 + refine)
+    assert (ev["dt_k5"]["modes"], ev["dt_k5"]["sgd_fits"]) == (["ensemble", "head0"], 3 * 2 + refine + 2 + refine)
     assert all(e["seconds"] > 0 and e["sgd_steps"] >= e["sgd_fits"] and (e["n_fit"], e["n_test"]) == (128, 100)
                for e in ev.values())
     md = (tmp_path / "bench-cpu.md").read_text()
