@@ -221,8 +221,9 @@ def fitting_pool(cfg: Config) -> Split:
     """Every training image of ``cfg``'s data outside the validation split, whatever ``train_size``:
     what evaluation UAPs are fitted on (uint8, on the CPU). An attacker is not limited to the images
     a model was trained on, and a pool larger than the training subset lets a stronger check fit on
-    more images than the suite it checks."""
-    return split_train(load_cifar10(cfg.data, cfg.data_dir, cfg.download)["train"], 0, cfg.val_size, seed=DATA_SEED)[0]
+    more images than the suite it checks. It is ``load_data``'s training split at ``train_size=0``
+    (the validation split does not depend on train_size), so one load gives it with val and test."""
+    return load_data(cfg.replace(train_size=0))[0]
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:

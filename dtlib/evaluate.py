@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from .attacks import random_uap
 from .config import Config
-from .data import CLASSES, Split, balanced_indices, file_digest, fitting_pool, load_data
+from .data import CLASSES, Split, balanced_indices, file_digest, load_data
 from .io import write_json
 from .lazy import factory_from
 from .metrics import accuracy, fooling_rate, predict
@@ -92,12 +92,12 @@ def attack_outside(spec: str, weights: str | Path, cfg: Config, out: str | Path 
         raise ValueError(f"The weights {weights} do not load into {spec}() ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:200]}).") from None
     model = model.to(device)
-    _, val, test = load_data(cfg)
+    pool, val, test = load_data(cfg.replace(train_size=0))  # pool = data.fitting_pool(cfg), in the same load
     scored = val if cfg.eval_split == "val" else test
     log(f"attacking {spec} with {weights}: suite of SGD-UAPs {cfg.eval_norm} eps {cfg.eval_eps:.4f} on the "
         f"{cfg.eval_split} split")
     t0 = time.perf_counter()
-    rows, _ = evaluate_model(model, cfg, fitting_pool(cfg).to(device), scored.to(device), amp_dtype(cfg.precision, device))
+    rows, _ = evaluate_model(model, cfg, pool.to(device), scored.to(device), amp_dtype(cfg.precision, device))
     record = {"model": spec, "weights": str(weights), "weights_sha256": file_digest(Path(weights)),
               "config": cfg.group("eval") | {k: getattr(cfg, k) for k in ("data", "train_size", "val_size", "seed")},
               "eval": rows, "eval_wall_s": time.perf_counter() - t0, "provenance": provenance(device)}

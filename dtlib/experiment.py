@@ -17,7 +17,7 @@ import torch
 
 from .checkpoint import CHECKPOINT, load_verified, read_checkpoint, save_verified, train_summary
 from .config import Config
-from .data import Loader, fitting_pool, load_data
+from .data import Loader, load_data
 from .evaluate import evaluate_model
 from .io import write_json
 from .models import MultiHead, build_model
@@ -96,12 +96,12 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, *, log: Callabl
     device = resolve_device(cfg.device)
     model, _ = _model_from(ckpt, run_dir, device)  # the checkpoint read once: it is hashed on every read
     model = model.to(memory_format=torch.channels_last)
-    _, val, test = load_data(cfg)
+    pool, val, test = load_data(cfg.replace(train_size=0))  # pool = data.fitting_pool(cfg), in the same load
     scored = val if cfg.eval_split == "val" else test
     t0 = time.perf_counter()
     log(f"evaluating {run_dir.name}: SGD-UAP {cfg.eval_norm} eps {cfg.eval_eps:.4f} against {', '.join(cfg.modes)}"
         f" on the {cfg.eval_split} split")
-    rows, uaps = evaluate_model(model, cfg, fitting_pool(cfg).to(device), scored.to(device), amp_dtype(cfg.precision, device))
+    rows, uaps = evaluate_model(model, cfg, pool.to(device), scored.to(device), amp_dtype(cfg.precision, device))
     metrics = {"run": run_dir.name, "config": cfg.to_dict(), "eval_config": cfg.group("eval"),
                "train": train_summary(ckpt), "eval": rows, "eval_wall_s": time.perf_counter() - t0,
                "provenance": provenance(device)}
