@@ -157,10 +157,11 @@ def read_checkpoint(path: Path, cfg: Config, log: Callable[[str], None]) -> dict
             f"{path.name}.corrupt).")
         return None
     written = Config.from_dict(ckpt["config"])
-    if written.group("train") != cfg.group("train"):
-        diff = next(k for k, v in cfg.group("train").items() if written.group("train")[k] != v)
-        raise ValueError(f"{path} was written for a different training config ({diff}={written.group('train')[diff]!r}, "
-                         f"asked {cfg.group('train')[diff]!r}); delete it or use another run directory.")
+    was, asked = written.train_key(), cfg.train_key()
+    if was != asked:
+        diff = next(k for k in {**was, **asked} if was.get(k) != asked.get(k))
+        raise ValueError(f"{path} was written for a different training config ({diff}={was.get(diff)!r}, "
+                         f"asked {asked.get(diff)!r}); delete it or use another run directory.")
     return ckpt
 
 

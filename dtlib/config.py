@@ -13,10 +13,12 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field, fields
-from fractions import Fraction
 from typing import Any
 
-METHODS = ("standard", "dt", "pgd_at", "uat")
+from .parsing import (KIND_NAMES, LIST_NAMES, SCALARS, Kind, field_kinds, key_values,  # noqa: F401 (re-exported)
+                      kind_name, parse_setting, parse_text)
+
+METHODS = ("standard", "dt", "pgd_at", "uat", "entropy_dt")
 BACKBONES = ("cnn", "vgg", "resnet18")
 NORMS = ("linf", "l2")
 DATASETS = ("full", "mini")
@@ -27,6 +29,7 @@ ATTACK_OBJECTIVES = ("ensemble_ce", "heads_ce", "mean_logit")
 ATTACK_LABELS = ("predicted", "true")
 EVAL_SPLITS = ("test", "val")
 UAP_OBJECTIVES = ("ensemble_ce", "loss")
+BN_MODES = ("eval", "train")
 
 # Bumped when a change to dtlib changes what a given config trains to; part of the cache key.
 CODE_VERSION = "1"
@@ -34,6 +37,13 @@ CODE_VERSION = "1"
 # before they existed: at that value a field is left out of the run-cache key, so runs cached
 # earlier stay valid; any other value is part of the key.
 ADDED_TRAIN_FIELDS: dict[str, Any] = {"uap_objective": "ensemble_ce"}
+# Training fields that only one method reads: they join the run key of that method's runs alone, so
+# a setting meant for one method (a profile's shorter repair) never retrains another's runs.
+METHOD_FIELDS: dict[str, tuple[str, ...]] = {
+    "entropy_dt": ("repair_size", "repair_epochs", "repair_clean_epochs", "repair_batch_size", "repair_lr",
+                   "repair_clean_lr", "repair_rotation", "ent_alpha", "ent_steps", "ent_step", "ent_clamp",
+                   "ent_bn", "ent_leak"),
+}
 
 
 def _f(default: Any, group: str, doc: str) -> Any:
@@ -43,7 +53,8 @@ def _f(default: Any, group: str, doc: str) -> Any:
 @dataclass(frozen=True)
 class Config:
     # --- what is trained -------------------------------------------------------------------
-    method: str = _f("standard", "train", "per-batch step: standard | dt | pgd_at | uat")
+    method: str = _f("standard", "train", "per-batch step: standard | dt | pgd_at | uat | entropy_dt (fine-tunes the "
+                "standard run of the same settings)")
     backbone: str = _f("cnn", "train", "cnn (0.3 M, CPU profile) | vgg (transfer) | resnet18 (GPU profile)")
     heads: int = _f(1, "train", "K, the number of classification heads on the shared backbone")
     # --- DT loss weights: CE(clean) + lambda_cons*JSD(clean) - lambda_div*JSD(uap) + lambda_adv*CE_ens(uap)
@@ -51,8 +62,8 @@ class Config:
     lambda_div: float = _f(1.0, "train", "weight of the (maximised) JSD among heads on UAP inputs")
     lambda_adv: float = _f(0.0, "train", "weight of the ensemble CE on UAP inputs (0 = the seed's literal loss)")
     # --- the training-time threat model -----------------------------------------------------
-    norm: str = _f("linf", "train", "ball of the running UAP (dt, uat): linf | l2")
-    eps: float = _f(10 / 255, "train", "radius of the running UAP, pixel units")
+    norm: str = _f("linf", "train", "ball of the running UAP (dt, uat) and of entropy_dt's samples: linf | l2")
+    eps: float = _f(10 / 255, "train", "radius of the running UAP and of entropy_dt's samples, pixel units")
     uap_step: float = _f(1 / 255, "train", "signed-gradient step of the running UAP per batch, pixel units")
     uap_objective: str = _f("ensemble_ce", "train", "what the running UAP of dt ascends: ensemble_ce (the ensemble's CE on "
                             "the perturbed half; one extra input-gradient pass) | loss (the DT loss itself, min-max; "
@@ -60,6 +71,29 @@ class Config:
     pgd_eps: float = _f(8 / 255, "train", "L-inf radius of PGD adversarial training, pixel units")
     pgd_steps: int = _f(7, "train", "PGD steps per batch in pgd_at")
     pgd_alpha: float = _f(2 / 255, "train", "PGD step size, pixel units")
+    # --- entropy_dt, the published method (Sun et al., ICLR 2025): fine-tunes the finished standard run of the same
+    # settings (epochs, lr, batch_size, weight_decay and warmup are that run's) on a repair set, with low-entropy samples
+    repair_size: int = _f(2000, "train", "entropy_dt: class-balanced training images of the repair set (drawn with seed)")
+    repair_epochs: int = _f(50, "train", "entropy_dt: passes over the repair set on clean and low-entropy samples")
+    repair_clean_epochs: int = _f(10, "train", "entropy_dt: then passes on clean images only at repair_clean_lr, with a "
+                                  "new optimizer (the published 'repaired' model); 0 = none")
+    repair_batch_size: int = _f(32, "train", "entropy_dt: batch size of the fine-tuning")
+    repair_lr: float = _f(1e-3, "train", "entropy_dt: learning rate (SGD, momentum 0.9, no weight decay, constant)")
+    repair_clean_lr: float = _f(1e-5, "train", "entropy_dt: learning rate of the clean passes")
+    repair_rotation: float = _f(15.0, "train", "entropy_dt: random rotation of repair images, at most this many degrees "
+                                "(after the random crop and flip; 0 = none)")
+    ent_alpha: float = _f(0.9, "train", "entropy_dt: loss (1 - ent_alpha) * CE(clean) + ent_alpha * CE(low-entropy sample)")
+    ent_steps: int = _f(5, "train", "entropy_dt: signed-gradient steps lowering the feature entropy, from a random "
+                        "point of the eps ball of norm")
+    ent_step: float = _f(0.25, "train", "entropy_dt: size of those steps as a fraction of eps")
+    ent_clamp: bool = _f(True, "train", "entropy_dt: keep perturbed images in [0, 1] (false: the published code's "
+                         "unclamped x + delta)")
+    ent_bn: str = _f("eval", "train", "entropy_dt: BatchNorm while making low-entropy samples: eval (running statistics, "
+                     "untouched) | train (the published code's: batch statistics, running ones updated)")
+    ent_leak: bool = _f(False, "train", "entropy_dt: also forward the standard run's evaluation UAP (this config's eval "
+                        "settings, head 0) in training mode every batch, so BatchNorm's running statistics see the "
+                        "perturbation it is then tested with (the published code's DEBUG default; only to measure "
+                        "that leak: the weights then depend on the eval settings, which join the run key)")
     # --- optimisation ------------------------------------------------------------------------
     epochs: int = _f(6, "train", "passes over the training split")
     batch_size: int = _f(128, "train", "training batch size (clean images; dt also forwards as many perturbed ones)")
@@ -128,14 +162,23 @@ class Config:
     def group(self, name: str) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["group"] == name}
 
+    def train_key(self) -> dict[str, Any]:
+        """What the trained weights depend on: the training fields, less those only another method
+        reads (METHOD_FIELDS), plus the evaluation settings where ``ent_leak`` trains on their UAP."""
+        others = {n for m, names in METHOD_FIELDS.items() if m != self.method for n in names}
+        key = {k: v for k, v in self.group("train").items() if k not in others}
+        if self.method == "entropy_dt" and self.ent_leak:
+            key["leaked_eval"] = self.eval_hash()
+        return key
+
     def train_hash(self, precision: str | None = None) -> str:
-        """Run-cache key: every field that changes the trained weights, plus the code version.
+        """Run-cache key: ``train_key`` (every field that changes the trained weights) plus the code version.
 
         ``precision`` is the resolved autocast precision ("bf16" or "fp32") that ``auto`` means on
         this machine, so a bf16 run is never reused for an fp32 request or the reverse."""
-        fields_ = {**self.group("train"), "precision": precision or self.precision}
+        fields_ = {**self.train_key(), "precision": precision or self.precision}
         for name, legacy in ADDED_TRAIN_FIELDS.items():
-            if fields_[name] == legacy:
+            if fields_.get(name, legacy) == legacy:
                 del fields_[name]
         blob = json.dumps({"code": CODE_VERSION, **fields_}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -171,66 +214,6 @@ class Config:
 
 
 FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Config)}
-SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
-KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-LIST_NAMES = {int: "integers", float: "numbers", str: "names"}
-# The kind of a setting: a scalar type, or (tuple, item type) for a list such as tuple[int, ...].
-Kind = Any
-
-
-def field_kinds(cls: type) -> dict[str, Kind]:
-    """The kind of each scalar or list field of a settings dataclass (Config, Study, Bench), by
-    its annotation; fields of other types (a nested Config) are left out."""
-    out: dict[str, Kind] = {}
-    for f in fields(cls):
-        t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        item = t.removeprefix("tuple[").removesuffix(", ...]")
-        if t.startswith("tuple[") and item in SCALARS:
-            out[f.name] = (tuple, SCALARS[item])
-        elif t in SCALARS:
-            out[f.name] = SCALARS[t]
-    return out
-
-
-def kind_name(kind: Kind) -> str:
-    return f"a comma-separated list of {LIST_NAMES[kind[1]]}" if isinstance(kind, tuple) else KIND_NAMES[kind]
-
-
-def parse_text(text: str, kind: Kind) -> Any:
-    """A command-line value as ``kind`` (bool words, ints, floats with fractions such as 10/255,
-    comma-separated items for a list; a string as it is); ValueError when it is not one."""
-    if isinstance(kind, tuple):
-        return tuple(parse_text(v, kind[1]) for v in text.split(",") if v.strip())
-    if kind is str:
-        return text
-    text = text.strip()
-    if kind is bool:
-        words = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
-        if text.lower() not in words:
-            raise ValueError(text)
-        return words[text.lower()]
-    if kind is int:
-        return int(text)
-    try:  # floats accept fractions, so eps=10/255 works on the command line
-        return float(Fraction(text)) if "/" in text else float(text)
-    except ZeroDivisionError:
-        raise ValueError(text) from None
-
-
-def parse_setting(name: str, value: Any, kind: Kind, what: str = "Config field") -> Any:
-    """One setting of Config, Study or the benchmark as ``kind``: text (the command line's
-    ``key=value``, papermill's ``-p``) is parsed; a list becomes a tuple; an int for a float field
-    becomes a float; any other value is kept for the record's own checks to judge."""
-    if isinstance(value, str) and kind is not str:
-        try:
-            return parse_text(value, kind)
-        except ValueError:
-            raise ValueError(f"{what} {name}={value!r} is not {kind_name(kind)}.") from None
-    if isinstance(kind, tuple) and isinstance(value, list):
-        return tuple(value)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
 
 
 def _parse(name: str, value: Any) -> Any:
@@ -248,17 +231,6 @@ def coerce(overrides: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"Unknown config field {name!r}; known fields: {', '.join(FIELD_TYPES)}.")
         out[name] = _parse(name, value)
     return out
-
-
-def key_values(args: list[str]) -> dict[str, str]:
-    """``["method=dt", "heads=5"]`` -> ``{"method": "dt", "heads": "5"}`` (values still strings)."""
-    pairs = {}
-    for arg in args:
-        if "=" not in arg:
-            raise ValueError(f"Argument {arg!r} is not of the form key=value.")
-        key, value = arg.split("=", 1)
-        pairs[key.strip()] = value
-    return pairs
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
@@ -292,7 +264,7 @@ def validate(cfg: Config) -> None:
             raise ValueError(f"Config field {f.name}={value!r} must be a finite number.")
     choices = {"method": METHODS, "backbone": BACKBONES, "norm": NORMS, "eval_norm": NORMS,
                "data": DATASETS, "device": DEVICES, "precision": PRECISIONS, "eval_split": EVAL_SPLITS,
-               "uap_objective": UAP_OBJECTIVES}
+               "uap_objective": UAP_OBJECTIVES, "ent_bn": BN_MODES}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"Unknown {name} {getattr(cfg, name)!r}; choose one of {', '.join(allowed)}.")
@@ -321,10 +293,21 @@ def validate(cfg: Config) -> None:
             raise ValueError(f"{name} must be non-negative, got {getattr(cfg, name)}.")
     if cfg.batch_size < 2:
         raise ValueError(f"batch_size must be at least 2 (BatchNorm needs two images per batch to train), got {cfg.batch_size}.")
-    for name in ("epochs", "uap_epochs", "uap_restarts", "uap_fit_size", "uap_window", "uap_patience"):
+    for name in ("repair_lr", "repair_clean_lr", "ent_step"):
+        if not getattr(cfg, name) > 0:
+            raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}.")
+    if not 0 <= cfg.ent_alpha <= 1:
+        raise ValueError(f"ent_alpha must be a weight in [0, 1], got {cfg.ent_alpha}.")
+    if not 0 <= cfg.repair_rotation <= 180:
+        raise ValueError(f"repair_rotation must be in [0, 180] degrees, got {cfg.repair_rotation}.")
+    if cfg.repair_batch_size < 2:
+        raise ValueError(f"repair_batch_size must be at least 2 (BatchNorm needs two images per batch), got {cfg.repair_batch_size}.")
+    if cfg.repair_size % 10:
+        raise ValueError(f"repair_size={cfg.repair_size} must be a multiple of 10 to stay class-balanced.")
+    for name in ("epochs", "repair_size", "repair_epochs", "ent_steps", "uap_epochs", "uap_restarts", "uap_fit_size", "uap_window", "uap_patience"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}.")
-    for name in ("pgd_steps", "train_size", "val_size", "eval_size", "uap_refine"):
+    for name in ("pgd_steps", "repair_clean_epochs", "train_size", "val_size", "eval_size", "uap_refine"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be non-negative, got {getattr(cfg, name)}.")
     if cfg.eval_split == "val" and not cfg.val_size:

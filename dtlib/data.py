@@ -257,22 +257,33 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.
     return crop_flip(x, crop_flip_draws(len(x), generator, pad).to(x.device), pad)
 
 
+def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each image (B, C, H, W) about its centre by its angle in ``degrees`` (B,),
+    counter-clockwise, nearest-pixel, zeros outside: torchvision's ``RandomRotation`` defaults."""
+    t = torch.deg2rad(degrees.float())
+    cos, sin, zero = torch.cos(t), torch.sin(t), torch.zeros_like(t)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
 class Loader:
     """Shuffled minibatches of (float images in [0, 1], labels) from a Split already on its device.
 
     Order and sharding are those of ``torch.utils.data.DistributedSampler(shuffle=True, seed=seed)``
     (same indices, tested): each epoch one permutation from ``seed + epoch``, padded to a multiple of
     ``world_size``, rank r taking items r, r+W, ...; call ``set_epoch`` before each epoch as with
-    that sampler. Augmentation draws come from a generator seeded by (seed, epoch, rank)."""
+    that sampler. Augmentation draws come from a generator seeded by (seed, epoch, rank); with
+    ``rotation`` (degrees) each training image is also rotated by an angle drawn in [-rotation, rotation]."""
 
     def __init__(self, split: Split, batch_size: int, *, train: bool = True, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, drop_last: bool | None = None):
+                 rank: int = 0, world_size: int = 1, drop_last: bool | None = None, rotation: float = 0.0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is out of range for world_size {world_size}.")
         self.split, self.batch_size, self.train, self.seed = split, batch_size, train, seed
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.rotation = rank, world_size, rotation
         self.drop_last = train if drop_last is None else drop_last
         self.epoch = 0
         per_rank = math.ceil(len(split) / world_size)
@@ -315,9 +326,13 @@ class Loader:
         # the epoch's augmentation draws, batch after batch as augment() would take them, moved to
         # the device at once: no host-to-device copy (and so no stream sync) inside the loop
         draws = torch.cat([crop_flip_draws(n, g) for n in sizes], 1).to(device) if self.train else None
+        turns = (torch.rand(sum(sizes), generator=g) * 2 - 1).mul_(self.rotation).to(device) \
+            if self.train and self.rotation else None
         for b in range(start, self.n_batches):
             lo, hi = b * self.batch_size, b * self.batch_size + sizes[b]
             x = to_float(self.split.x[idx[lo:hi]])
             if self.train:
                 x = crop_flip(x, draws[:, lo:hi])
+            if turns is not None:
+                x = rotate(x, turns[lo:hi])
             yield x, self.split.y[idx[lo:hi]]

@@ -20,6 +20,7 @@ from .config import Config
 from .data import Loader, load_data
 from .evaluate import evaluate_model
 from .io import write_json
+from .methods import STEPS
 from .models import MultiHead, build_model
 from .runtime import amp_dtype, precision_name, provenance, resolve_device
 from .train import train
@@ -91,7 +92,7 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, *, log: Callabl
     ckpt = _read_checkpoint(run_dir)
     trained = Config.from_dict(ckpt["config"])
     cfg = cfg or trained
-    if cfg.group("train") != trained.group("train"):
+    if cfg.train_key() != trained.train_key():
         raise ValueError(f"{run_dir} was trained with a different config; only evaluation fields may change.")
     device = resolve_device(cfg.device)
     model, _ = _model_from(ckpt, run_dir, device)  # the checkpoint read once: it is hashed on every read
@@ -136,12 +137,31 @@ def ensure_trained(cfg: Config, *, runs_dir: str | Path = "runs", progress: bool
     run_dir = run_dir_for(cfg, runs_dir)
     ckpt = read_checkpoint(run_dir / CHECKPOINT, cfg, log)  # a corrupt one is moved aside
     if not (ckpt and ckpt["finished"]):
+        method = STEPS[cfg.method]
         train_split, _, _ = load_data(cfg)  # bad data fails here, before anything is written,
-        Loader(train_split, cfg.batch_size)  # and so does a batch larger than the split
+        images = method.training_images(cfg, train_split)
+        Loader(images, method.schedule(cfg).batch_size)  # and so does a batch larger than the split
+        start = base_start(cfg, runs_dir=runs_dir, progress=progress, log=log)
         write_json(run_dir / "config.json", cfg.to_dict())
-        log(f"training {cfg.method} K={cfg.heads} on {len(train_split)} images -> {run_dir}")
-        train(cfg, train_split, run_dir=run_dir, progress=progress, log=log)
+        log(f"training {cfg.method} K={cfg.heads} on {len(images)} images -> {run_dir}")
+        train(cfg, train_split, run_dir=run_dir, progress=progress, log=log, start=start)
     return run_dir
+
+
+def base_start(cfg: Config, *, runs_dir: str | Path = "runs", progress: bool | str = True,
+               log: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """For a method that fine-tunes another run (``Step.base``): that run, trained (and evaluated,
+    where its UAPs are needed) through the run cache, as ``train``'s ``start``; else None."""
+    spec = STEPS[cfg.method].base(cfg)
+    if spec is None:
+        return None
+    base, needs_uaps = spec
+    if needs_uaps:
+        where = run(base, runs_dir=runs_dir, progress=progress, log=log).run_dir
+    else:
+        where = ensure_trained(base, runs_dir=runs_dir, progress=progress, log=log)
+    log(f"{cfg.method} starts from {base.method} run {where.name}")
+    return {"model": _read_checkpoint(where)["model"], "uaps": load_uaps(where, base) if needs_uaps else None}
 
 
 # What differs between two runs of one config on one machine: how long things took, and when.

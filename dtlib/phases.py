@@ -2,10 +2,11 @@
 benchmark's report tabulates them. No torch here, so the report can be redrawn without it."""
 from __future__ import annotations
 
-# In the order a step runs them. ``uap_gradient`` (dt's input-gradient pass for its running UAP)
-# runs inside ``forward_and_loss``, so a clock's ``forward_and_loss`` includes it.
-PHASES = ("forward_and_loss", "uap_gradient", "backward", "uap_update", "optimizer")
-NESTED = {"uap_gradient": "forward_and_loss"}
+# In the order a step runs them. ``uap_gradient`` (dt's input-gradient pass for its running UAP) and
+# ``low_entropy`` (entropy_dt's sample generation) run inside ``forward_and_loss``, so a clock's
+# ``forward_and_loss`` includes them.
+PHASES = ("forward_and_loss", "uap_gradient", "low_entropy", "backward", "uap_update", "optimizer")
+NESTED = {"uap_gradient": "forward_and_loss", "low_entropy": "forward_and_loss"}
 
 
 def phase_split(phases_ms: dict[str, float]) -> dict[str, float]:

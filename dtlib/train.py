@@ -25,6 +25,7 @@ from .checkpoint import CHECKPOINT, Stop, Writer, read_checkpoint, train_summary
 from .config import Config
 from .data import Loader, Split
 from .methods import STEPS, Step
+from .methods.base import warmup_decay
 from .models import MultiHead, build_model, ensemble_log_probs
 from .runtime import (amp_dtype, distributed, prepare, progress_bar, progress_mode, provenance, resolve_device,
                       sync)
@@ -32,17 +33,18 @@ from .runtime import (amp_dtype, distributed, prepare, progress_bar, progress_mo
 
 def lr_factor(step: int, total: int, warmup: float) -> float:
     """Linear warm-up from 0 over ``warmup`` of the steps, then linear decay to 0."""
-    w = max(1, round(warmup * total))
-    return step / w if step < w else max(0.0, (total - step) / max(1, total - w))
+    return warmup_decay(warmup)(step, total)
 
 
 def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum 0.9 and ``cfg.weight_decay``; the schedule scales ``cfg.lr``.
-    On CUDA the fused kernel (one launch for all parameters); on CPU the default implementation,
-    which the committed CPU results were trained with."""
+    """SGD with momentum 0.9 as the method's ``Schedule`` says (for all but entropy_dt: Nesterov,
+    ``cfg.weight_decay``, peak ``cfg.lr``); the schedule's factor scales its lr. On CUDA the fused
+    kernel (one launch for all parameters); on CPU the default implementation, which the committed
+    CPU results were trained with."""
+    plan = STEPS[cfg.method].schedule(cfg)
     cuda = next(model.parameters()).device.type == "cuda"
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
-                           weight_decay=cfg.weight_decay, fused=True if cuda else None)
+    return torch.optim.SGD(model.parameters(), lr=plan.lr, momentum=0.9, nesterov=plan.nesterov,
+                           weight_decay=plan.weight_decay, fused=True if cuda else None)
 
 
 def train_step(step_fn: Step, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -111,19 +113,25 @@ class TrainState:
     ``{model, optimizer, step, config, ...}``: the model, its optimizer and schedule, the method's
     step, the finished epochs' history and wall time, and where the run stands."""
 
-    def __init__(self, cfg: Config, split: Split, wrap: Callable[[nn.Module], nn.Module] | None):
+    def __init__(self, cfg: Config, split: Split, wrap: Callable[[nn.Module], nn.Module] | None,
+                 start: dict[str, Any] | None = None):
         self.cfg, self.device = cfg, resolve_device(cfg.device)
         self.dtype = amp_dtype(cfg.precision, self.device)
         self.rank, world = (dist.get_rank(), dist.get_world_size()) if distributed() else (0, 1)
+        method, self.plan = STEPS[cfg.method], STEPS[cfg.method].schedule(cfg)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg).to(self.device, memory_format=torch.channels_last)
+        if start is not None:  # a fine-tuning method: its base run's weights
+            self.model.load_state_dict(start["model"])
         self.net = prepare(wrap(self.model) if wrap else self.model, cfg)
         self.opt = make_optimizer(self.model, cfg)
-        self.loader = Loader(split.to(self.device), cfg.batch_size, train=True, seed=cfg.seed, rank=self.rank,
-                             world_size=world)
-        self.total = cfg.epochs * len(self.loader)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.total, cfg.warmup))
-        self.step_fn = STEPS[cfg.method](self.net, cfg, self.device)
+        self.loader = Loader(method.training_images(cfg, split).to(self.device), self.plan.batch_size, train=True,
+                             seed=cfg.seed, rank=self.rank, world_size=world, rotation=self.plan.rotation)
+        self.epochs = self.plan.epochs
+        self.total = self.epochs * len(self.loader)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: self.plan.factor(s, self.total))
+        self.step_fn = method(self.net, cfg, self.device)
+        self.step_fn.begin(start.get("uaps") if start else None)
         self.made_by = provenance(self.device)
         self.start_epoch, self.start_batch, self.history, self.wall, self.partial = 0, 0, [], 0.0, None
 
@@ -152,7 +160,7 @@ class TrainState:
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "step": epoch * len(self.loader) + batch, "epoch": epoch,
                 "batch": batch, "config": self.cfg.to_dict(), "method_state": self.step_fn.state_dict(),
-                "history": self.history, "wall_s": self.wall, "finished": epoch == self.cfg.epochs,
+                "history": self.history, "wall_s": self.wall, "finished": epoch == self.epochs,
                 "precision": self.precision, "provenance": self.made_by,
                 "partial": sums.partial() if sums else None, "rng": rng}
 
@@ -169,8 +177,8 @@ class TrainState:
 
 
 def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None, progress: bool | str = True,
-          log: Callable[[str], None] = print,
-          wrap: Callable[[nn.Module], nn.Module] | None = None) -> tuple[MultiHead, dict[str, Any]]:
+          log: Callable[[str], None] = print, wrap: Callable[[nn.Module], nn.Module] | None = None,
+          start: dict[str, Any] | None = None) -> tuple[MultiHead, dict[str, Any]]:
     """Train a model for ``cfg`` on ``train_split`` (uint8 images); returns (model in eval mode, stats).
 
     With ``run_dir``, a checkpoint ``{model, optimizer, step, config, ...}`` is written there
@@ -180,30 +188,35 @@ def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None,
     UAP, PGD generator), the epoch's running sums and the torch RNG states are all restored, and
     the data order and augmentation of an epoch depend only on (seed, epoch), so a resumed run ends
     with the same weights and metrics as an uninterrupted one (on CPU, tested by killing a process).
-    ``wrap`` wraps the built model for the forward/backward passes (e.g. ``DistributedDataParallel``)."""
+    ``wrap`` wraps the built model for the forward/backward passes (e.g. ``DistributedDataParallel``).
+    ``start``: for a method that fine-tunes a base run (``Step.base``), that run's ``{"model": state
+    dict, "uaps": its evaluation UAPs or None}`` (``experiment.ensure_trained`` finds it)."""
     progress = progress_mode(progress)
-    s = TrainState(cfg, train_split, wrap)
+    if STEPS[cfg.method].base(cfg) and start is None:
+        raise ValueError(f"method={cfg.method!r} fine-tunes a finished run; pass its weights as start (dtlib.run finds them).")
+    s = TrainState(cfg, train_split, wrap, start)
     path = Path(run_dir) / CHECKPOINT if run_dir else None
     ckpt = read_checkpoint(path, cfg, log) if path else None
     if ckpt:
         s.restore(ckpt)
         log(f"resuming {path} at epoch {s.start_epoch + 1}, batch {s.start_batch}/{len(s.loader)}"
-            if s.start_batch else f"resuming {path} at epoch {s.start_epoch}/{cfg.epochs}")
+            if s.start_batch else f"resuming {path} at epoch {s.start_epoch}/{s.epochs}")
     with Stop() as stop:
         writer = Writer(path if s.rank == 0 else None, cfg.checkpoint_minutes)
-        for epoch in range(s.start_epoch, cfg.epochs):
+        for epoch in range(s.start_epoch, s.epochs):
             s.net.train()
             s.loader.set_epoch(epoch)
             first = s.start_batch if epoch == s.start_epoch else 0
+            s.step_fn.start_epoch(epoch, s.opt, fresh=first == 0)
             sums = EpochSums.start(s.device, s.partial if first else None)
-            bar = progress_bar(s.loader.batches(first), progress, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}",
+            bar = progress_bar(s.loader.batches(first), progress, desc=f"{cfg.method} epoch {epoch + 1}/{s.epochs}",
                                unit="batch", total=len(s.loader) - first)
             for i, (x, y) in enumerate(bar, start=first):
                 loss, logits = train_step(s.step_fn, s.opt, x, y, s.dtype)
                 s.sched.step()
                 sums.add(loss, logits, y, s.step_fn.parts)
                 if progress != "off" and i % 10 == 9:
-                    bar.set_postfix(img_s=f"{(i + 1 - first) * cfg.batch_size / (time.perf_counter() - sums.t0):.0f}")
+                    bar.set_postfix(img_s=f"{(i + 1 - first) * s.plan.batch_size / (time.perf_counter() - sums.t0):.0f}")
                 if i + 1 < len(s.loader) and (stop.signum or writer.due()):
                     writer.write(s.checkpoint(epoch, i + 1, sums))
                     if stop.signum:
@@ -212,7 +225,7 @@ def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None,
             stats = s.end_epoch(epoch, sums)
             writer.write(s.checkpoint(epoch + 1))
             terms = "".join(f"  {k} {stats[k]:.3f}" for k in sums.parts)
-            log(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}  loss {stats['loss']:.3f}{terms}  train acc "
+            log(f"{cfg.method} epoch {epoch + 1}/{s.epochs}  loss {stats['loss']:.3f}{terms}  train acc "
                 f"{stats['train_acc']:.3f}  {stats['images_per_s']:.0f} img/s  {stats['seconds']:.1f} s")
             if stop.signum:
                 log(f"stopped by signal {stop.signum} after epoch {epoch + 1}; checkpoint {path}")

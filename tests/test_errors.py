@@ -81,7 +81,7 @@ BAD_INPUTS = [
     ("unknown norm (attack)", lambda t: dtlib.attacks.random_uap((1, 3, 32, 32), 0.1, "l3"),
      r"^Unknown norm 'l3'; choose one of linf, l2\.$"),
     ("unknown method", lambda t: Config(method="fgsm_at"),
-     r"^Unknown method 'fgsm_at'; choose one of standard, dt, pgd_at, uat\.$"),
+     r"^Unknown method 'fgsm_at'; choose one of standard, dt, pgd_at, uat, entropy_dt\.$"),
     ("unknown backbone", lambda t: Config(backbone="resnet50"),
      r"^Unknown backbone 'resnet50'; choose one of cnn, vgg, resnet18\.$"),
     ("unknown profile", lambda t: setup("huge"), r"^Unknown profile 'huge'; choose one of smoke, cpu, gpu\.$"),

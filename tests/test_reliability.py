@@ -13,7 +13,7 @@ import torch
 
 import dtlib
 from dtlib import Config
-from dtlib.config import BACKBONES, FIELD_TYPES, METHODS
+from dtlib.config import BACKBONES, FIELD_TYPES, METHOD_FIELDS, METHODS
 from dtlib.experiment import metrics_path, run_dir_for, without_timings
 from dtlib import study as S
 from dtlib.study import fill
@@ -215,14 +215,15 @@ def _another_value(name: str, value):
                "data": ("full", "mini"), "device": ("auto", "cpu"), "precision": ("auto", "bf16", "fp32"),
                "eval_split": ("test", "val"), "uap_objective": ("ensemble_ce", "loss"),
                "eval_modes": ("ensemble,single", "ensemble"), "uap_lr": ("0.1", "0.05,0.2"), "data_dir": ("data", "x"),
-               "eval_objectives": ("ensemble_ce", "heads_ce"), "eval_labels": ("predicted", "true")}
+               "eval_objectives": ("ensemble_ce", "heads_ce"), "eval_labels": ("predicted", "true"),
+               "ent_bn": ("eval", "train")}
     if name in choices:
         return next(c for c in choices[name] if c != value)
     kind = FIELD_TYPES[name]
     if kind is bool:
         return not value
     if kind is int:
-        return value + 10 if name in ("train_size", "val_size", "eval_size") else value + 1
+        return value + 10 if name in ("train_size", "val_size", "eval_size", "repair_size") else value + 1
     return value / 2 if value else 0.5
 
 
@@ -230,13 +231,18 @@ def test_the_cache_keys_cover_every_field_that_changes_results():
     """Every training field moves the run key, every evaluation field the evaluation key; runtime
     fields (device, precision-neutral switches, where the data lives, checkpoint cadence) move
     neither. A new field must be put in one of the groups, and this test holds it to its group."""
-    base = Config(method="dt", heads=2, val_size=100)
+    own = {name: method for method, names in METHOD_FIELDS.items() for name in names}
     for f in fields(Config):
+        # a field only one method reads (METHOD_FIELDS) is checked on that method's runs
+        base = Config(method=own.get(f.name, "dt"), heads=2, val_size=100)
         changed = base.replace(**{f.name: _another_value(f.name, getattr(base, f.name))})
         group = f.metadata["group"]
         assert (changed.train_hash() != base.train_hash()) == (group == "train"), f.name
         assert (changed.eval_hash() != base.eval_hash()) == (group == "eval"), f.name
+        if f.name in own:  # ... and leaves every other method's runs where they are
+            assert Config(method="dt").replace(**{f.name: getattr(changed, f.name)}).train_hash() == Config(method="dt").train_hash()
     assert set(dtlib.config.ADDED_TRAIN_FIELDS) <= {f.name for f in fields(Config) if f.metadata["group"] == "train"}
+    assert set(own) <= {f.name for f in fields(Config) if f.metadata["group"] == "train"}
 
 
 def test_the_code_version_is_part_of_both_keys(monkeypatch):

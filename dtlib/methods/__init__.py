@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from .base import RunningUAP, Step
 from .dt import DT
+from .entropy_dt import EntropyDT
 from .pgd_at import PGDAT
 from .uat import UAT
 
-STEPS: dict[str, type[Step]] = {"standard": Step, "dt": DT, "uat": UAT, "pgd_at": PGDAT}
+STEPS: dict[str, type[Step]] = {"standard": Step, "dt": DT, "uat": UAT, "pgd_at": PGDAT, "entropy_dt": EntropyDT}
 
-__all__ = ["DT", "PGDAT", "STEPS", "UAT", "RunningUAP", "Step"]
+__all__ = ["DT", "EntropyDT", "PGDAT", "STEPS", "UAT", "RunningUAP", "Step"]
