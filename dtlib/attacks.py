@@ -61,11 +61,13 @@ def fit_uap(loss_fn: LossFn, images: torch.Tensor, labels: torch.Tensor, *, eps:
             step: float, max_steps: int, batch_size: int = 128, decay: float = 1.0,
             monitor: Callable[[torch.Tensor], float] | None = None, window: int = 0, tol: float = 0.0,
             patience: int = 1, start: torch.Tensor | None = None, generator: torch.Generator | None = None,
-            amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+            amp_dtype: torch.dtype | None = None, adam: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
     """SGD-UAP (Shafahi et al., AAAI 2020): signed-gradient ascent of one perturbation on
     ``loss_fn(x + delta, y)`` over minibatches of ``images`` (a new seeded order each pass), projected
     to the ``norm`` ball of radius eps after each step of ``step`` (pixel units), which shrinks by
-    ``decay`` after every pass. ``start``: the first delta (default zero).
+    ``decay`` after every pass. ``start``: the first delta (default zero). With ``adam``, Adam's
+    update at learning rate ``step`` takes the signed step's place (how the published paper's code
+    fits its UAPs), still projected after every step.
 
     The stopping rule, when ``monitor`` (delta -> a fitting-set rate, higher = stronger) and
     ``window`` are given: every ``window`` steps the rate is read; fitting stops once the last
@@ -82,6 +84,8 @@ def fit_uap(loss_fn: LossFn, images: torch.Tensor, labels: torch.Tensor, *, eps:
     best = delta
     trace = [monitor(delta)] if rule else []
     steps, converged = 0, False
+    param = delta.clone().requires_grad_(True)
+    opt = torch.optim.Adam([param], lr=step) if adam else None
     while steps < max_steps and not converged:
         order = torch.randperm(len(images), generator=generator).to(device)
         for b in range(0, len(images), batch_size):
@@ -90,7 +94,14 @@ def fit_uap(loss_fn: LossFn, images: torch.Tensor, labels: torch.Tensor, *, eps:
             with _autocast(device, amp_dtype):
                 loss = loss_fn(perturb(to_float(images[idx]), delta), labels[idx])
             grad, = torch.autograd.grad(loss, delta)
-            delta = project(delta.detach() + step * ascent(grad, norm), eps, norm)
+            if opt is None:
+                delta = project(delta.detach() + step * ascent(grad, norm), eps, norm)
+            else:  # Adam descends: hand it the negative of the ascent gradient
+                param.grad = -grad
+                opt.step()
+                with torch.no_grad():
+                    param.copy_(project(param, eps, norm))
+                delta = param.detach().clone()
             steps += 1
             if rule and (steps % window == 0 or steps == max_steps):
                 score = monitor(delta)
@@ -101,6 +112,8 @@ def fit_uap(loss_fn: LossFn, images: torch.Tensor, labels: torch.Tensor, *, eps:
             if steps >= max_steps or converged:
                 break
         step *= decay
+        if opt is not None:
+            opt.param_groups[0]["lr"] = step
     out = best if rule else delta
     return out.detach(), {"steps": steps, "converged": converged, "fit_score": max(trace) if trace else None,
                           "trace": trace}

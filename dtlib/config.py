@@ -37,6 +37,8 @@ CODE_VERSION = "1"
 # before they existed: at that value a field is left out of the run-cache key, so runs cached
 # earlier stay valid; any other value is part of the key.
 ADDED_TRAIN_FIELDS: dict[str, Any] = {"uap_objective": "ensemble_ce"}
+# The same for evaluation fields: at these values an evaluation cached before they existed stays valid.
+ADDED_EVAL_FIELDS: dict[str, Any] = {"eval_target": -1, "uap_adam_lr": 0.005}
 # Training fields that only one method reads: they join the run key of that method's runs alone, so
 # a setting meant for one method (a profile's shorter repair) never retrains another's runs.
 METHOD_FIELDS: dict[str, tuple[str, ...]] = {
@@ -91,7 +93,7 @@ class Config:
     ent_bn: str = _f("eval", "train", "entropy_dt: BatchNorm while making low-entropy samples: eval (running statistics, "
                      "untouched) | train (the published code's: batch statistics, running ones updated)")
     ent_leak: bool = _f(False, "train", "entropy_dt: also forward the standard run's evaluation UAP (this config's eval "
-                        "settings, head 0) in training mode every batch, so BatchNorm's running statistics see the "
+                        "settings, head 0; the targeted one when eval_target is set) in training mode every batch, so BatchNorm's running statistics see the "
                         "perturbation it is then tested with (the published code's DEBUG default; only to measure "
                         "that leak: the weights then depend on the eval settings, which join the run key)")
     # --- optimisation ------------------------------------------------------------------------
@@ -133,6 +135,10 @@ class Config:
     eval_objectives: str = _f("ensemble_ce,heads_ce,mean_logit", "eval", "what the suite's SGD-UAPs ascend on a "
                               "K-head model, comma-separated: ensemble_ce | heads_ce (mean per-head CE) | mean_logit "
                               "(one objective, the CE, with one head)")
+    eval_target: int = _f(-1, "eval", "a class index: targeted UAPs that send images to it (the suite adds the published "
+                          "attack, Adam on a bounded-logit loss; metrics add targeted_success); -1 = untargeted. "
+                          "The published CIFAR-10 setting is 9")
+    uap_adam_lr: float = _f(0.005, "eval", "targeted suite: learning rate of the published attack's Adam, pixel units")
     eval_labels: str = _f("predicted,true", "eval", "labels the suite's SGD-UAPs use, comma-separated: predicted (the "
                           "model's clean predictions, aimed at the fooling rate) | true (aimed at accuracy)")
     # --- runtime -----------------------------------------------------------------------------
@@ -185,7 +191,8 @@ class Config:
 
     def eval_hash(self) -> str:
         """Key of one evaluation setting of a run: its metrics and UAPs are cached under it."""
-        blob = json.dumps({"code": CODE_VERSION, **self.group("eval")}, sort_keys=True)
+        fields_ = {k: v for k, v in self.group("eval").items() if not (k in ADDED_EVAL_FIELDS and ADDED_EVAL_FIELDS[k] == v)}
+        blob = json.dumps({"code": CODE_VERSION, **fields_}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
     @property
@@ -293,7 +300,9 @@ def validate(cfg: Config) -> None:
             raise ValueError(f"{name} must be non-negative, got {getattr(cfg, name)}.")
     if cfg.batch_size < 2:
         raise ValueError(f"batch_size must be at least 2 (BatchNorm needs two images per batch to train), got {cfg.batch_size}.")
-    for name in ("repair_lr", "repair_clean_lr", "ent_step"):
+    if not -1 <= cfg.eval_target < 10:
+        raise ValueError(f"eval_target={cfg.eval_target} must be a class index 0..9, or -1 for untargeted UAPs.")
+    for name in ("repair_lr", "repair_clean_lr", "ent_step", "uap_adam_lr"):
         if not getattr(cfg, name) > 0:
             raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}.")
     if not 0 <= cfg.ent_alpha <= 1:

@@ -70,11 +70,15 @@ def evaluate_model(model: nn.Module, cfg: Config, pool: Split, test: Split,
             "mode": mode, "head": cfg.eval_head if mode == "single" else None,
             "clean_acc": found["clean_acc"], "fooling_rate": found["fooling_rate"], "uap_acc": found["uap_acc"],
             "random_fooling_rate": fooling_rate(clean, rnd_pred), "random_acc": accuracy(rnd_pred, test.y),
-            "fooling_by": found["fooling_by"], "uap_acc_by": found["uap_acc_by"], "converged": found["converged"],
+            "fooling_by": found["fooling_by"], "uap_acc_by": found["uap_acc_by"], "asr": found["asr"],
+            **{k: found[k] for k in ("target", "targeted_success", "targeted_by") if k in found},
+            "converged": found["converged"],
             "uap_linf": uap.abs().max().item(), "uap_l2": uap.norm().item(),
             "n_test": len(test), "n_fit": len(fit), "attack": found["entries"],
         }
         uaps[key], uaps[f"{key}/uap_acc"] = uap, won["uap_acc"]
+        if "targeted_success" in won:
+            uaps[f"{key}/targeted"] = won["targeted_success"]
     return rows, uaps
 
 

@@ -85,8 +85,10 @@ class EntropyDT(Step):
         return cfg.replace(method="standard", **defaults), cfg.ent_leak
 
     def begin(self, uaps: dict[str, torch.Tensor] | None) -> None:
+        """The leaked perturbation: the standard run's targeted UAP where its evaluation is targeted
+        (as the published code leaks the UAP it tests with), else the one that won the fooling rate."""
         if self.cfg.ent_leak:
-            self.leak = uaps["head0"].to(self.device)
+            self.leak = uaps.get("head0/targeted", uaps["head0"]).to(self.device)
 
     def start_epoch(self, epoch: int, opt: torch.optim.Optimizer, fresh: bool = True) -> None:
         super().start_epoch(epoch, opt, fresh)
