@@ -29,7 +29,7 @@ from .study.rules import MIN_NOISE  # noqa: E402
 SEED_STYLE = dict(marker="X", color="black", s=90, zorder=5, label="seed (ImageNet)")
 ARM_LABELS = {"standard": "standard", "pgd_at": "PGD-AT", "uat": "UAT", "dt_k1": "DT K=1 (ctl)",
               "dt_nodiv": "DT λdiv=0 (ctl)", "dt_literal": "DT literal", "dt_div": "DT λdiv>0",
-              "dt_best": "DT (chosen)"}
+              "dt_best": "DT (chosen)", "entropy_dt": "entropy-DT", "entropy_dt_published": "entropy-DT (as published)"}
 
 
 def _save(fig: plt.Figure, out: Path) -> list[str]:
@@ -172,9 +172,31 @@ def cost(res: dict[str, Any], out: Path) -> list[str]:
     return _save(fig, out)
 
 
+def published(res: dict[str, Any], out: Path) -> list[str]:
+    """06: per arm, the attack success rate of targeted UAPs (left) and the fooling rate of untargeted
+    ones (right) at each radius, white-box (filled) and the standard model's UAP (hatched); head 0."""
+    rows = [r for r in res["table"] if r["eval"] == "head0"]
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    radii = sorted({r["eps"] for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    for ax, targeted, metric in ((axes[0], True, "asr"), (axes[1], False, "fooling_rate")):
+        width = 0.8 / (2 * len(radii))
+        for i, eps in enumerate(radii):
+            for j, attack in enumerate(("white-box", "standard's UAP")):
+                pick = {r["arm"]: r for r in rows if r["eps"] == eps and r["attack"] == attack and (r["target"] >= 0) == targeted}
+                xs = [k + (2 * i + j) * width - 0.4 + width / 2 for k in range(len(arms))]
+                ax.bar(xs, [100 * pick[a][metric] if a in pick else 0 for a in arms], width,
+                       yerr=[100 * _err(pick[a], metric) if a in pick else 0 for a in arms],
+                       hatch="//" if j else None, alpha=0.9, label=f"{eps * 255:.0f}/255, {attack}")
+        ax.set_xticks(range(len(arms)), [ARM_LABELS.get(a, a) for a in arms], rotation=25, ha="right")
+        ax.set_title("targeted UAPs: attack success rate (%)" if targeted else "untargeted UAPs: fooling rate (%)")
+    axes[0].legend(fontsize=7)
+    return _save(fig, out)
+
+
 PLOTS: dict[str, Callable[[dict[str, Any], Path], list[str]]] = {
     "01_headline": headline, "02_k_ablation": k_ablation, "03_cross_norm": cross_norm,
-    "04_transfer": transfer, "05_cost": cost}
+    "04_transfer": transfer, "05_cost": cost, "06_published_method": published}
 
 
 def claims_table(results: list[dict[str, Any]]) -> str:

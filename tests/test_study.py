@@ -9,7 +9,7 @@ import torch
 
 from dtlib import Config, study as S
 from dtlib.config import FIELD_TYPES
-from dtlib.study import experiments, fill
+from dtlib.study import experiments, fill, published
 from dtlib.data import Split
 from dtlib.experiment import RunResult
 
@@ -34,7 +34,8 @@ def test_setup_applies_profile_and_overrides():
 
 
 PER_RUN_CONTROLS = {"method": "arms", "heads": "ks", "lambda_div": "grid_div", "lambda_adv": "grid_adv", "seed": "seeds",
-                    "eval_norm": "l2_radii", "eval_modes": "experiment", "eval_split": "experiment", "eval_head": "head 0"}
+                    "eval_norm": "l2_radii", "eval_modes": "experiment", "eval_split": "experiment", "eval_head": "head 0",
+                    "eval_target": "published_target", "ent_clamp": "06", "ent_bn": "06", "ent_leak": "06"}
 
 
 def test_every_field_set_per_run_has_its_controller_named():
@@ -104,7 +105,10 @@ ACCEPTED = {"lambda_cons": 0.5, "norm": "l2", "eps": 0.5, "uap_step": 0.05, "uap
             "uap_fit_size": 64, "uap_epochs": 2, "uap_lr": "0.3", "uap_decay": 0.9, "uap_restarts": 2, "uap_refine": 1,
             "uap_window": 5, "uap_tol": 0.01, "uap_patience": 2, "eval_objectives": "heads_ce", "eval_labels": "true",
             "device": "auto", "checkpointing": True, "compile": True, "deterministic": True,
-            "checkpoint_minutes": 5.0, "data_dir": "elsewhere", "download": True}
+            "checkpoint_minutes": 5.0, "data_dir": "elsewhere", "download": True, "repair_size": 50,
+            "repair_epochs": 2, "repair_clean_epochs": 2, "repair_batch_size": 16, "repair_lr": 0.01,
+            "repair_clean_lr": 1e-4, "repair_rotation": 5.0, "ent_alpha": 0.5, "ent_steps": 3, "ent_step": 0.5,
+            "uap_adam_lr": 0.01}
 
 
 def test_the_value_table_covers_every_accepted_config_field():
@@ -115,7 +119,7 @@ def test_the_value_table_covers_every_accepted_config_field():
 
 
 def _fake_runs(monkeypatch):
-    """Study.run, the data, the model loading and the timings replaced by stand-ins, so the five
+    """Study.run, the data, the model loading and the timings replaced by stand-ins, so the six
     experiments run in a second and record the configs they would have trained."""
     def fake_run(self, log=print, **o):
         cfg = self.config.replace(**o)
@@ -139,6 +143,11 @@ def _fake_runs(monkeypatch):
     monkeypatch.setattr(experiments, "load_model", lambda run_dir, device: (model, Config()))
     monkeypatch.setattr(experiments, "load_uaps", lambda run_dir, cfg, device: {"ensemble": torch.zeros(1, 3, 32, 32),
                                                                        "head0": torch.zeros(1, 3, 32, 32)})
+    uaps = {f"{k}{part}": torch.zeros(1, 3, 32, 32) for k in ("ensemble", "head0") for part in ("", "/uap_acc", "/targeted")}
+    monkeypatch.setattr(published, "load_uaps", lambda run_dir, cfg, device="cpu": uaps)
+    monkeypatch.setattr(published, "uap_metrics", lambda res, u, target: {
+        k: {"clean_acc": 0.8, "fooling_rate": 0.5, "uap_acc": 0.4, "asr": 0.5,
+            "targeted_success": 0.3 if target >= 0 else None} for k in res.metrics["eval"]})
 
 
 @pytest.mark.parametrize("name", sorted(ACCEPTED))

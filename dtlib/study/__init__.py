@@ -1,6 +1,6 @@
 """The study behind the notebooks: ``settings`` (the Study record, its profiles and ``setup``),
 ``claims`` (the summary's figures and the claims rows) and ``rules`` (the verdict rules), both
-torch-free, ``experiments`` (the five experiments) and ``fill`` (their run cache filled in parallel
+torch-free, ``experiments`` and ``published`` (the six experiments; ``registry`` names them) and ``fill`` (their run cache filled in parallel
 lanes before the batch). ``notebook`` holds the one-line calls of the notebooks' cells. Every name a
 notebook or script uses is offered by ``dtlib.study`` itself, each loaded from its module on first
 use (as ``dtlib`` does), so ``dtlib.study.claims`` alone stays torch-free."""
@@ -14,12 +14,14 @@ _NAMES = {
     "settings": ("NOTEBOOK_PARAMETERS", "NOTEBOOKS", "PER_RUN", "PROFILES", "SHARED_FIELDS", "STUDY_FIELDS", "Study",
                  "bars_for", "check_parameters", "check_study", "setup"),
     "claims": ("SEED", "claim", "cost_claims", "cross_claims", "headline_claims", "k_claims", "not_measured",
-               "summarise", "transfer_claims"),
+               "published_claims", "summarise", "transfer_claims"),
     "rules": ("INCONCLUSIVE", "MIN_NOISE", "ORDER", "accuracy_cost_verdict", "cost_verdict", "figure_verdict", "finite",
               "fmt", "inconclusive", "mean_spread", "missing", "noise", "overhead_verdict", "ratio", "unconverged",
               "verdict"),
-    "experiments": ("CROSS_ARMS", "EXPERIMENTS", "METRICS", "arms", "attack_check", "cost", "cross_norm", "headline",
+    "experiments": ("CROSS_ARMS", "METRICS", "arms", "attack_check", "cost", "cross_norm", "headline",
                     "k_ablation", "save", "select_dt", "transfer"),
+    "published": ("ARMS", "published_method", "uap_metrics"),
+    "registry": ("EXPERIMENTS",),
     "fill": ("fill_runs", "plan"),
 }
 # name -> the module of dtlib.study that defines it
@@ -30,6 +32,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .claims import *  # noqa: F403
     from .experiments import *  # noqa: F403
     from .fill import *  # noqa: F403
+    from .published import *  # noqa: F403
+    from .registry import *  # noqa: F403
     from .rules import *  # noqa: F403
     from .settings import *  # noqa: F403
 

@@ -1,6 +1,6 @@
-"""The five experiments of the study, one per notebook (``headline``, ``k_ablation``,
-``cross_norm``, ``transfer``, ``cost``), and the validation-split selection of DT's loss weights
-they share.
+"""Five experiments of the study, one per notebook (``headline``, ``k_ablation``, ``cross_norm``,
+``transfer``, ``cost``; the sixth, ``published_method``, has a module of its own; ``registry`` maps
+notebooks to them), and the validation-split selection of DT's loss weights they share.
 
 Each returns a JSON-able dict that it also writes to ``results/<notebook>-<profile>.json`` (and its
 table as CSV), with provenance; ``dtlib.figures`` draws every figure from such a dict, so figures
@@ -331,8 +331,3 @@ def cost(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
     claims = cost_claims({row["case"]: row["ratio"] for row in table}, study)
     payload = {"selection": selection, "train_steps": steps, "inference": infer, "table": table, "claims": claims}
     return save(study, "05_cost", payload, t0)
-
-
-EXPERIMENTS: dict[str, Callable[..., dict[str, Any]]] = {
-    "01_headline": headline, "02_k_ablation": k_ablation, "03_cross_norm": cross_norm,
-    "04_transfer": transfer, "05_cost": cost}

@@ -33,12 +33,19 @@ import torch
 from ..config import Config
 from ..data import Split
 from ..experiment import RunResult, ensure_trained, evaluate_run, metrics_path, run_dir_for, uaps_path
-from . import experiments
+from . import experiments, published
+from .registry import EXPERIMENTS
 from .settings import NOTEBOOKS, Study, setup
 
 # what an experiment reads from a run's metrics, for runs not evaluated yet (the plan's stand-in)
 PLACEHOLDER = {"clean_acc": 0.5, "fooling_rate": 0.5, "uap_acc": 0.5, "random_fooling_rate": 0.1,
                "fooling_by": "placeholder", "uap_acc_by": "placeholder"}
+
+
+def _placeholder_uaps(device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Every UAP key an evaluation may hold (head 0, the ensemble; fooling, accuracy, targeted winners), zeros."""
+    return {f"{k}{part}": torch.zeros(1, 3, 32, 32, device=device)
+            for k in ("head0", "ensemble") for part in ("", "/uap_acc", "/targeted")}
 
 
 def cached(cfg: Config, runs: Path) -> bool:
@@ -70,19 +77,25 @@ def plan(study: Study, notebooks: list[str]) -> list[Config]:
         return {k: {"median_s": 1.0, "ratio": 1.0, "ratio_quartiles": [1.0, 1.0], "memory": {"peak_mb": 0.0}}
                 for k in cases}
 
+    def uap_metrics(res: RunResult, uaps: dict[str, torch.Tensor], target: int) -> dict[str, dict[str, float]]:
+        return {k: {**PLACEHOLDER, "asr": 0.5, "targeted_success": 0.5 if target >= 0 else None} for k in res.metrics["eval"]}
+
     # transfer's models: every model is read as one head ("head0", which every evaluation scores)
     images = Split(torch.zeros(10, 3, 32, 32, dtype=torch.uint8), torch.arange(10))
     model = SimpleNamespace(scores=lambda x, mode: torch.zeros(len(x), 10, device=x.device))
     stand_ins = {"save": lambda study, notebook, payload, t0: payload, "time_training_steps": timings,
                  "inference_latency": timings, "load_data": lambda cfg: (images, images, images),
                  "load_model": lambda run_dir, device: (model, Config()),
-                 "load_uaps": lambda run_dir, cfg, device: {"head0": torch.zeros(1, 3, 32, 32, device=device)}}
+                 "load_uaps": lambda run_dir, cfg, device="cpu": _placeholder_uaps(device)}
     with ExitStack() as stack:
         stack.enter_context(mock.patch.object(Study, "run", recorded))
         for name, fn in stand_ins.items():
-            stack.enter_context(mock.patch.object(experiments, name, fn))
+            for module in (experiments, published):
+                if hasattr(module, name):
+                    stack.enter_context(mock.patch.object(module, name, fn))
+        stack.enter_context(mock.patch.object(published, "uap_metrics", uap_metrics))
         for nb in notebooks:
-            experiments.EXPERIMENTS[nb](study, log=lambda s: None)
+            EXPERIMENTS[nb](study, log=lambda s: None)
     return list(asked.values())
 
 

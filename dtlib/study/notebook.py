@@ -11,7 +11,7 @@ import pandas as pd
 from IPython.display import Image, display
 
 from .. import figures
-from .experiments import EXPERIMENTS
+from .registry import EXPERIMENTS
 from .settings import Study, check_parameters, setup
 
 CLAIM_COLUMNS = ["claim", "what", "seed", "measured", "setting", "verdict"]
@@ -32,7 +32,7 @@ def start(namespace: dict[str, Any]) -> Study:
 
 
 def run(study: Study, notebook: str) -> dict[str, Any]:
-    """The notebook's experiment (``experiments.EXPERIMENTS``): trains through the run cache and
+    """The notebook's experiment (``registry.EXPERIMENTS``): trains through the run cache and
     writes ``results/<notebook>-<profile>.{json,csv}``."""
     return EXPERIMENTS[notebook](study)
 

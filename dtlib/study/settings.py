@@ -15,7 +15,7 @@ from ..experiment import RunResult, run
 from ..io import project_dir
 from ..runtime import progress_mode
 
-NOTEBOOKS = ("01_headline", "02_k_ablation", "03_cross_norm", "04_transfer", "05_cost")
+NOTEBOOKS = ("01_headline", "02_k_ablation", "03_cross_norm", "04_transfer", "05_cost", "06_published_method")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ class Study:
     linf_radii: tuple[float, ...] = (4 / 255, 10 / 255, 16 / 255)
     l2_radii: tuple[float, ...] = (0.5, 1.0, 2.0)
     transfer_backbones: tuple[str, ...] = ("cnn", "vgg")
+    published_radii: tuple[float, ...] = (8 / 255, 10 / 255)  # 06: L-inf radii of its untargeted and targeted UAPs
+    published_target: int = 9                  # 06: the targeted UAPs' class (the published CIFAR-10 setting)
     bench_steps: int = 15
     bench_warmup: int = 3
     config: Config = field(default_factory=Config)  # every run starts from this config
@@ -60,9 +62,10 @@ class Study:
 # radii where UAPs fool more than random noise); `gpu` is the study.
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(seeds=(0,), ablation_seeds=1, ks=(1, 2), grid_div=(0.0, 1.0), grid_adv=(0.0,),
-                  linf_radii=(10 / 255,), l2_radii=(1.0,), bench_steps=2, bench_warmup=1,
+                  linf_radii=(10 / 255,), l2_radii=(1.0,), bench_steps=2, bench_warmup=1, published_radii=(10 / 255,),
                   config=dict(data="mini", train_size=400, val_size=100, epochs=1, batch_size=64,
-                              uap_fit_size=128, uap_epochs=1, uap_lr="0.25", eval_size=200, device="cpu")),
+                              uap_fit_size=128, uap_epochs=1, uap_lr="0.25", eval_size=200, device="cpu",
+                              repair_size=100, repair_epochs=1, repair_clean_epochs=1)),
     "cpu": dict(ks=(1, 2, 5, 10), linf_radii=(10 / 255,), l2_radii=(1.0, 2.0),
                 config=dict(train_size=8000, val_size=1000, epochs=4, eval_size=5000, device="cpu")),
     "gpu": dict(seeds=(0, 1, 2), ablation_seeds=3, grid_div=(0.0, 0.3, 1.0, 3.0), grid_adv=(0.0, 0.5, 1.0),
@@ -88,6 +91,10 @@ PER_RUN: dict[str, str] = {
     "eval_modes": "each experiment, which scores the inference modes it reports",
     "eval_split": "each experiment (the selection grid scores on the validation split, the rest on test)",
     "eval_head": "the study, whose single-head rows are head 0 (its K = 1 arms have no other)",
+    "eval_target": "published_target in 06_published_method (every other attack is untargeted)",
+    "ent_clamp": "06_published_method's two entropy-DT arms (careful, and as published: ent_clamp=false)",
+    "ent_bn": "06_published_method's two entropy-DT arms (careful, and as published: ent_bn=train)",
+    "ent_leak": "06_published_method's two entropy-DT arms (careful, and as published: ent_leak=true)",
 }
 
 
@@ -175,12 +182,19 @@ def check_study(study: Study) -> None:
                 c.replace(**{field_: v})
             except ValueError as e:
                 raise ValueError(f"{name} holds {v!r}: {str(e)[0].lower()}{str(e)[1:]}") from None
-    for name, values, norm in (("linf_radii", study.linf_radii, "linf"), ("l2_radii", study.l2_radii, "l2")):
+    for name, values, norm in (("linf_radii", study.linf_radii, "linf"), ("l2_radii", study.l2_radii, "l2"),
+                               ("published_radii", study.published_radii, "linf")):
+        if name == "published_radii" and not values:
+            raise ValueError("published_radii is empty; give at least one value.")
         for r in values:
             try:
                 c.replace(eval_norm=norm, eval_eps=r)
             except ValueError as e:
                 raise ValueError(f"{name} holds {r!r}: {e}") from None
+    try:
+        c.replace(eval_target=study.published_target)
+    except ValueError as e:
+        raise ValueError(f"published_target: {e}") from None
     if study.backbone not in study.transfer_backbones:
         raise ValueError(f"transfer_backbones {list(study.transfer_backbones)} must include the study's backbone "
                          f"{study.backbone!r}, whose headline models are the transfer sources (try transfer_backbones: "

@@ -1,0 +1,99 @@
+"""Notebook 06: the published paper's method (``entropy_dt``) beside the summary's, evaluated as its
+authors evaluate it (targeted UAPs, attack success rate, the standard model's UAP transferred to the
+repaired model) and as this study does (untargeted, adaptive white-box, fooling rate).
+
+Arms, all on the study's backbone and seeds: the standard model, entropy-DT as a careful
+implementation, entropy-DT as published (unclamped samples, BatchNorm in training mode while
+generating them, the evaluation UAP leaked into BatchNorm's running statistics), UAT, and the
+summary's DT chosen on validation. Each is attacked at every radius of ``study.published_radii``,
+untargeted and towards ``study.published_target``: white-box (the suite fitted against the model
+itself) and with the standard model's own UAP of the same setting (what a model repaired after the
+fact meets first, and what the published code tests with).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+
+from ..data import load_data
+from ..evaluate import scored_subset
+from ..experiment import RunResult, load_model, load_uaps
+from ..metrics import accuracy, fooling_rate, predict, targeted_success
+from ..runtime import amp_dtype, resolve_device
+from .claims import published_claims, summarise
+from .experiments import _runs, arms, attack_check, save, select_dt
+from .settings import Study
+
+ARMS = {
+    "standard": dict(method="standard", heads=1),
+    "entropy_dt": dict(method="entropy_dt", heads=1),
+    "entropy_dt_published": dict(method="entropy_dt", heads=1, ent_clamp=False, ent_bn="train", ent_leak=True),
+    "uat": dict(method="uat", heads=1),
+}
+METRICS = ("clean_acc", "fooling_rate", "uap_acc", "asr", "targeted_success")
+
+
+def uap_metrics(res: RunResult, uaps: dict[str, torch.Tensor], target: int) -> dict[str, dict[str, float]]:
+    """Every metric of ``METRICS`` for each inference mode of ``res``'s evaluation under the UAP
+    ``uaps[mode]`` (pixel units), on the images that evaluation scored."""
+    cfg = res.config
+    device = resolve_device(cfg.device)
+    model, _ = load_model(res.run_dir, device)
+    _, val, test = load_data(cfg)
+    images = scored_subset(val if cfg.eval_split == "val" else test, cfg.eval_size).to(device)
+    dtype = amp_dtype(cfg.precision, device)
+    out = {}
+    for key in res.metrics["eval"]:
+        mode = "ensemble" if key == "ensemble" else "single"
+        fn = lambda x, mode=mode: model.scores(x, mode, cfg.eval_head)
+        clean = predict(fn, images.x, amp_dtype=dtype)
+        adv = predict(fn, images.x, delta=uaps[key].to(device), amp_dtype=dtype)
+        y = images.y.cpu()
+        right = clean == y
+        out[key] = {"clean_acc": accuracy(clean, y), "fooling_rate": fooling_rate(clean, adv), "uap_acc": accuracy(adv, y),
+                    "asr": (adv[right] != y[right]).float().mean().item() if right.any() else float("nan"),
+                    "targeted_success": targeted_success(adv, y, target) if target >= 0 else None}
+    return out
+
+
+def published_method(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The arms above over ``study.seeds`` x radii x (untargeted, targeted): white-box rows (the
+    suite's numbers; the attack success rate of its winning UAPs) and transferred rows (the standard
+    model's UAP of the same seed and setting), the attack check on the first seed's arms at the
+    largest radius, and the claims rows (``claims.published_claims``)."""
+    t0 = time.perf_counter()
+    selection = select_dt(study, log)
+    models = {**ARMS, "dt_best": arms(selection)["dt_best"]}
+    settings = [(eps, target) for eps in study.published_radii for target in (-1, study.published_target)]
+    rows, results = [], []
+    for seed in study.seeds:
+        for eps, target in settings:
+            ev = dict(eval_eps=eps, eval_target=target, seed=seed)
+            base = study.run(log, **models["standard"], **ev)
+            moved = load_uaps(base.run_dir, base.config)["head0/targeted" if target >= 0 else "head0"]
+            for arm, o in models.items():
+                res = study.run(log, **o, **ev)
+                results.append(res)
+                won = load_uaps(res.run_dir, res.config)
+                tags = {"arm": arm, "seed": seed, "eps": eps, "target": target, "run": res.run_dir.name}
+                # the published success rate of the suite's winning UAPs (its own record where it has one)
+                wins = [uap_metrics(res, {k: won[f"{k}{part}"] for k in res.metrics["eval"]}, target)
+                        for part in ("", "/uap_acc", *(("/targeted",) if target >= 0 else ()))]
+                for key, m in res.metrics["eval"].items():
+                    asr = max([m.get("asr", float("-inf")), *(w[key]["asr"] for w in wins)])
+                    rows.append({**tags, "eval": key, "attack": "white-box", "clean_acc": m["clean_acc"],
+                                 "fooling_rate": m["fooling_rate"], "uap_acc": m["uap_acc"], "asr": asr,
+                                 "targeted_success": m.get("targeted_success")})
+                if arm != "standard":
+                    for key, m in uap_metrics(res, {k: moved for k in res.metrics["eval"]}, target).items():
+                        rows.append({**tags, "eval": key, "attack": "standard's UAP", **m})
+    top = max(study.published_radii)
+    check = attack_check(study, [({"arm": arm, "target": t}, {**o, "seed": study.seeds[0], "eval_eps": top, "eval_target": t})
+                                 for arm, o in models.items() for t in (-1, study.published_target)], log)
+    # targeted success first: summarise's n is the last metric's, and untargeted rows have none
+    table = summarise(rows, ("arm", "eval", "eps", "target", "attack"), (METRICS[-1], *METRICS[:-1]))
+    payload = {"selection": selection, "rows": rows, "table": table, "attack_check": check,
+               "claims": published_claims(rows, study, check), "runs": _runs(results)}
+    return save(study, "06_published_method", payload, t0)
