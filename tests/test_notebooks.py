@@ -16,7 +16,7 @@ import pytest
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
-from dtlib.study import CROSS_ARMS, NOTEBOOK_PARAMETERS, NOTEBOOKS, PER_RUN, SHARED_FIELDS, arms
+from dtlib.study import ARMS, CROSS_ARMS, NOTEBOOK_PARAMETERS, NOTEBOOKS, PER_RUN, SHARED_FIELDS, arms
 
 pytestmark = pytest.mark.precision  # trains or evaluates: run under both precisions (make test-other-precision)
 
@@ -112,7 +112,8 @@ def test_notebook_runs_under_nbval_and_writes_its_results(name, root, tmp_path):
     expected = {"01_headline": {(a, None, None) for a in arms(res["selection"])},
                 "02_k_ablation": {(f"K={k}", None, None) for k in st["ks"]},
                 "03_cross_norm": {(a, n, r) for a in CROSS_ARMS for n in ("linf", "l2") for r in st[f"{n}_radii"]},
-                "04_transfer": {(m, None, None) for m in res.get("models", {})}}.get(name, set())
+                "04_transfer": {(m, None, None) for m in res.get("models", {})},
+                "06_published_method": {(a, None, None) for a in {*ARMS, "dt_best"}}}.get(name, set())
     assert checked == expected, (name, checked ^ expected)
     assert all(isinstance(r["converged"], bool) and r["stronger"]["uap_refine"] == 2 * st["config"]["uap_refine"] + 2 for r in res.get("attack_check", []))
     for ext in ("png", "pdf"):
@@ -130,5 +131,5 @@ def test_figures_and_claims_table_regenerate_from_results_alone(root):
     for name in NOTEBOOKS:
         assert (root / "figures" / f"{name}-smoke.png").exists()
     table = (root / "results" / "claims-smoke.md").read_text()
-    for cid in ("C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8"):
+    for cid in ("C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "P1", "P2", "P3"):
         assert f"| {cid} |" in table, cid

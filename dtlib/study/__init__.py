@@ -1,7 +1,7 @@
 """The study behind the notebooks: ``settings`` (the Study record, its profiles and ``setup``),
 ``claims`` (the summary's figures and the claims rows) and ``rules`` (the verdict rules), both
-torch-free, ``experiments`` and ``published`` (the six experiments; ``registry`` names them) and ``fill`` (their run cache filled in parallel
-lanes before the batch). ``notebook`` holds the one-line calls of the notebooks' cells. Every name a
+torch-free, ``experiments`` and ``published`` (the six experiments; ``registry`` names them) and
+``fill`` (their run cache filled in parallel lanes before the batch). ``notebook`` holds the one-line calls of the notebooks' cells. Every name a
 notebook or script uses is offered by ``dtlib.study`` itself, each loaded from its module on first
 use (as ``dtlib`` does), so ``dtlib.study.claims`` alone stays torch-free."""
 from __future__ import annotations

@@ -94,6 +94,9 @@ def published_method(study: Study, log: Callable[[str], None] = print) -> dict[s
                                  for arm, o in models.items() for t in (-1, study.published_target)], log)
     # targeted success first: summarise's n is the last metric's, and untargeted rows have none
     table = summarise(rows, ("arm", "eval", "eps", "target", "attack"), (METRICS[-1], *METRICS[:-1]))
+    for row in table:
+        if row["target"] < 0:  # untargeted: no targeted success to average
+            row["targeted_success"] = row["targeted_success_std"] = None
     payload = {"selection": selection, "rows": rows, "table": table, "attack_check": check,
                "claims": published_claims(rows, study, check), "runs": _runs(results)}
     return save(study, "06_published_method", payload, t0)
