@@ -265,3 +265,21 @@ def test_fill_refuses_bad_arguments_in_one_sentence(argv, needle, capsys, tmp_pa
         fill.main([*argv, "--root", str(tmp_path)])
     assert needle in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_attack_check_of_a_targeted_evaluation_also_needs_its_targeted_success_to_hold(monkeypatch):
+    """A stronger suite that sends 5 points more images to the target class marks a targeted
+    evaluation not converged, even when its fooling rate and accuracy under UAP barely move."""
+    def run(self, log=print, **o):
+        strong = "uap_refine" in o
+        m = {"fooling_rate": 0.50 + 0.01 * strong, "uap_acc": 0.40, "n_fit": 10 + 10 * strong,
+             "targeted_success": None if o["eval_target"] < 0 else 0.30 + 0.05 * strong}
+        return RunResult(self.config.replace(**o), Path("runs/x"), {"eval": {"head0": m}})
+
+    monkeypatch.setattr(S.Study, "run", run)
+    study = S.setup("smoke", progress=False)
+    rows = {r["target"]: r for r in experiments.attack_check(
+        study, [({"target": t}, {"eval_target": t}) for t in (-1, 9)], log=lambda s: None)}
+    assert rows[-1]["converged"] and "targeted_rise" not in rows[-1]
+    assert not rows[9]["converged"] and rows[9]["targeted_rise"] == pytest.approx(0.05)
+    assert rows[9]["rise"] == pytest.approx(0.01)

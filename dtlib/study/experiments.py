@@ -157,20 +157,26 @@ def attack_check(study: Study, models: list[tuple[dict[str, Any], dict[str, Any]
     """Has the evaluation attack converged? Each of ``models`` (``(tags, overrides)``: the row's
     labels, e.g. ``{"arm": "dt_div"}``, and the run's Config overrides, seed included) is attacked
     again by the ``stronger`` suite. Converged: its fooling rate rises by at most MIN_NOISE and its
-    accuracy under UAP falls by at most that (docs/protocol.md section 3); a claim resting on a
-    model that fails reads inconclusive (``claims.unconverged``)."""
+    accuracy under UAP falls by at most that, and for a targeted evaluation its targeted success
+    rises by at most that too (docs/protocol.md section 3); a claim resting on a model that fails
+    reads inconclusive (``claims.unconverged``)."""
     out, more = [], stronger(study.config)
     for tags, o in models:
         base = study.run(log, **o).metrics["eval"]
         strong = study.run(log, **o, **more).metrics["eval"]
         for key in base:
-            rise = strong[key]["fooling_rate"] - base[key]["fooling_rate"]
-            drop = base[key]["uap_acc"] - strong[key]["uap_acc"]
-            out.append({**tags, "eval": key, "fooling_rate": base[key]["fooling_rate"],
-                        "stronger_fooling_rate": strong[key]["fooling_rate"], "rise": rise,
-                        "uap_acc": base[key]["uap_acc"], "stronger_uap_acc": strong[key]["uap_acc"], "acc_drop": drop,
-                        "n_fit": base[key]["n_fit"], "stronger_n_fit": strong[key]["n_fit"],
-                        "converged": rise <= MIN_NOISE and drop <= MIN_NOISE, "stronger": more})
+            b, s = base[key], strong[key]
+            rise = s["fooling_rate"] - b["fooling_rate"]
+            drop = b["uap_acc"] - s["uap_acc"]
+            row = {**tags, "eval": key, "fooling_rate": b["fooling_rate"], "stronger_fooling_rate": s["fooling_rate"],
+                   "rise": rise, "uap_acc": b["uap_acc"], "stronger_uap_acc": s["uap_acc"], "acc_drop": drop,
+                   "n_fit": b["n_fit"], "stronger_n_fit": s["n_fit"]}
+            ok = rise <= MIN_NOISE and drop <= MIN_NOISE
+            if b.get("targeted_success") is not None:
+                row |= {"targeted_success": b["targeted_success"], "stronger_targeted_success": s["targeted_success"],
+                        "targeted_rise": s["targeted_success"] - b["targeted_success"]}
+                ok = ok and row["targeted_rise"] <= MIN_NOISE
+            out.append({**row, "converged": ok, "stronger": more})
     return out
 
 
