@@ -138,9 +138,11 @@ class Config:
     eval_target: int = _f(-1, "eval", "a class index: targeted UAPs that send images to it (the suite adds the published "
                           "attack, Adam on a bounded-logit loss; metrics add targeted_success); -1 = untargeted. "
                           "The published CIFAR-10 setting is 9")
-    uap_adam_lr: float = _f(0.005, "eval", "targeted suite: learning rate of the published attack's Adam, pixel units")
+    uap_adam_lr: float = _f(0.005, "eval", "targeted suite: learning rate of the published attack's Adam, pixel units "
+                            "(untargeted suites run no Adam attack and ignore it)")
     eval_labels: str = _f("predicted,true", "eval", "labels the suite's SGD-UAPs use, comma-separated: predicted (the "
-                          "model's clean predictions, aimed at the fooling rate) | true (aimed at accuracy)")
+                          "model's clean predictions, aimed at the fooling rate) | true (aimed at accuracy); a targeted suite "
+                          "(eval_target) ignores it")
     # --- runtime -----------------------------------------------------------------------------
     device: str = _f("auto", "runtime", "auto (CUDA when present) | cpu | cuda")
     checkpointing: bool = _f(False, "runtime", "gradient checkpointing of the backbone (memory for compute; same results)")
@@ -192,6 +194,9 @@ class Config:
     def eval_hash(self) -> str:
         """Key of one evaluation setting of a run: its metrics and UAPs are cached under it."""
         fields_ = {k: v for k, v in self.group("eval").items() if not (k in ADDED_EVAL_FIELDS and ADDED_EVAL_FIELDS[k] == v)}
+        # what the suite does not read in this mode is not part of the setting: the Adam attack's rate
+        # when untargeted, the kinds of labels when targeted (its UAPs aim at the target)
+        fields_.pop("eval_labels" if self.eval_target >= 0 else "uap_adam_lr", None)
         blob = json.dumps({"code": CODE_VERSION, **fields_}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:8]
 

@@ -174,8 +174,10 @@ def cost(res: dict[str, Any], out: Path) -> list[str]:
 
 def published(res: dict[str, Any], out: Path) -> list[str]:
     """06: per arm, the attack success rate of targeted UAPs (left) and the fooling rate of untargeted
-    ones (right) at each radius, white-box (filled) and the standard model's UAP (hatched); head 0."""
-    rows = [r for r in res["table"] if r["eval"] == "head0"]
+    ones (right) at each radius, white-box (filled) and the standard model's UAP (hatched); each arm
+    in the inference mode it is deployed in (the ensemble where it has heads, as C1 reads DT)."""
+    ensembles = {r["arm"] for r in res["table"] if r["eval"] == "ensemble"}
+    rows = [r for r in res["table"] if r["eval"] == ("ensemble" if r["arm"] in ensembles else "head0")]
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     radii = sorted({r["eps"] for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)

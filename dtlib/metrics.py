@@ -45,6 +45,13 @@ def fooling_rate(clean_pred: torch.Tensor, adv_pred: torch.Tensor) -> float:
     return (clean_pred != adv_pred).float().mean().item()
 
 
+def attack_success_rate(clean_pred: torch.Tensor, adv_pred: torch.Tensor, labels: torch.Tensor) -> float:
+    """The published paper's attack success rate: among images classified right when clean, the
+    share classified wrong under the perturbation (NaN when none is right)."""
+    right = clean_pred == labels.cpu()
+    return (adv_pred[right] != labels.cpu()[right]).float().mean().item() if right.any() else float("nan")
+
+
 def targeted_success(adv_pred: torch.Tensor, labels: torch.Tensor, target: int) -> float:
     keep = labels.cpu() != target
     return (adv_pred[keep] == target).float().mean().item() if keep.any() else float("nan")

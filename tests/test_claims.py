@@ -149,7 +149,8 @@ def test_a_k_never_fooled_is_inconclusive():
 
 @pytest.mark.parametrize("rule, bad", [(C.cost_verdict, (float("nan"), 2.3)), (C.figure_verdict, (0.0, 8.0)),
                                        (C.overhead_verdict, (float("nan"),)), (C.accuracy_cost_verdict, (float("nan"),)),
-                                       (C.verdict, (float("nan"), 0.8, 0.02)), (C.verdict, (0.5, 0.8, float("nan")))])
+                                       (C.verdict, (float("nan"), 0.8, 0.02)), (C.verdict, (0.5, 0.8, float("nan"))),
+                                       (C.direction_verdict, (float("nan"), 0.02))])
 def test_every_rule_is_inconclusive_on_numbers_it_cannot_judge(rule, bad):
     assert rule(*bad).startswith("inconclusive: ")
 
@@ -315,3 +316,42 @@ def test_headline_markdown_shows_the_attack_check_with_its_verdict_per_model():
     assert "| standard | head0 |" in table and table.count("| yes |") == 1
     assert "uap_restarts=2, uap_tol=0.0025" in table
     assert check_table([]) == "" == check_table([{"arm": "a", "fooling_rate": 0.1, "stronger_fooling_rate": 0.1}])
+
+
+def _published_rows(asr, clean=None, seeds=(0, 1)):
+    """06's rows: ``asr[(arm, attack, eps)]`` = the targeted attack success rate (seed spread 0.01)."""
+    rows = []
+    for (arm, attack, eps), rate in asr.items():
+        for i, seed in enumerate(seeds):
+            rows.append({"arm": arm, "attack": attack, "eps": eps, "target": STUDY.published_target, "eval": "head0",
+                         "seed": seed, "asr": rate + 0.01 * (2 * i - 1)})
+    for arm, acc in (clean or {}).items():
+        rows += [{"arm": arm, "attack": "white-box", "eps": max(STUDY.published_radii), "target": -1,
+                  "eval": "head0", "seed": s, "clean_acc": acc} for s in seeds]
+    return rows
+
+
+def test_published_claims_read_the_targeted_white_box_rows_at_every_radius():
+    study = dataclasses.replace(STUDY, published_radii=(8 / 255, 10 / 255))
+    arms = ("standard", "entropy_dt", "entropy_dt_published")
+
+    def rows(care8, care10, pub_t=0.5):
+        asr = {}
+        for eps, care in ((8 / 255, care8), (10 / 255, care10)):
+            asr |= {("standard", "white-box", eps): 0.8, ("entropy_dt", "white-box", eps): care,
+                    ("entropy_dt_published", "white-box", eps): 0.6, ("entropy_dt", "standard's UAP", eps): 0.7,
+                    ("entropy_dt_published", "standard's UAP", eps): pub_t}
+        return _published_rows(asr, dict(zip(arms, (0.60, 0.595, 0.55))))
+
+    p = {c["claim"]: c for c in C.published_claims(rows(0.5, 0.5), study)}
+    assert p["P1"]["verdict"] == "holds" and p["P1"]["effect"] == pytest.approx(0.3)
+    assert "8/255: standard 80.0%" in p["P1"]["measured"] and "10/255" in p["P1"]["measured"]
+    assert p["P2"]["verdict"] == "holds" and p["P2"]["effect"] == pytest.approx(-0.005)  # a half-point drop
+    assert p["P3"]["verdict"] == "holds" and p["P3"]["effect"] == pytest.approx(0.2)
+    # a radius where it does not lower the rate beyond noise (2 * sqrt(2) * 0.014 < 0.05 > 0.02) decides P1
+    assert C.published_claims(rows(0.5, 0.78), study)[0]["verdict"] == "does not hold"
+    assert C.published_claims(rows(0.5, 0.5, pub_t=0.69), study)[2]["verdict"] == "does not hold"
+    # a failed attack check on the arms P1 reads makes it inconclusive; a missing arm is named
+    check = [{"arm": "entropy_dt", "target": STUDY.published_target, "eval": "head0", "converged": False}]
+    assert C.published_claims(rows(0.5, 0.5), study, check)[0]["verdict"] == "inconclusive: attack not converged on entropy_dt"
+    assert "entropy-DT" in C.published_claims([r for r in rows(0.5, 0.5) if r["arm"] != "entropy_dt"], study)[0]["verdict"]

@@ -64,6 +64,8 @@ def _step(bn: str = "eval", leak: bool = False, alpha: float = 0.9, **more):
     model = build_model(cfg).train()
     step = EntropyDT(model, cfg, torch.device("cpu"))
     step.begin({"head0": torch.full((1, 3, 32, 32), EPS)} if leak else None)
+    if leak:
+        assert torch.equal(step.leak, torch.full((1, 3, 32, 32), EPS))
     return model, step, cfg
 
 
@@ -88,6 +90,33 @@ def test_the_leak_moves_the_running_statistics_and_nothing_else(images):
         step.loss(images, y)
         means.append(next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d)).running_mean.clone())
     assert not torch.allclose(means[0], means[1])
+
+
+def test_with_train_mode_generation_the_leak_changes_no_weight_and_the_clean_passes_erase_it(images):
+    """As published (BatchNorm in training mode while generating) nothing reads a running statistic
+    while fine-tuning, so the leaked UAP changes no weight; each clean pass's training-mode update
+    then shrinks its trace in the running statistics by BatchNorm's momentum (0.9 kept per batch),
+    so the published repaired model (~620 clean batches on CIFAR-10) keeps none of it."""
+    y = torch.randint(0, 10, (len(images),), generator=torch.Generator().manual_seed(2))
+    out = []
+    for leak in (False, True):
+        model, step, cfg = _step("train", leak, repair_epochs=1, repair_clean_epochs=1)
+        bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+        opt = make_optimizer(model, cfg)
+        for _ in range(3):
+            train_step(step, opt, images, y, None)
+        repaired = bn.running_mean.clone()
+        step.start_epoch(1, opt)
+        for _ in range(4):  # the clean passes
+            train_step(step, opt, images, y, None)
+        out.append((model.state_dict(), repaired, bn.running_mean.clone()))
+    (plain, r0, m0), (leaked, r1, m1) = out
+    for k, v in plain.items():
+        if "running" not in k:
+            assert torch.equal(v, leaked[k]), k
+    trace = (r1 - r0).abs().max()
+    assert trace > 1e-3
+    assert (m1 - m0).abs().max() <= trace * 0.9 ** 4 * 1.01 + 1e-6
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.9, 1.0])
@@ -143,6 +172,13 @@ def test_a_run_fine_tunes_the_cached_standard_run_of_the_same_settings(tmp_path)
         if "running" not in k and "num_batches" not in k:
             torch.testing.assert_close(tuned["model"][k], v, rtol=0, atol=1e-6)
     assert dtlib.run(method="standard", **common, **quiet).run_dir == run_dir_for(std, tmp_path)  # the same cached run
+
+
+def test_a_targeted_evaluation_leaks_the_targeted_uap():
+    cfg = Config(method="entropy_dt", ent_leak=True, eval_target=9, **MINI)
+    step = EntropyDT(build_model(cfg), cfg, torch.device("cpu"))
+    step.begin({"head0": torch.zeros(1, 3, 32, 32), "head0/targeted": torch.full((1, 3, 32, 32), EPS)})
+    assert torch.equal(step.leak, torch.full((1, 3, 32, 32), EPS))
 
 
 def test_the_leaked_runs_key_covers_the_evaluation_it_leaks():

@@ -234,13 +234,16 @@ def test_the_cache_keys_cover_every_field_that_changes_results():
     own = {name: method for method, names in METHOD_FIELDS.items() for name in names}
     for f in fields(Config):
         # a field only one method reads (METHOD_FIELDS) is checked on that method's runs
-        base = Config(method=own.get(f.name, "dt"), heads=2, val_size=100)
+        base = Config(method=own.get(f.name, "dt"), heads=2, val_size=100, eval_target=3 if f.name == "uap_adam_lr" else -1)
         changed = base.replace(**{f.name: _another_value(f.name, getattr(base, f.name))})
         group = f.metadata["group"]
         assert (changed.train_hash() != base.train_hash()) == (group == "train"), f.name
         assert (changed.eval_hash() != base.eval_hash()) == (group == "eval"), f.name
         if f.name in own:  # ... and leaves every other method's runs where they are
             assert Config(method="dt").replace(**{f.name: getattr(changed, f.name)}).train_hash() == Config(method="dt").train_hash()
+    # ... except what the suite does not read in the evaluation's mode: Adam's rate untargeted, labels targeted
+    assert Config(uap_adam_lr=0.01).eval_hash() == Config().eval_hash()
+    assert Config(eval_target=3, eval_labels="true").eval_hash() == Config(eval_target=3).eval_hash()
     assert set(dtlib.config.ADDED_TRAIN_FIELDS) <= {f.name for f in fields(Config) if f.metadata["group"] == "train"}
     assert set(own) <= {f.name for f in fields(Config) if f.metadata["group"] == "train"}
 

@@ -2,13 +2,15 @@
 the published Adam bounded-logit attack) sends images of a linear model to the target, the reported
 targeted success is the maximum of the recorded entries, and the attack success rate counts the
 images right when clean and wrong under the UAP."""
+import math
+
 import pytest
 import torch
 
 from dtlib import Config
 from dtlib.attacks import fit_uap
 from dtlib.data import Split
-from dtlib.metrics import predict, targeted_success
+from dtlib.metrics import attack_success_rate, predict, targeted_success
 from dtlib.suite import Suite, attack, targeted_loss
 
 from test_suite import EPS, SHAPE, Linear, _gray
@@ -40,6 +42,14 @@ def test_each_targeted_entry_sends_a_linear_model_to_the_target(objective):
     assert found["targeted_success"] == max(rates.values()) == rates[found["targeted_by"]]
     adv = predict(scores, test.x, delta=won["targeted_success"])
     assert targeted_success(adv, test.y, TARGET) == found["targeted_success"]  # the saved winner is that entry
+    # the targeted suite's attack success rate is its targeted UAPs' best, never an untuned pattern's
+    assert found["asr_by"] in (sgd, adam) and found["asr"] == max(found["entries"][n]["asr"] for n in (sgd, adam))
+
+
+def test_attack_success_rate_is_nan_without_an_image_right_when_clean():
+    labels = torch.tensor([0, 1, 2, 3])
+    assert attack_success_rate(torch.tensor([0, 1, 0, 0]), torch.tensor([0, 2, 0, 0]), labels) == 0.5
+    assert math.isnan(attack_success_rate(torch.tensor([1, 2, 3, 4]), labels, labels))
 
 
 def test_the_attack_success_rate_counts_images_right_when_clean_and_wrong_under_the_uap():

@@ -72,6 +72,15 @@ def verdict(effect: float, seed_effect: float, margin: float) -> str:
     return "holds" if effect >= seed_effect / 2 else "partly"
 
 
+def direction_verdict(effect: float, margin: float) -> str:
+    """The rule for a claim of a direction with no figure to reach at this scale (06's P1 and P3):
+    holds if the change in the claimed direction is beyond ``margin``, does not hold otherwise;
+    inconclusive when either is not a number."""
+    if not finite(effect, margin):
+        return inconclusive("the effect cannot be formed from these numbers (a missing rate)")
+    return "holds" if effect > margin else "does not hold"
+
+
 def cost_verdict(measured: float, claimed: float) -> str:
     """The rule for a cost bound ("costs only X"): holds if at most 10% over the claimed cost,
     partly if at most 50% over, does not hold otherwise."""
