@@ -112,7 +112,7 @@ def test_with_train_mode_generation_the_leak_changes_no_weight_and_the_clean_pas
         out.append((model.state_dict(), repaired, bn.running_mean.clone()))
     (plain, r0, m0), (leaked, r1, m1) = out
     for k, v in plain.items():
-        if "running" not in k:
+        if "running" not in k and "num_batches" not in k:  # the counter counts the leak's forwards too
             assert torch.equal(v, leaked[k]), k
     trace = (r1 - r0).abs().max()
     assert trace > 1e-3
