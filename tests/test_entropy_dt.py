@@ -17,6 +17,7 @@ from dtlib.train import make_optimizer, train_step
 
 from conftest import MINI
 
+pytestmark = pytest.mark.precision  # trains and fine-tunes: run under both precisions (make test-other-precision)
 EPS = 10 / 255
 
 

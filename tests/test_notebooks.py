@@ -35,6 +35,8 @@ def root(tmp_path_factory):
 def test_committed_notebooks_are_clean_and_parameterised():
     assert sorted(p.stem for p in NB_DIR.glob("0*.ipynb")) == list(NOTEBOOKS)
     for name in NOTEBOOKS:
+        raw = json.loads((NB_DIR / f"{name}.ipynb").read_text())
+        assert all("id" in c for c in raw["cells"]), f"{name}: a cell without an id (nbformat 4.5 requires one)"
         nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert all(not c.outputs and c.execution_count is None for c in code), f"{name} carries outputs"
