@@ -93,6 +93,9 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, *, log: Callabl
     trained = Config.from_dict(ckpt["config"])
     cfg = cfg or trained
     if cfg.train_key() != trained.train_key():
+        if {**cfg.train_key(), "leaked_eval": None} == {**trained.train_key(), "leaked_eval": None}:
+            raise ValueError(f"{run_dir} leaked the UAP of another evaluation setting into its BatchNorm statistics "
+                             "(ent_leak=true ties a run to its evaluation); train a run for this setting.")
         raise ValueError(f"{run_dir} was trained with a different config; only evaluation fields may change.")
     device = resolve_device(cfg.device)
     model, _ = _model_from(ckpt, run_dir, device)  # the checkpoint read once: it is hashed on every read

@@ -76,8 +76,13 @@ class _Case:
         self.cfg, self.device, self.dtype = cfg, device, amp_dtype(cfg.precision, device)
         self.model = build_model(cfg).to(device, memory_format=torch.channels_last).train()
         self.opt = make_optimizer(self.model, cfg)
-        self.step_fn = STEPS[cfg.method](prepare(self.model, cfg), cfg, device)
-        self.batches = cycle(list(Loader(split, cfg.batch_size, train=True, seed=cfg.seed)))
+        method = STEPS[cfg.method]
+        plan = method.schedule(cfg)  # the method's own batch size and augmentation, as the loop trains it
+        self.step_fn = method(prepare(self.model, cfg), cfg, device)
+        # timing only: a zero perturbation stands in for a leaked evaluation UAP (the same work)
+        self.step_fn.begin({"head0": torch.zeros(1, *split.x.shape[1:])} if (method.base(cfg) or (None, False))[1] else None)
+        self.batch_size = plan.batch_size
+        self.batches = cycle(list(Loader(split, plan.batch_size, train=True, seed=cfg.seed, rotation=plan.rotation)))
         self.times: list[float] = []
         self.memory: dict[str, float] = {}
 
@@ -182,7 +187,7 @@ def training_steps(base: Config, split: Split, cases: dict[str, dict[str, Any]],
     for name, c in built.items():
         med = statistics.median(c.times)
         out[name] = {"median_s": med, "quartiles_s": _quartiles(c.times), "times_s": c.times,
-                     "batch_size": c.cfg.batch_size, "images_per_s": c.cfg.batch_size / med,
+                     "batch_size": c.batch_size, "images_per_s": c.batch_size / med,
                      "memory": c.memory, "config": cases[name]}
         if name in profile:
             out[name]["phases_ms"] = c.profile(profile_steps)

@@ -173,6 +173,11 @@ def test_a_run_fine_tunes_the_cached_standard_run_of_the_same_settings(tmp_path)
         if "running" not in k and "num_batches" not in k:
             torch.testing.assert_close(tuned["model"][k], v, rtol=0, atol=1e-6)
     assert dtlib.run(method="standard", **common, **quiet).run_dir == run_dir_for(std, tmp_path)  # the same cached run
+    # a leaking run is tied to the evaluation whose UAP it leaked: another setting is refused in one sentence
+    leak = dtlib.run(method="entropy_dt", ent_leak=True, repair_size=100, repair_epochs=1, repair_clean_epochs=0,
+                     **common, **quiet)
+    with pytest.raises(ValueError, match=r"leaked the UAP of another evaluation setting into its BatchNorm statistics"):
+        dtlib.evaluate_run(leak.run_dir, leak.config.replace(eval_eps=8 / 255), log=lambda s: None)
 
 
 def test_a_targeted_evaluation_leaks_the_targeted_uap():

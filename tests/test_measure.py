@@ -73,6 +73,16 @@ def test_training_steps_ratios_are_medians_over_the_reference_with_per_round_spr
     assert out["standard"]["ratio"] == 1 and out["standard"]["ratio_quartiles"] == (1, 1)
 
 
+def test_a_method_with_its_own_schedule_is_timed_at_its_batch_size_leak_included():
+    """entropy_dt trains on batches of repair_batch_size, and a leaking step forwards one more batch."""
+    mini = load_cifar10("mini", DATA_DIR)["train"].subset(torch.arange(128))
+    cases = {"standard": {}, "ent": {"method": "entropy_dt", "repair_batch_size": 16},
+             "leak": {"method": "entropy_dt", "repair_batch_size": 16, "ent_leak": True}}
+    out = training_steps(Config(batch_size=32, **MINI), mini, cases, steps=2, warmup=1)
+    assert out["standard"]["batch_size"] == 32 and out["ent"]["batch_size"] == out["leak"]["batch_size"] == 16
+    assert out["ent"]["images_per_s"] == pytest.approx(16 / out["ent"]["median_s"])
+
+
 def test_a_compiled_dt_step_trains_exactly_as_the_eager_one(monkeypatch):
     """torch.compile through DT's two passes over one graph (Dynamo's tracing; the eager backend
     so the arithmetic is the same and the test needs no C++ compiler)."""

@@ -108,6 +108,11 @@ def test_notebook_runs_under_nbval_and_writes_its_results(name, root, tmp_path):
         differ = {k for k, v in study_cfg.items() if run["config"][k] != v}
         assert differ <= set(PER_RUN) | set(SHARED_FIELDS), (name, differ)
     assert (root / "results" / f"{name}-smoke.csv").exists()
+    if name == "06_published_method":  # its re-scored rows read the same images, model and mode as the suite
+        white = {(r["arm"], r["seed"], r["eps"], r["target"], r["eval"]): r for r in res["rows"] if r["attack"] == "white-box"}
+        moved = [r for r in res["rows"] if r["attack"] != "white-box"]
+        assert moved and all(abs(r["clean_acc"] - white[r["arm"], r["seed"], r["eps"], r["target"], r["eval"]]["clean_acc"])
+                             <= 0.01 for r in moved)
     # every model the notebook reports was attacked again by the stronger suite (first seed)
     st = res["study"]
     checked = {(r["arm"], r.get("norm"), r.get("radius")) for r in res.get("attack_check", [])}
