@@ -145,9 +145,9 @@ def _fake_runs(monkeypatch):
                                                                        "head0": torch.zeros(1, 3, 32, 32)})
     uaps = {f"{k}{part}": torch.zeros(1, 3, 32, 32) for k in ("ensemble", "head0") for part in ("", "/uap_acc", "/targeted")}
     monkeypatch.setattr(published, "load_uaps", lambda run_dir, cfg, device="cpu": uaps)
-    monkeypatch.setattr(published, "uap_metrics", lambda res, u, target: {
+    monkeypatch.setattr(published, "uap_metrics", lambda res, sets, target: [{
         k: {"clean_acc": 0.8, "fooling_rate": 0.5, "uap_acc": 0.4, "asr": 0.5,
-            "targeted_success": 0.3 if target >= 0 else None} for k in res.metrics["eval"]})
+            "targeted_success": 0.3 if target >= 0 else None} for k in res.metrics["eval"]} for _ in sets])
 
 
 @pytest.mark.parametrize("name", sorted(ACCEPTED))

@@ -77,8 +77,9 @@ def plan(study: Study, notebooks: list[str]) -> list[Config]:
         return {k: {"median_s": 1.0, "ratio": 1.0, "ratio_quartiles": [1.0, 1.0], "memory": {"peak_mb": 0.0}}
                 for k in cases}
 
-    def uap_metrics(res: RunResult, uaps: dict[str, torch.Tensor], target: int) -> dict[str, dict[str, float]]:
-        return {k: {**PLACEHOLDER, "asr": 0.5, "targeted_success": 0.5 if target >= 0 else None} for k in res.metrics["eval"]}
+    def uap_metrics(res: RunResult, sets: list[dict[str, torch.Tensor]], target: int) -> list[dict[str, dict[str, float]]]:
+        return [{k: {**PLACEHOLDER, "asr": 0.5, "targeted_success": 0.5 if target >= 0 else None}
+                 for k in res.metrics["eval"]} for _ in sets]
 
     # transfer's models: every model is read as one head ("head0", which every evaluation scores)
     images = Split(torch.zeros(10, 3, 32, 32, dtype=torch.uint8), torch.arange(10))
