@@ -7,9 +7,11 @@ that is evaluated (white-box, adaptive).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import NORMS, check_radius
@@ -52,6 +54,36 @@ def random_uap(shape: tuple[int, ...], eps: float, norm: str = "linf",
         return eps * (torch.rand(shape, generator=generator) < 0.5).float().mul_(2).sub_(1)
     d = torch.randn(shape, generator=generator)
     return d * (eps / _l2(d))
+
+
+@contextmanager
+def frozen_for_attack(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` as an attack on its inputs wants it, restored afterwards: eval mode, parameters
+    frozen (an attack needs input gradients only; recording the weights' graph made a UAP step of the
+    compact CNN 15-25% slower) and, on the CPU, 4-D weights channels_last (with ``channels_last``
+    images, another 1.3-1.4x: fp32 on an AVX2 CPU). The function it computes is the same."""
+    training = model.training
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    cpu = next((t.device.type == "cpu" for t in model.parameters()), False)
+    layouts = [(t, t.data) for t in (*model.parameters(), *model.buffers()) if t.dim() == 4] if cpu else []
+    model.eval()
+    for p, _ in grads:
+        p.requires_grad_(False)
+    for t, data in layouts:
+        t.data = data.contiguous(memory_format=torch.channels_last)
+    try:
+        yield model
+    finally:
+        for t, data in layouts:  # the attack changes no weight: the tensors they were, as they were
+            t.data = data
+        for p, g in grads:
+            p.requires_grad_(g)
+        model.train(training)
+
+
+def channels_last(images: torch.Tensor) -> torch.Tensor:
+    """Images (N, C, H, W) in the layout a model ``frozen_for_attack`` runs fastest with on the CPU."""
+    return images.contiguous(memory_format=torch.channels_last) if images.device.type == "cpu" else images
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (perturbed images, labels) -> scalar to ascend

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .attacks import random_uap
+from .attacks import frozen_for_attack, random_uap
 from .config import Config
 from .data import CLASSES, Split, balanced_indices, file_digest, load_data
 from .io import write_json
@@ -51,11 +51,16 @@ def evaluate_model(model: nn.Module, cfg: Config, pool: Split, test: Split,
 
     Returns ``({mode: metrics}, {mode: uap})``: the UAP that won the fooling rate under the mode's
     key, the one that won accuracy under ``<mode>/uap_acc``; a one-head model is scored once, as
-    ``single``."""
-    model.eval()
+    ``single``. The model is scored in eval mode (``frozen_for_attack``) and left as it was."""
     modes = cfg.modes if isinstance(model, MultiHead) and model.heads > 1 else ["single"]
     fit = fit_images(pool, cfg.uap_fit_size, cfg.seed)
     test = scored_subset(test, cfg.eval_size)
+    with frozen_for_attack(model):
+        return _evaluate(model, cfg, modes, fit, test, amp_dtype)
+
+
+def _evaluate(model: nn.Module, cfg: Config, modes: list[str], fit: Split, test: Split,
+              amp_dtype: torch.dtype | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     rows, uaps = {}, {}
     for mode in modes:
         parts, fn = mode_fns(model, mode, cfg.eval_head)

@@ -2,7 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dtlib.attacks import perturb, pgd, project, random_uap, sgd_uap
+from dtlib.attacks import channels_last, frozen_for_attack, perturb, pgd, project, random_uap, sgd_uap
+from dtlib.config import Config
+from dtlib.models import build_model
 from dtlib.data import to_float
 from dtlib.evaluate import fit_images
 from dtlib.metrics import fooling_rate, predict, targeted_success
@@ -35,6 +37,28 @@ def test_random_uap_has_exactly_the_norm(norm):
 def test_perturbed_images_stay_valid_pixels():
     x = torch.tensor([0.0, 0.5, 1.0]).view(1, 3, 1, 1)
     assert torch.equal(perturb(x, torch.full((1, 3, 1, 1), 0.7)), torch.tensor([0.7, 1.0, 1.0]).view(1, 3, 1, 1))
+
+
+def test_a_model_frozen_for_attack_computes_the_same_and_is_given_back_as_it_was():
+    torch.manual_seed(0)
+    model = build_model(Config(heads=3))
+    model.train()
+    model.weight.requires_grad_(False)  # a user's own freezing survives
+    before = {n: (t, t.data_ptr(), t.stride(), t.requires_grad) for n, t in model.named_parameters()}
+    x = torch.rand(4, 3, 32, 32)
+    reference = model.eval()(x).detach()
+    model.train()
+    with frozen_for_attack(model) as m:
+        assert not m.training and not any(p.requires_grad for p in m.parameters())
+        assert m.backbone[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+        delta = torch.zeros(1, 3, 32, 32, requires_grad=True)
+        out = m(perturb(channels_last(x), delta))
+        torch.autograd.grad(out.sum(), delta)  # the input gradient an attack takes still flows
+        assert torch.allclose(out.detach(), reference, atol=1e-4, rtol=1e-4)
+    assert model.training
+    for n, t in model.named_parameters():
+        assert (t, t.data_ptr(), t.stride(), t.requires_grad) == before[n], n
+    assert all(p.grad is None for p in model.parameters())
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", EPS), ("l2", 1.0)])
