@@ -20,6 +20,18 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(f"dtlib: precision=auto resolved to {auto_precision(torch.device('cpu'))} ({why})")
 
 
+# The session's trained fixtures: a test that asks for one pays for its training and evaluation
+TRAINED = {"standard_run", "standard_model"}
+
+
+def pytest_collection_modifyitems(items):
+    """A precision test that asks for a trained fixture is heavy too (``heavy``: left out of the bf16
+    pass on CPUs without bf16 instructions, scripts/test_other_precision.py)."""
+    for item in items:
+        if item.get_closest_marker("precision") and TRAINED & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.heavy)
+
+
 @pytest.fixture(scope="session")
 def mini():
     return load_cifar10("mini", DATA_DIR)

@@ -83,6 +83,7 @@ def test_uap_fools_far_more_than_random_noise_of_the_same_norm(standard_run, sta
     assert row["uap_linf"] <= EPS + 1e-6
 
 
+@pytest.mark.heavy
 def test_uap_against_the_ensemble_of_a_multihead_model(mini, runs_dir):
     """Fitted against the ensemble mode of a DT model, the UAP beats random noise there too."""
     import dtlib

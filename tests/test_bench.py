@@ -13,6 +13,7 @@ from conftest import MINI
 pytestmark = pytest.mark.precision  # times real training steps: run under both precisions (make test-other-precision)
 
 
+@pytest.mark.heavy
 def test_the_benchmark_writes_every_ratio_target_and_memory_per_k(tmp_path):
     lines = []
     rec = run(setup({"steps": "2", "warmup": "0", "infer_steps": "2", "profile_steps": "1", "batch_size": "16",

@@ -158,6 +158,7 @@ def test_the_schedule_fine_tunes_then_passes_clean_with_a_new_optimizer(images):
     assert step.parts == {} and logits.shape == (1, len(images), 10)  # clean passes: plain cross-entropy
 
 
+@pytest.mark.heavy
 def test_a_run_fine_tunes_the_cached_standard_run_of_the_same_settings(tmp_path):
     common = dict(train_size=400, val_size=100, epochs=1, batch_size=64, uap_fit_size=100, uap_epochs=1,
                   uap_refine=0, eval_objectives="ensemble_ce", eval_labels="predicted", eval_size=100, **MINI)

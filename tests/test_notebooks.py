@@ -75,6 +75,7 @@ def _numbers(obj, path=""):
         yield path, obj
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_under_nbval_and_writes_its_results(name, root, tmp_path):
     nb = parameterize_notebook(load_notebook_node(str(NB_DIR / f"{name}.ipynb")),
@@ -127,6 +128,7 @@ def test_notebook_runs_under_nbval_and_writes_its_results(name, root, tmp_path):
         assert (root / "figures" / f"{name}-smoke.{ext}").stat().st_size > 1000
 
 
+@pytest.mark.heavy  # reads what the notebook runs above wrote
 def test_figures_and_claims_table_regenerate_from_results_alone(root):
     """`make figures`: every figure is redrawn from results/ without training (runs/ removed)."""
     import shutil

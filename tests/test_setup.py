@@ -1,8 +1,12 @@
 """The set-up files agree: one torch pin in the Makefile and environment.yml, pyproject's bounds admit it;
 the docs link nothing outside the repository."""
+import importlib.util
 import json
+import os
 import re
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,10 +42,7 @@ def test_ci_calls_the_readme_test_command():
 
 def test_readme_numbers_are_the_committed_results_files():
     """Every results block of the README is a verbatim copy of its results/*.md file."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "scripts" / "update_readme.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _script("update_readme")
     readme = (ROOT / "README.md").read_text()
     blocks = mod.BLOCK.findall(readme)
     assert blocks, "README has no results block"
@@ -70,3 +71,27 @@ def test_the_docs_stand_on_their_own():
     linked = [p.name for p, text in _docs() if "protocol.md" in text]
     assert "README.md" in linked and all(f"{n}.ipynb" in linked for n in
                                          ("01_headline", "02_k_ablation", "03_cross_norm", "04_transfer", "05_cost"))
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("auto,slowdown,precision,marker", [
+    ("fp32", 30.0, "bf16", "precision and not heavy"),  # an AVX2 CPU: bf16 emulated, heavy tests left out
+    ("fp32", 1.5, "bf16", "precision"),                  # bf16 fast but not picked: every precision test
+    ("bf16", 30.0, "fp32", "precision")])                # a bf16 CPU: the fp32 pass runs them all
+def test_other_precision_pass_leaves_out_heavy_tests_only_where_bf16_is_emulated(monkeypatch, auto, slowdown,
+                                                                                 precision, marker):
+    mod = _script("test_other_precision")
+    ran = {}
+    monkeypatch.setattr(mod, "auto_precision", lambda device: auto)
+    monkeypatch.setattr(mod, "bf16_slowdown", lambda: slowdown)
+    monkeypatch.setattr(mod.os, "execv", lambda exe, argv: ran.update(argv=argv))
+    monkeypatch.setenv(mod.PRECISION_ENV, "")
+    mod.main(["-x"])
+    assert os.environ[mod.PRECISION_ENV] == precision
+    assert ran["argv"][-3:] == ["-m", marker, "-x"] and ran["argv"][1:4] == ["-m", "pytest", "-q"]

@@ -64,6 +64,7 @@ def test_every_method_trains_through_the_one_loop(small, method, heads):
         assert 0 < delta.abs().max() <= cfg.eps + 1e-6
 
 
+@pytest.mark.heavy
 def test_dt_training_drives_the_heads_apart_on_the_running_uap_and_together_on_clean_images(small):
     """The diversity term at work (the training log's loss terms, in nats): within about 80 steps
     the network picks out its running UAP and the heads disagree on it (JSD near log 4 = 1.39)
@@ -81,6 +82,7 @@ def test_dt_training_drives_the_heads_apart_on_the_running_uap_and_together_on_c
     assert last[0.0]["jsd_uap"] < 0.05, last[0.0]
 
 
+@pytest.mark.heavy
 def test_an_interrupted_run_resumes_to_the_same_weights(small, tmp_path):
     cfg = Config(method="dt", heads=2, epochs=3, **MINI)
     whole, _ = train(cfg, small, run_dir=tmp_path / "whole", **QUIET)
@@ -119,6 +121,7 @@ def _ddp_worker(rank, world, port, small, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.heavy
 def test_two_process_ddp_training_keeps_ranks_in_step(small, tmp_path):
     """torch.distributed on CPU (gloo), two ranks: each trains on its shard of every batch, and
     both end with the same weights and the same running UAP."""
@@ -187,6 +190,7 @@ def test_a_finished_run_is_loaded_not_retrained(standard_run, runs_dir, monkeypa
         dtlib.run(standard_run.config.replace(epochs=2), runs_dir=runs_dir, **QUIET)
 
 
+@pytest.mark.heavy
 def test_dt_run_evaluates_ensemble_and_single_head(runs_dir):
     res = dtlib.run(method="dt", heads=3, epochs=1, uap_fit_size=200, uap_epochs=1, eval_head=2,
                     runs_dir=runs_dir, **MINI, **QUIET)
@@ -202,6 +206,7 @@ def cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "dtlib", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.heavy
 def test_command_line_train_and_evaluate(tmp_path):
     out = cli("train", "data=mini", f"data_dir={DATA_DIR}", "epochs=1", "eps=8/255", "uap_fit_size=200",
               "uap_epochs=1", cwd=tmp_path)
@@ -215,6 +220,7 @@ def test_command_line_train_and_evaluate(tmp_path):
     assert evals == [4 / 255, 10 / 255]
 
 
+@pytest.mark.heavy
 def test_command_line_errors_are_one_sentence(tmp_path):
     out = cli("train", "heads=0", cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.strip() == "error: heads (K) must be at least 1, got 0."
