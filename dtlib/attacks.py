@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .config import NORMS, check_radius
 from .data import check_images, to_float
 from .metrics import ScoresFn, fooling_rate, perturb, predict, targeted_success
+from .models import MultiHead
 
 
 def _check(eps: float, norm: str) -> None:
@@ -59,13 +60,15 @@ def random_uap(shape: tuple[int, ...], eps: float, norm: str = "linf",
 @contextmanager
 def frozen_for_attack(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` as an attack on its inputs wants it, restored afterwards: eval mode, parameters
-    frozen (an attack needs input gradients only; recording the weights' graph made a UAP step of the
-    compact CNN 15-25% slower) and, on the CPU, 4-D weights channels_last (with ``channels_last``
-    images, another 1.3-1.4x: fp32 on an AVX2 CPU). The function it computes is the same."""
+    frozen (an attack needs input gradients only) and, for this project's models on the CPU, 4-D
+    weights channels_last, for images in that layout (``in_layout``). Measured on a UAP step of the
+    compact CNN in fp32 on an AVX2 CPU: recording the weights' graph cost 15-25%, the default layout
+    1.3-1.4x. Other modules keep their layout: one that flattens with ``.view`` would fail on
+    channels_last activations. The function computed is the same."""
     training = model.training
     grads = [(p, p.requires_grad) for p in model.parameters()]
-    cpu = next((t.device.type == "cpu" for t in model.parameters()), False)
-    layouts = [(t, t.data) for t in (*model.parameters(), *model.buffers()) if t.dim() == 4] if cpu else []
+    convert = isinstance(model, MultiHead) and next((t.device.type == "cpu" for t in model.parameters()), False)
+    layouts = [(t, t.data) for t in (*model.parameters(), *model.buffers()) if t.dim() == 4] if convert else []
     model.eval()
     for p, _ in grads:
         p.requires_grad_(False)
@@ -81,9 +84,12 @@ def frozen_for_attack(model: nn.Module) -> Iterator[nn.Module]:
         model.train(training)
 
 
-def channels_last(images: torch.Tensor) -> torch.Tensor:
-    """Images (N, C, H, W) in the layout a model ``frozen_for_attack`` runs fastest with on the CPU."""
-    return images.contiguous(memory_format=torch.channels_last) if images.device.type == "cpu" else images
+def in_layout(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """Images (N, C, H, W) in the memory layout of ``model``'s first convolution weight: channels_last
+    inside ``frozen_for_attack`` for this project's models on the CPU, else as they are."""
+    w = next((p for p in model.parameters() if p.dim() == 4), None)
+    last = w is not None and not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last)
+    return images.contiguous(memory_format=torch.channels_last) if last else images
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (perturbed images, labels) -> scalar to ascend

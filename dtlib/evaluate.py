@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .attacks import frozen_for_attack, random_uap
+from .attacks import frozen_for_attack, in_layout, random_uap
 from .config import Config
 from .data import CLASSES, Split, balanced_indices, file_digest, load_data
 from .io import write_json
@@ -56,6 +56,7 @@ def evaluate_model(model: nn.Module, cfg: Config, pool: Split, test: Split,
     fit = fit_images(pool, cfg.uap_fit_size, cfg.seed)
     test = scored_subset(test, cfg.eval_size)
     with frozen_for_attack(model):
+        fit, test = Split(in_layout(fit.x, model), fit.y), Split(in_layout(test.x, model), test.y)
         return _evaluate(model, cfg, modes, fit, test, amp_dtype)
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attacks import _check, _l2, channels_last, fit_uap, frozen_for_attack, random_uap, restart_point
+from .attacks import _check, _l2, fit_uap, frozen_for_attack, in_layout, random_uap, restart_point
 from .config import ATTACK_LABELS, ATTACK_OBJECTIVES, Config
 from .data import Split, to_float
 from .metrics import ScoresFn, accuracy, attack_success_rate, fooling_rate, predict, targeted_success
@@ -135,7 +135,6 @@ def attack(parts_fn: PartsFn, scores_fn: ScoresFn, fit: Split, test: Split, suit
     entries, won by ``fooling_by``), ``uap_acc`` (the minimum, ``uap_acc_by``) and every entry's rates
     and fit record under ``entries``; the UAPs are the two winners, ``fooling`` and ``uap_acc``."""
     device = fit.x.device
-    fit, test = Split(channels_last(fit.x), fit.y), Split(channels_last(test.x), test.y)
     with torch.no_grad():
         k = parts_fn(to_float(fit.x[:2])).shape[0]
     objectives = tuple(dict.fromkeys(suite.objectives)) if k > 1 else ("ce",)
@@ -233,4 +232,5 @@ def attack_model(model: nn.Module, fit: Split, test: Split, suite: Suite, *, mod
     left as it was."""
     with frozen_for_attack(model):
         parts, scores = mode_fns(model, mode, head)
+        fit, test = Split(in_layout(fit.x, model), fit.y), Split(in_layout(test.x, model), test.y)
         return attack(parts, scores, fit, test, suite, candidates=candidates, amp_dtype=amp_dtype)

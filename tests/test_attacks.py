@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dtlib.attacks import channels_last, frozen_for_attack, perturb, pgd, project, random_uap, sgd_uap
+from dtlib.attacks import frozen_for_attack, in_layout, perturb, pgd, project, random_uap, sgd_uap
 from dtlib.config import Config
 from dtlib.models import build_model
 from dtlib.data import to_float
@@ -52,13 +52,32 @@ def test_a_model_frozen_for_attack_computes_the_same_and_is_given_back_as_it_was
         assert not m.training and not any(p.requires_grad for p in m.parameters())
         assert m.backbone[0][0].weight.is_contiguous(memory_format=torch.channels_last)
         delta = torch.zeros(1, 3, 32, 32, requires_grad=True)
-        out = m(perturb(channels_last(x), delta))
+        assert in_layout(x, m).is_contiguous(memory_format=torch.channels_last)
+        out = m(perturb(in_layout(x, m), delta))
         torch.autograd.grad(out.sum(), delta)  # the input gradient an attack takes still flows
         assert torch.allclose(out.detach(), reference, atol=1e-4, rtol=1e-4)
     assert model.training
     for n, t in model.named_parameters():
         assert (t, t.data_ptr(), t.stride(), t.requires_grad) == before[n], n
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_module_of_ones_own_keeps_its_layout_under_attack():
+    """An outside module that flattens with .view (fails on channels_last activations) is attacked as it is."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Linear(4 * 32 * 32, 10)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).view(len(x), -1))
+
+    net = Net()
+    with frozen_for_attack(net) as m:
+        x = in_layout(torch.rand(2, 3, 32, 32), m)
+        assert x.is_contiguous() and m.conv.weight.is_contiguous()
+        assert m(x).shape == (2, 10)
+    assert net.training and all(p.requires_grad for p in net.parameters())
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", EPS), ("l2", 1.0)])
