@@ -15,8 +15,9 @@ import torch
 from .bench_report import report, write_report
 from .config import Config, coerce, field_kinds, key_values, parse_setting
 from .data import DataError
-from .io import write_json
+from .io import cpu_flags, write_json
 from .measure import bench_split, device_slug, inference_latency, time_epoch, time_evaluation, training_steps
+from .roofline import against, ceilings
 from .runtime import precision_name, provenance, resolve_device
 
 
@@ -39,6 +40,8 @@ class Bench:
 
 
 BENCH_FIELDS = field_kinds(Bench)
+# The CPU features the record names: which precision is fast here, and which vector units set the peak.
+CPU_FEATURES = {"amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2", "fma"}
 # A GPU's defaults: the GPU profile's backbone and a batch that fills an H100, more steps (they are
 # cheap), and the epoch time of a fast-training bar (standard ResNet-18, CIFAR-10, <= 5 s on an H100).
 CUDA_DEFAULTS: dict[str, Any] = dict(steps=50, warmup=10, epoch=True, infer_batch=1024, backbone="resnet18",
@@ -79,7 +82,8 @@ def setup(overrides: dict[str, Any] | None = None) -> Bench:
 
 def train_cases(b: Bench) -> dict[str, dict[str, Any]]:
     """standard; standard at twice the batch (DT's forward/backward work without DT); DT per K with
-    and without checkpointing; DT K=5 with the UAP ascending the loss (no second pass); PGD-AT; UAT."""
+    and without checkpointing; DT K=5 with the UAP ascending the loss (no second pass) and with its
+    gradient pass on every 2nd / 4th batch (``uap_every``); PGD-AT; UAT."""
     cases: dict[str, dict[str, Any]] = {"standard": dict(method="standard", heads=1),
                                         "standard_2b": dict(method="standard", heads=1,
                                                             batch_size=2 * b.config.batch_size)}
@@ -88,6 +92,8 @@ def train_cases(b: Bench) -> dict[str, dict[str, Any]]:
         if not b.config.compile:  # torch.compile does not take the checkpointed stages (Config says so)
             cases[f"dt_k{k}_ckpt"] = dict(method="dt", heads=k, checkpointing=True)
     cases["dt_k5_loss"] = dict(method="dt", heads=5, uap_objective="loss")
+    for n in (2, 4):  # the UAP's gradient pass on every n-th batch only
+        cases[f"dt_k5_every{n}"] = dict(method="dt", heads=5, uap_every=n)
     cases["pgd_at"] = dict(method="pgd_at", heads=1)
     cases["uat"] = dict(method="uat", heads=1)
     return cases
@@ -125,6 +131,10 @@ def run(bench: Bench | None = None, *, root: str | Path = ".", log: Callable[[st
     epoch = time_epoch(cfg, log) if b.epoch else None
     evaluation = time_evaluation(cfg, EVAL_CASES, log) if b.evaluation else None
 
+    ceiling = ceilings(device, precision_name(cfg), torch.get_num_threads())
+    for c in steps.values():  # how far each step is from this machine's limits
+        c["roofline"] = against(c["flops"], c["median_s"], ceiling) if c["flops"] else None
+
     ratios, spread = {}, {}
     for kind, part in (("train", steps), ("infer", infer)):
         for name, c in part.items():
@@ -147,6 +157,7 @@ def run(bench: Bench | None = None, *, root: str | Path = ".", log: Callable[[st
                        "uncompiled operators)" if cfg.compile else "",
         "device": device_slug(device), "settings": {**{f: getattr(b, f) for f in BENCH_FIELDS}, "config": cfg.to_dict()},
         "precision": precision_name(cfg), "threads": torch.get_num_threads(),
+        "cpu_flags": sorted(cpu_flags() & CPU_FEATURES) if device.type == "cpu" else None, "ceilings": ceiling,
         "ratios": ratios, "ratio_quartiles": spread, "targets": targets, "memory_by_k": memory,
         "train": steps, "inference": infer, "epoch": epoch, "evaluation": evaluation,
         "wall_s": time.perf_counter() - t0, "provenance": provenance(device)}

@@ -17,21 +17,38 @@ def write_report(record: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _roofline_cells(r: dict[str, Any] | None) -> str:
+    if not r:
+        return " | | |"
+    nominal = f"{100 * r['of_nominal']:.0f}%" if r["of_nominal"] is not None else ""
+    return f" {r['gflops']:.0f} | {100 * r['of_gemm']:.0f}% | {nominal} |"
+
+
 def report(record: dict[str, Any]) -> str:
     """The benchmark's tables (Markdown): ratios to standard with their spread, images per
     second, memory per K, the targets, and where DT's step time goes."""
     gpu = record["device"] != "cpu"
-    lines = ["| case | ratio to standard | per-round IQR | images/s | training memory (MB) |" + (" median ms |" if gpu else ""),
-             "| --- | --- | --- | --- | --- |" + (" --- |" if gpu else "")]
+    roof = "ceilings" in record  # records written before the roofline have no such columns
+    lines = ["| case | ratio to standard | per-round IQR | images/s | training memory (MB) |" + (" median ms |" if gpu else "")
+             + (" GFLOP/s | of GEMM | of nominal |" if roof else ""),
+             "| --- | --- | --- | --- | --- |" + (" --- |" if gpu else "") + (" --- | --- | --- |" if roof else "")]
     mem = "cuda_peak_mb" if gpu else "peak_mb"
     for name, c in record["train"].items():
         q = c["ratio_quartiles"]
         lines.append(f"| train: {name} | {c['ratio']:.2f}x | {q[0]:.2f}-{q[1]:.2f} | {c['images_per_s']:.0f} | "
-                     f"{c['memory'][mem]:.1f} |" + (f" {1e3 * c['median_s']:.1f} |" if gpu else ""))
+                     f"{c['memory'][mem]:.1f} |" + (f" {1e3 * c['median_s']:.1f} |" if gpu else "")
+                     + (_roofline_cells(c.get("roofline")) if roof else ""))
     for name, c in record["inference"].items():
         q = c["ratio_quartiles"]
         lines.append(f"| inference: {name} | {c['ratio']:.3f}x | {q[0]:.3f}-{q[1]:.3f} | {c['images_per_s']:.0f} | |"
-                     + (f" {1e3 * c['median_s']:.2f} |" if gpu else ""))
+                     + (f" {1e3 * c['median_s']:.2f} |" if gpu else "") + (" | | |" if roof else ""))
+    if roof:
+        ce = record["ceilings"]
+        nominal = (f"{ce['nominal_gflops']:.0f} GFLOP/s nominal ({ce['nominal_basis']})" if ce["nominal_gflops"]
+                   else f"no nominal peak ({ce['nominal_basis']})")
+        lines.append(f"\nRoofline ({ce['precision']}): a step's FLOPs (torch's FLOP counter: convolutions and matrix "
+                     f"products, forward and backward) per second of its median time, against a 1024 x 1024 matrix "
+                     f"product measured here ({ce['gemm_gflops']:.0f} GFLOP/s) and {nominal}.")
     lines += ["", "| target | bound | measured | met |", "| --- | --- | --- | --- |"]
     for key, t in record["targets"].items():
         lines.append(f"| {key} | <= {t['target']:g} | {t['measured']:.3f} | {'yes' if t['met'] else 'no'} |")

@@ -36,12 +36,13 @@ CODE_VERSION = "1"
 # Training fields added after CODE_VERSION was set, with the value that reproduces the code from
 # before they existed: at that value a field is left out of the run-cache key, so runs cached
 # earlier stay valid; any other value is part of the key.
-ADDED_TRAIN_FIELDS: dict[str, Any] = {"uap_objective": "ensemble_ce"}
+ADDED_TRAIN_FIELDS: dict[str, Any] = {"uap_objective": "ensemble_ce", "uap_every": 1}
 # The same for evaluation fields: at these values an evaluation cached before they existed stays valid.
 ADDED_EVAL_FIELDS: dict[str, Any] = {"eval_target": -1, "uap_adam_lr": 0.005}
 # Training fields that only one method reads: they join the run key of that method's runs alone, so
 # a setting meant for one method (a profile's shorter repair) never retrains another's runs.
 METHOD_FIELDS: dict[str, tuple[str, ...]] = {
+    "dt": ("uap_every",),
     "entropy_dt": ("repair_size", "repair_epochs", "repair_clean_epochs", "repair_batch_size", "repair_lr",
                    "repair_clean_lr", "repair_rotation", "ent_alpha", "ent_steps", "ent_step", "ent_clamp",
                    "ent_bn", "ent_leak"),
@@ -70,6 +71,8 @@ class Config:
     uap_objective: str = _f("ensemble_ce", "train", "what the running UAP of dt ascends: ensemble_ce (the ensemble's CE on "
                             "the perturbed half; one extra input-gradient pass) | loss (the DT loss itself, min-max; "
                             "its gradient comes free from the weights' backward pass)")
+    uap_every: int = _f(1, "train", "dt: the running UAP moves (one uap_step) on every n-th batch only; the batches "
+                        "between keep it and skip its input-gradient pass, so the attacker costs 1/n of a pass")
     pgd_eps: float = _f(8 / 255, "train", "L-inf radius of PGD adversarial training, pixel units")
     pgd_steps: int = _f(7, "train", "PGD steps per batch in pgd_at")
     pgd_alpha: float = _f(2 / 255, "train", "PGD step size, pixel units")
@@ -187,7 +190,7 @@ class Config:
         fields_ = {**self.train_key(), "precision": precision or self.precision}
         for name, legacy in ADDED_TRAIN_FIELDS.items():
             if fields_.get(name, legacy) == legacy:
-                del fields_[name]
+                fields_.pop(name, None)
         blob = json.dumps({"code": CODE_VERSION, **fields_}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -318,7 +321,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"repair_batch_size must be at least 2 (BatchNorm needs two images per batch), got {cfg.repair_batch_size}.")
     if cfg.repair_size % 10:
         raise ValueError(f"repair_size={cfg.repair_size} must be a multiple of 10 to stay class-balanced.")
-    for name in ("epochs", "repair_size", "repair_epochs", "ent_steps", "uap_epochs", "uap_restarts", "uap_fit_size", "uap_window", "uap_patience"):
+    for name in ("epochs", "repair_size", "repair_epochs", "ent_steps", "uap_epochs", "uap_restarts", "uap_fit_size", "uap_window", "uap_patience",
+                 "uap_every"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}.")
     for name in ("pgd_steps", "repair_clean_epochs", "train_size", "val_size", "eval_size", "uap_refine"):

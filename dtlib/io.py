@@ -90,6 +90,18 @@ def cpu_bf16_features() -> list[str]:
     return [f for f in ("amx_bf16", "avx512_bf16") if re.search(rf"\b{f}\b", info)]
 
 
+def cpu_flags() -> set[str]:
+    """The instruction-set flags /proc/cpuinfo lists for the first CPU (empty where it cannot be read)."""
+    line = re.search(r"^flags\s*:\s*(.+)$", _cpuinfo(), re.M)
+    return set(line.group(1).split()) if line else set()
+
+
+def cpu_mhz() -> float | None:
+    """The clock /proc/cpuinfo reports for the first CPU, in MHz (None where it is not listed)."""
+    line = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", _cpuinfo(), re.M)
+    return float(line.group(1)) if line else None
+
+
 def cpu_model() -> str:
     """The CPU's model name and its bf16 features (results from CPUs with and without them
     differ: the provenance has to say which)."""

@@ -32,9 +32,11 @@ from torch.utils._pytree import tree_leaves
 from .config import Config
 from .data import DataError, Loader, Split, fitting_pool, load_data
 from .evaluate import evaluate_model
+from .io import cpu_flags
 from .methods import STEPS
 from .models import build_model
 from .phases import PHASES
+from .roofline import count_flops
 from .runtime import amp_dtype, prepare, resolve_device, sync
 from .train import make_optimizer, train, train_step
 
@@ -85,15 +87,20 @@ class _Case:
         self.batches = cycle(list(Loader(split, plan.batch_size, train=True, seed=cfg.seed, rotation=plan.rotation)))
         self.times: list[float] = []
         self.memory: dict[str, float] = {}
+        self.flops = 0  # of one step, by torch's FLOP counter (0 where it sees no operator: compiled code)
+        self.cycle = cfg.uap_every if cfg.method == "dt" else 1
 
     def step(self, timed: bool = True) -> None:
-        x, y = next(self.batches)
+        """One step, or one cycle of ``cycle`` steps timed as their mean (DT with ``uap_every`` = n
+        moves its UAP on one batch in n: a median over single steps would miss the costly one)."""
+        batches = [next(self.batches) for _ in range(self.cycle)]
         sync(self.device)
         t0 = time.perf_counter()
-        train_step(self.step_fn, self.opt, x, y, self.dtype)
+        for x, y in batches:
+            train_step(self.step_fn, self.opt, x, y, self.dtype)
         sync(self.device)
         if timed:
-            self.times.append(time.perf_counter() - t0)
+            self.times.append((time.perf_counter() - t0) / self.cycle)
 
     def measure_memory(self) -> None:
         """After at least one step (so the optimizer state exists): one step's training memory."""
@@ -122,7 +129,7 @@ class _Case:
         with self.step_fn.clock.timing() as clock:
             for _ in range(steps):
                 self.step(timed=False)
-        return {k: 1e3 * v / steps for k, v in clock.items()}
+        return {k: 1e3 * v / (steps * self.cycle) for k, v in clock.items()}
 
     def op_profile(self, steps: int, top: int = 6) -> dict[str, dict[str, float]]:
         """CPU only: per phase, the operators with the most self time (ms per step; torch.profiler),
@@ -167,7 +174,8 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
 def training_steps(base: Config, split: Split, cases: dict[str, dict[str, Any]], *, steps: int = 20,
                    warmup: int = 3, reference: str = "standard", profile: tuple[str, ...] = (),
                    profile_steps: int = 3) -> dict[str, dict[str, Any]]:
-    """Median wall time of one training step (seconds), images per second, training memory and,
+    """Median wall time of one training step (seconds), images per second, training memory, the
+    step's FLOPs (``roofline.count_flops``) and,
     when ``reference`` is a case, the ratio to it (median / median) with the quartiles of the
     per-round ratios, for each case.
 
@@ -180,6 +188,7 @@ def training_steps(base: Config, split: Split, cases: dict[str, dict[str, Any]],
     for case in built.values():
         case.step(timed=False)
         case.measure_memory()
+        case.flops = count_flops(lambda: case.step(timed=False)) / case.cycle  # noqa: B023 (called at once)
     for r in range(warmup + steps):
         for case in built.values():
             case.step(timed=r >= warmup)
@@ -188,7 +197,7 @@ def training_steps(base: Config, split: Split, cases: dict[str, dict[str, Any]],
         med = statistics.median(c.times)
         out[name] = {"median_s": med, "quartiles_s": _quartiles(c.times), "times_s": c.times,
                      "batch_size": c.batch_size, "images_per_s": c.batch_size / med,
-                     "memory": c.memory, "config": cases[name]}
+                     "memory": c.memory, "flops": c.flops or None, "config": cases[name]}
         if name in profile:
             out[name]["phases_ms"] = c.profile(profile_steps)
             if device.type == "cpu":  # a GPU runs kernels asynchronously: host-side op times say little
@@ -294,8 +303,14 @@ def time_evaluation(cfg: Config, cases: dict[str, dict[str, Any]], log: Callable
     return out
 
 
+# The kinds of CPU whose timings differ most (bf16 fast or emulated, vector width), widest first.
+CPU_KINDS = (("amx_bf16", "amx"), ("avx512_bf16", "avx512bf16"), ("avx512f", "avx512"), ("avx2", "avx2"))
+
+
 def device_slug(device: torch.device) -> str:
-    """``cpu`` or the GPU's name in lower case with dashes (e.g. ``nvidia-h100-80gb-hbm3``)."""
+    """``cpu-<kind>`` (``cpu-amx``, ``cpu-avx512bf16``, ``cpu-avx512``, ``cpu-avx2``; ``cpu`` for none
+    of them), or the GPU's name in lower case with dashes (e.g. ``nvidia-h100-80gb-hbm3``)."""
     if device.type != "cuda":
-        return "cpu"
+        flags = cpu_flags()
+        return next((f"cpu-{kind}" for flag, kind in CPU_KINDS if flag in flags), "cpu")
     return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")

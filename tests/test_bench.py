@@ -4,9 +4,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from dtlib import figures
 from dtlib.bench import run, setup
+from dtlib.measure import device_slug
 
 from conftest import MINI
 
@@ -19,9 +21,10 @@ def test_the_benchmark_writes_every_ratio_target_and_memory_per_k(tmp_path):
     rec = run(setup({"steps": "2", "warmup": "0", "infer_steps": "2", "profile_steps": "1", "batch_size": "16",
                      "infer_batch": "16", "out": str(tmp_path), "train_size": "320", "uap_fit_size": "128",
                      "uap_epochs": "1", "uap_lr": "0.25", "eval_size": "100", **MINI}), log=lines.append)
-    saved = json.loads((tmp_path / "bench-cpu.json").read_text())
-    assert saved["ratios"] == pytest.approx(rec["ratios"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench-cpu.json", "bench-cpu.md"]  # no temporary file left
+    name = device_slug(torch.device("cpu"))  # cpu-<kind>: one record per kind of CPU
+    saved = json.loads((tmp_path / f"bench-{name}.json").read_text())
+    assert saved["ratios"] == pytest.approx(rec["ratios"]) and saved["device"] == name
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"bench-{name}.json", f"bench-{name}.md"]  # no temporary file left
     for key in ("dt_k5_train", "dt_k10_train", "pgd_train", "uat_train", "single_head_infer", "ensemble_k5_infer"):
         assert saved["ratios"][key] > 0, key
     assert saved["ratios"]["dt_k5_train"] == pytest.approx(saved["train"]["dt_k5"]["median_s"] / saved["train"]["standard"]["median_s"])
@@ -38,6 +41,14 @@ def test_the_benchmark_writes_every_ratio_target_and_memory_per_k(tmp_path):
     assert not any("backward" in op.lower() for op in ops["forward_and_loss"])
     assert "backward" in next(iter(ops["uap_gradient"])) and "backward" in next(iter(ops["backward"]))
     assert any("| dt_k5_train | <= 2 |" in line for line in lines)
+    # the roofline: each step's counted FLOPs over its median time, against the ceilings measured here
+    assert saved["ceilings"]["gemm_gflops"] > 0 and isinstance(saved["cpu_flags"], list)
+    for name, c in saved["train"].items():
+        assert c["roofline"]["gflops"] == pytest.approx(c["flops"] / c["median_s"] / 1e9), name
+    t = saved["train"]
+    assert t["standard_2b"]["flops"] == pytest.approx(2 * t["standard"]["flops"], rel=0.01)
+    assert t["dt_k5_every4"]["flops"] < t["dt_k5_every2"]["flops"] < t["dt_k5"]["flops"]
+    assert "GFLOP/s | of GEMM | of nominal" in (tmp_path / f"bench-{name}.md").read_text()
     # one full evaluation per model: one head -> 1 objective x 2 labels x 1 step size, then 3 random
     # starts of the best per label kind (uap_refine)
     ev, refine = saved["evaluation"], 2 * 3
@@ -45,10 +56,10 @@ def test_the_benchmark_writes_every_ratio_target_and_memory_per_k(tmp_path):
     assert (ev["dt_k5"]["modes"], ev["dt_k5"]["sgd_fits"]) == (["ensemble", "head0"], 3 * 2 + refine + 2 + refine)
     assert all(e["seconds"] > 0 and e["sgd_steps"] >= e["sgd_fits"] and (e["n_fit"], e["n_test"]) == (128, 100)
                for e in ev.values())
-    md = (tmp_path / "bench-cpu.md").read_text()
-    (tmp_path / "bench-cpu.md").unlink()
+    md = (tmp_path / f"bench-{name}.md").read_text()
+    (tmp_path / f"bench-{name}.md").unlink()
     figures.regenerate(tmp_path, tmp_path / "figures")  # the tables come back from the JSON alone
-    assert (tmp_path / "bench-cpu.md").read_text() == md
+    assert (tmp_path / f"bench-{name}.md").read_text() == md
 
 
 @pytest.mark.parametrize("args,message", [

@@ -43,11 +43,15 @@ def test_a_training_field_added_later_keeps_earlier_runs_keys_at_its_legacy_valu
     blob = json.dumps({"code": CODE_VERSION, **before, "precision": "bf16"}, sort_keys=True)
     assert cfg.train_hash("bf16") == hashlib.sha256(blob.encode()).hexdigest()[:12]
     assert cfg.replace(uap_objective="loss").train_hash("bf16") != cfg.train_hash("bf16")
+    # uap_every: dt's runs at 1 are the runs cached before it existed; 2 is another run, for dt only
+    assert cfg.replace(uap_every=2).train_hash("bf16") != cfg.train_hash("bf16")
+    assert Config(method="uat").replace(uap_every=2).train_hash("bf16") == Config(method="uat").train_hash("bf16")
 
 
 @pytest.mark.parametrize("overrides,message", [
     ({"heads": 0}, "heads \\(K\\) must be at least 1, got 0"),
     ({"uap_objective": "ce"}, "Unknown uap_objective 'ce'; choose one of ensemble_ce, loss"),
+    ({"uap_every": 0}, "uap_every must be at least 1, got 0"),
     ({"heads": "two"}, "heads='two' is not an integer"),
     ({"heads": 2.5}, "heads=2.5 must be an integer"),
     ({"eps": -0.1}, "eps=-0.1 is outside \\[0, 1\\]"),

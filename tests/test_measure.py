@@ -3,9 +3,10 @@ study's 02 and 05 notebooks and the benchmark report)."""
 import pytest
 import torch
 
-from dtlib import Config
+from dtlib import Config, measure, roofline
 from dtlib.data import load_cifar10
-from dtlib.measure import PeakTensorBytes, ratio_summary, training_steps
+from dtlib.measure import PeakTensorBytes, bench_split, ratio_summary, training_steps
+from dtlib.roofline import count_flops
 from dtlib.methods import STEPS
 from dtlib.models import build_model
 from dtlib.runtime import prepare
@@ -100,3 +101,47 @@ def test_a_compiled_dt_step_trains_exactly_as_the_eager_one(monkeypatch):
     assert out[0][0] == pytest.approx(out[1][0], abs=1e-6)
     assert torch.allclose(out[0][1], out[1][1])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(out[0][2], out[1][2]))
+
+
+def test_the_flop_counter_counts_convolutions_and_matrix_products_forward_and_backward():
+    conv, lin = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.Linear(16, 4)
+    x = torch.rand(2, 3, 8, 8)
+    assert count_flops(lambda: conv(x)) == 2 * 2 * 8 * 8 * 8 * 3 * 9  # 2 FLOPs per multiply-add
+    z = torch.rand(5, 16, requires_grad=True)
+    # backward: the input's and the weight's gradients, each a product of the forward's size
+    assert count_flops(lambda: lin(z).sum().backward()) == 3 * 2 * 5 * 16 * 4
+
+
+@pytest.mark.parametrize("flags,precision,expected", [
+    ({"avx2", "fma"}, "fp32", 2 * 2000e6 * 32), ({"avx512f", "avx2"}, "fp32", 2 * 2000e6 * 64),
+    ({"avx512f", "avx512_bf16"}, "bf16", 2 * 2000e6 * 128), ({"amx_bf16", "avx512_bf16"}, "bf16", 2 * 2000e6 * 2048),
+    ({"avx2", "fma"}, "bf16", None)])  # bf16 without instructions of its own is emulated: no peak
+def test_the_nominal_peak_follows_the_widest_instructions_of_the_precision(monkeypatch, flags, precision, expected):
+    monkeypatch.setattr(roofline, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(roofline, "cpu_mhz", lambda: 2000.0)
+    peak, basis = roofline.nominal_flops_per_s(torch.device("cpu"), precision, threads=2)
+    assert peak == expected and basis
+    ceiling = {"gemm_gflops": 100.0, "nominal_gflops": None if peak is None else peak / 1e9}
+    r = roofline.against(3e9, 0.1, ceiling)
+    assert r["gflops"] == pytest.approx(30.0) and r["of_gemm"] == pytest.approx(0.3)
+    assert r["of_nominal"] == (None if peak is None else pytest.approx(30e9 / peak))
+
+
+def test_a_dt_case_with_uap_every_is_timed_and_counted_over_whole_cycles():
+    """uap_every=2: one timed step is the mean of two (one moves the UAP, one does not), and its
+    FLOPs lie between a step that skips the UAP's pass and one that runs it."""
+    cfg = Config(**MINI, batch_size=16)
+    split = bench_split(cfg, 64)
+    out = training_steps(cfg, split, {"standard": dict(method="standard", heads=1),
+                                      "dt": dict(method="dt", heads=2), "dt_every2": dict(method="dt", heads=2, uap_every=2)},
+                         steps=2, warmup=0)
+    assert len(out["dt_every2"]["times_s"]) == 2
+    assert 2 * out["standard"]["flops"] < out["dt_every2"]["flops"] < out["dt"]["flops"]
+
+
+@pytest.mark.parametrize("flags,slug", [({"amx_bf16", "avx512_bf16", "avx512f", "avx2"}, "cpu-amx"),
+                                        ({"avx512_bf16", "avx512f", "avx2"}, "cpu-avx512bf16"),
+                                        ({"avx512f", "avx2"}, "cpu-avx512"), ({"avx2", "fma"}, "cpu-avx2"), (set(), "cpu")])
+def test_a_cpu_benchmark_is_named_by_its_kind_of_cpu(monkeypatch, flags, slug):
+    monkeypatch.setattr(measure, "cpu_flags", lambda: flags)
+    assert measure.device_slug(torch.device("cpu")) == slug

@@ -1,6 +1,7 @@
 """The per-batch steps of ``dtlib.methods``: what each method's step does to its running UAP, checked
 against the gradient it should follow, and the registry the loop and ``Config`` share."""
 import copy
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -29,7 +30,7 @@ def test_the_running_uap_takes_its_shape_from_the_images_and_survives_a_checkpoi
     torch.manual_seed(0)
     model = MultiHead(nn.Sequential(nn.Flatten()), 3 * 24 * 20, heads=2).train()
     step = STEPS[method](model, cfg, torch.device("cpu"))
-    assert isinstance(step, RunningUAP) and step.state_dict() == {"delta": None}
+    assert isinstance(step, RunningUAP) and step.state_dict()["delta"] is None
     x, y = torch.rand(8, 3, 24, 20), torch.randint(0, 10, (8,))
     step.loss(x, y)[0].backward()
     step.after_backward()
@@ -37,7 +38,23 @@ def test_the_running_uap_takes_its_shape_from_the_images_and_survives_a_checkpoi
     assert 0 < step.delta.abs().max() <= cfg.eps + 1e-7
     again = STEPS[method](model, cfg, torch.device("cpu"))
     again.load_state_dict(step.state_dict())
-    assert torch.equal(again.delta, step.delta)
+    assert torch.equal(again.delta, step.delta) and again.state_dict().get("batch") == step.state_dict().get("batch")
+
+
+@contextmanager
+def saved_tensor_reads():
+    """Counts of the tensors autograd saves for backward (``packed``) and reads back (``unpacked``):
+    more reads than saves means a second pass through the graph."""
+    reads = {"packed": 0, "unpacked": 0}
+
+    def count(kind):
+        def hook(t):
+            reads[kind] += 1
+            return t
+        return hook
+
+    with torch.autograd.graph.saved_tensors_hooks(count("packed"), count("unpacked")):
+        yield reads
 
 
 def _dt_step_and_twin_logits(cfg):
@@ -79,29 +96,49 @@ def test_dt_with_uap_objective_loss_takes_the_uaps_gradient_from_the_weights_bac
     full, _ = dt_loss(logits[:, :32], logits[:, 32:], y, lambda_div=lambda_div, lambda_adv=1.0)
     g, = torch.autograd.grad(full, d0, retain_graph=True)
     g_ce, = torch.autograd.grad(ensemble_cross_entropy(logits[:, 32:], y), d0)
-    packed, unpacked = [0], [0]
-
-    def pack(t):
-        packed[0] += 1
-        return t
-
-    def unpack(t):
-        unpacked[0] += 1
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+    with saved_tensor_reads() as reads:
         loss, _ = step.loss(x, y)
         loss.backward()
     step.after_backward()
     expected = project(d0.detach() + cfg.uap_step * ascent(g, "linf"), cfg.eps, "linf")
     assert torch.allclose(step.delta, expected, atol=1e-7)
     assert not torch.equal(g.sign(), g_ce.sign())
-    assert unpacked[0] <= packed[0]  # one pass through the graph: each saved tensor read at most once
-    packed[0] = unpacked[0] = 0
+    assert reads["unpacked"] <= reads["packed"]  # one pass through the graph: each saved tensor read at most once
     ce_step = DT(model, cfg.replace(uap_objective="ensemble_ce"), torch.device("cpu"))
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+    with saved_tensor_reads() as reads:
         ce_step.loss(x, y)[0].backward()
-    assert unpacked[0] > packed[0]  # ensemble_ce: a second pass re-reads the perturbed path
+    assert reads["unpacked"] > reads["packed"]  # ensemble_ce: a second pass re-reads the perturbed path
+
+
+@pytest.mark.parametrize("objective", ["ensemble_ce", "loss"])
+def test_dt_with_uap_every_moves_the_uap_on_every_nth_batch_only_and_skips_the_pass_between(objective):
+    """uap_every=3: batches 0 and 3 move the UAP one step up its gradient, as uap_every=1 would;
+    batches 1, 2 and 4 train against it unchanged, with no second pass through the graph and no
+    gradient kept for delta. A resumed step (its state) goes on counting where it stopped."""
+    cfg = Config(method="dt", heads=3, lambda_adv=1.0, uap_every=3, uap_objective=objective, **MINI)
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    step = DT(model, cfg, torch.device("cpu"))
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.rand(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(5)]
+    moved, second_pass = [], []
+    for i, (x, y) in enumerate(batches):
+        if i == 2:  # a checkpoint between batches 1 and 2
+            state = step.state_dict()
+            step = DT(model, cfg, torch.device("cpu"))
+            step.load_state_dict(state)
+        before = None if step.delta is None else step.delta.clone()
+        with saved_tensor_reads() as reads:
+            loss, _ = step.loss(x, y)
+            loss.backward()
+        second_pass.append(reads["unpacked"] > reads["packed"])
+        if not step.moves:
+            assert step.delta.grad is None and step._grad is None
+        step.after_backward()
+        moved.append(before is None and step.delta.abs().max() > 0 or before is not None and not torch.equal(before, step.delta))
+    assert moved == [True, False, False, True, False]
+    assert second_pass == ([True, False, False, True, False] if objective == "ensemble_ce" else [False] * 5)
+    assert step.batch == 5
 
 
 def test_uat_step_moves_the_running_uap_up_the_training_loss():

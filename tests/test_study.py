@@ -1,6 +1,7 @@
 """The study's rules: profiles and parameters, the verdict rules, claims computed from rows, and
 the choice of DT's loss weights on the validation split."""
 import json
+import statistics
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,7 +36,8 @@ def test_setup_applies_profile_and_overrides():
 
 PER_RUN_CONTROLS = {"method": "arms", "heads": "ks", "lambda_div": "grid_div", "lambda_adv": "grid_adv", "seed": "seeds",
                     "eval_norm": "l2_radii", "eval_modes": "experiment", "eval_split": "experiment", "eval_head": "head 0",
-                    "eval_target": "published_target", "ent_clamp": "06", "ent_bn": "06", "ent_leak": "06"}
+                    "eval_target": "published_target", "ent_clamp": "06", "ent_bn": "06", "ent_leak": "06",
+                    "uap_objective": "grid_attacker", "uap_every": "grid_attacker"}
 
 
 def test_every_field_set_per_run_has_its_controller_named():
@@ -56,6 +58,10 @@ def test_every_field_set_per_run_has_its_controller_named():
     ("smoke", {"seeds": "0,x"}, "Study field seeds='0,x' is not a comma-separated list of integers"),
     ("smoke", {"bench_steps": 1.5}, "bench_steps=1.5 must be an integer"),
     ("smoke", {"val_size": 0}, "The selection grid scores on the validation split: eval_split='val'"),
+    ("smoke", {"grid_attacker": ["loss", "loss"]}, "grid_attacker=['loss', 'loss'] holds a value twice"),
+    ("smoke", {"grid_attacker": []}, "grid_attacker is empty"),
+    ("smoke", {"grid_attacker": ["ensemble_ce/x"]}, "grid_attacker holds 'ensemble_ce/x': write uap_objective"),
+    ("smoke", {"grid_attacker": ["loss/0"]}, "grid_attacker holds 'loss/0': uap_every must be at least 1"),
     *[("smoke", {name: getattr(Config(), name)}, f"Config field {name!r} is set run by run by the study")
       for name in S.PER_RUN],
 ])
@@ -98,8 +104,39 @@ def test_dt_weights_are_chosen_on_the_validation_split(monkeypatch):
     assert {c["method"] for c in calls} == {"dt", "standard", "uat"}
 
 
+def test_dts_training_time_attackers_are_scored_beside_the_one_it_trains_with(monkeypatch):
+    """grid_attacker: the first setting trains every DT run (grid and arms); each other one trains
+    DT at the chosen cell with the diversity term, scored on validation as the grid is, and is
+    marked no_worse when its accuracy under UAP reaches the first one's less its seed spread."""
+    acc = {("ensemble_ce", 1): [0.40, 0.44], ("loss", 1): [0.30, 0.34], ("ensemble_ce", 4): [0.39, 0.41]}
+    calls = []
+
+    def fake_run(self, log=print, **o):
+        calls.append(o)
+        cfg = self.config.replace(**o)
+        a = acc.get((cfg.uap_objective, cfg.uap_every), [0.1, 0.1])[cfg.seed] if cfg.method == "dt" and cfg.lambda_div else 0.1
+        key = "ensemble" if cfg.heads > 1 else "head0"
+        return RunResult(cfg, Path("runs") / "x", {"eval": {key: {"clean_acc": 0.8, "fooling_rate": 0.5, "uap_acc": a}},
+                                                   "train": {}, "provenance": {}})
+
+    monkeypatch.setattr(S.Study, "run", fake_run)
+    st = S.setup("smoke", {"seeds": [0, 1], "ablation_seeds": 2, "grid_attacker": ["ensemble_ce", "loss", "ensemble_ce/4"]})
+    sel = S.select_dt(st, log=lambda s: None)
+    rows = {r["attacker"]: r for r in sel["attackers"]}
+    assert rows["ensemble_ce"]["val_uap_acc"] == pytest.approx(0.42)
+    assert rows["ensemble_ce"]["val_uap_acc_sd"] == pytest.approx(statistics.stdev([0.40, 0.44]))
+    assert [rows[n]["no_worse"] for n in ("ensemble_ce", "loss", "ensemble_ce/4")] == [True, False, True]
+    assert sel["attacker"] == {"uap_objective": "ensemble_ce", "uap_every": 1}
+    grid = [c for c in calls if c.get("uap_every") == 4 or c.get("uap_objective") == "loss"]
+    assert len(grid) == 4 and all(c["heads"] == 5 and c["lambda_div"] == 1.0 and c["eval_split"] == "val" for c in grid)
+    # the first setting is what every DT arm trains with
+    st = S.setup("smoke", {"grid_attacker": ["ensemble_ce/4", "ensemble_ce"]})
+    sel = S.select_dt(st, log=lambda s: None)
+    assert all(o["uap_every"] == 4 for name, o in S.arms(sel).items() if o["method"] == "dt")
+
+
 # A value other than the smoke profile's for every Config field a study accepts in overrides.
-ACCEPTED = {"lambda_cons": 0.5, "norm": "l2", "eps": 0.5, "uap_step": 0.05, "uap_objective": "loss", "pgd_eps": 4 / 255,
+ACCEPTED = {"lambda_cons": 0.5, "norm": "l2", "eps": 0.5, "uap_step": 0.05, "pgd_eps": 4 / 255,
             "pgd_steps": 3, "pgd_alpha": 1 / 255, "epochs": 2, "batch_size": 32, "lr": 0.05, "weight_decay": 1e-4,
             "warmup": 0.1, "data": "full", "train_size": 300, "val_size": 50, "precision": "fp32", "eval_size": 100,
             "uap_fit_size": 64, "uap_epochs": 2, "uap_lr": "0.3", "uap_decay": 0.9, "uap_restarts": 2, "uap_refine": 1,

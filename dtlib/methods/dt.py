@@ -1,9 +1,13 @@
 """``dt``: Democratic Training as the seed summary states it (docs/protocol.md section 1)."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.nn as nn
 
 from ..attacks import perturb
+from ..config import Config
 from ..losses import dt_loss, ensemble_cross_entropy
 from .base import RunningUAP
 
@@ -18,16 +22,43 @@ class DT(RunningUAP):
     game's simultaneous update, as in UAT), whose gradient the weights' backward pass leaves in
     ``delta.grad`` at no cost. The two differ even at lambda_div = 0: BatchNorm's batch statistics
     mix both halves, so the clean terms depend on delta too, in every DT configuration alike (the
-    lambda_div = 0 control included)."""
+    lambda_div = 0 control included).
+
+    With ``uap_every`` = n the UAP moves on batches 0, n, 2n, ... of the run only (one ``uap_step``
+    each); the batches between train against it unchanged and skip its gradient pass."""
+
+    def __init__(self, model: nn.Module, cfg: Config, device: torch.device):
+        super().__init__(model, cfg, device)
+        self.batch = 0  # batches trained in this run: which of them move the UAP
+        self.moves = True
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        delta = self._leaf(x)
+        c = self.cfg
+        self.moves = self.batch % c.uap_every == 0
+        delta = self._leaf(x) if self.moves else self._held(x)
         logits = self.model(torch.cat([x, perturb(x, delta)]))
         clean, uap = logits.chunk(2, dim=1)
-        c = self.cfg
         loss, self.parts = dt_loss(clean, uap, y, lambda_cons=c.lambda_cons, lambda_div=c.lambda_div,
                                    lambda_adv=c.lambda_adv)
-        if c.uap_objective == "ensemble_ce":
+        if c.uap_objective == "ensemble_ce" and self.moves:
             with self.clock.phase("uap_gradient"):
                 self._grad, = torch.autograd.grad(ensemble_cross_entropy(uap, y), delta, retain_graph=True)
         return loss, clean
+
+    def _held(self, x: torch.Tensor) -> torch.Tensor:
+        """The perturbation for a batch that does not move it: no gradient is collected."""
+        self._leaf(x)
+        self.delta = self.delta.detach()
+        return self.delta
+
+    def after_backward(self) -> None:
+        if self.moves:
+            super().after_backward()
+        self.batch += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "batch": self.batch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.batch = state.get("batch", 0)  # checkpoints written before uap_every moved the UAP every batch

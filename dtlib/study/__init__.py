@@ -1,6 +1,7 @@
 """The study behind the notebooks: ``settings`` (the Study record, its profiles and ``setup``),
 ``claims`` (the summary's figures and the claims rows) and ``rules`` (the verdict rules), both
-torch-free, ``experiments`` and ``published`` (the six experiments; ``registry`` names them) and
+torch-free, ``selection`` (DT's settings chosen on validation, and the arms), ``experiments`` and
+``published`` (the six experiments; ``registry`` names them) and
 ``fill`` (their run cache filled in parallel lanes before the batch). ``notebook`` holds the one-line calls of the notebooks' cells. Every name a
 notebook or script uses is offered by ``dtlib.study`` itself, each loaded from its module on first
 use (as ``dtlib`` does), so ``dtlib.study.claims`` alone stays torch-free."""
@@ -18,8 +19,9 @@ _NAMES = {
     "rules": ("INCONCLUSIVE", "MIN_NOISE", "ORDER", "accuracy_cost_verdict", "cost_verdict", "figure_verdict", "finite",
               "fmt", "inconclusive", "mean_spread", "missing", "noise", "overhead_verdict", "ratio", "unconverged",
               "verdict"),
-    "experiments": ("CROSS_ARMS", "METRICS", "arms", "attack_check", "cost", "cross_norm", "headline",
-                    "k_ablation", "save", "select_dt", "transfer"),
+    "experiments": ("CROSS_ARMS", "METRICS", "attack_check", "cost", "cross_norm", "headline",
+                    "k_ablation", "save", "transfer"),
+    "selection": ("arms", "compare_attackers", "select_dt"),
     "published": ("ARMS", "published_method", "uap_metrics"),
     "registry": ("EXPERIMENTS",),
     "fill": ("fill_runs", "plan"),
@@ -35,6 +37,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .published import *  # noqa: F403
     from .registry import *  # noqa: F403
     from .rules import *  # noqa: F403
+    from .selection import *  # noqa: F403
     from .settings import *  # noqa: F403
 
 

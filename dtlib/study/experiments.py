@@ -1,6 +1,6 @@
 """Five experiments of the study, one per notebook (``headline``, ``k_ablation``, ``cross_norm``,
 ``transfer``, ``cost``; the sixth, ``published_method``, has a module of its own; ``registry`` maps
-notebooks to them), and the validation-split selection of DT's loss weights they share.
+notebooks to them); the validation-split selection of DT's settings they share is ``selection``'s.
 
 Each returns a JSON-able dict that it also writes to ``results/<notebook>-<profile>.json`` (and its
 table as CSV), with provenance; ``dtlib.figures`` draws every figure from such a dict, so figures
@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import csv
 import math
-import statistics
 import time
 from typing import Any, Callable
 
 from ..config import Config
 from ..data import load_data
 from ..evaluate import scored_subset
-from ..experiment import RunResult, load_model, load_uaps
+from ..experiment import load_model, load_uaps
 from ..io import atomic_path, write_json
 from ..measure import bench_split, inference_latency, training_steps
 from ..metrics import accuracy, fooling_rate, predict
 from ..runtime import amp_dtype, provenance, resolve_device
 from .claims import MIN_NOISE, cost_claims, cross_claims, headline_claims, k_claims, ratio, summarise, transfer_claims
+from .selection import _runs, arms, select_dt
 from .settings import Study
 
 
@@ -46,73 +46,6 @@ def save(study: Study, notebook: str, payload: dict[str, Any], t0: float) -> dic
             w.writerows({**row, **prov} for row in table)
     return payload
 
-
-def _runs(results: list[RunResult]) -> dict[str, Any]:
-    return {r.run_dir.name: {"config": r.config.to_dict(), "train": r.metrics["train"],
-                             "eval_provenance": r.metrics["provenance"], "eval_wall_s": r.metrics.get("eval_wall_s")}
-            for r in results}
-
-
-def select_dt(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The K = 5 sensitivity grid over lambda_div x lambda_adv, scored on the validation split (held
-    out of the training images) under a white-box UAP fitted against the ensemble. The chosen
-    setting maximises validation accuracy under that UAP (fooling rate alone would favour a
-    constant classifier); the standard model and UAT are scored the same way for reference."""
-    val = dict(eval_split="val", eval_modes="ensemble")
-    rows, results = [], []
-    for seed in study.seeds[:study.ablation_seeds]:
-        for div in study.grid_div:
-            for adv in study.grid_adv:
-                res = study.run(log, method="dt", heads=5, lambda_div=div, lambda_adv=adv, seed=seed, **val)
-                results.append(res)
-                rows.append({"lambda_div": div, "lambda_adv": adv, "seed": seed, **_val_row(res, "ensemble")})
-    refs = {}
-    for arm in ("standard", "uat"):
-        vals = []
-        for seed in study.seeds[:study.ablation_seeds]:
-            res = study.run(log, method=arm, heads=1, seed=seed, **val)
-            results.append(res)
-            vals.append(_val_row(res, "head0"))
-        refs[arm] = {k: statistics.fmean(v[k] for v in vals) for k in vals[0]}
-    cells: dict[tuple[float, float], list[float]] = {}
-    for r in rows:
-        cells.setdefault((r["lambda_div"], r["lambda_adv"]), []).append(r["val_uap_acc"])
-    score = lambda kv: statistics.fmean(kv[1])
-    (div, adv), _ = max(cells.items(), key=score)  # first of ties: grid order
-    with_div = {k: v for k, v in cells.items() if k[0] > 0}
-    (ddiv, dadv), _ = max(with_div.items(), key=score) if with_div else ((div, adv), None)
-    return {"grid": rows, "references": refs, "best": {"lambda_div": div, "lambda_adv": adv},
-            "best_div": {"lambda_div": ddiv, "lambda_adv": dadv},
-            "criterion": "validation accuracy under a white-box L-inf UAP fitted against the ensemble",
-            "runs": _runs(results)}
-
-
-def _val_row(res: RunResult, key: str) -> dict[str, float]:
-    m = res.metrics["eval"][key]
-    return {"val_clean_acc": m["clean_acc"], "val_fooling_rate": m["fooling_rate"], "val_uap_acc": m["uap_acc"]}
-
-
-def arms(selection: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The headline's methods and the controls of docs/protocol.md section 3, as Config overrides.
-
-    ``dt_best`` is the grid's best cell on validation; ``dt_div`` the best cell *with* the diversity
-    term (lambda_div > 0), which the controls (K = 1, lambda_div = 0, at its lambda_adv) are read
-    against: when the best cell has no diversity term, the two differ."""
-    best, with_div = selection["best"], selection.get("best_div", selection["best"])
-    div, adv = best["lambda_div"], best["lambda_adv"]
-    cdiv, cadv = with_div["lambda_div"], with_div["lambda_adv"]
-    return {
-        "standard": dict(method="standard", heads=1),
-        "pgd_at": dict(method="pgd_at", heads=1),
-        "uat": dict(method="uat", heads=1),
-        # control: the same running UAP and CE term with one head, so no diversity is possible
-        "dt_k1": dict(method="dt", heads=1, lambda_div=cdiv, lambda_adv=cadv),
-        # control: five heads, no diversity term
-        "dt_nodiv": dict(method="dt", heads=5, lambda_div=0.0, lambda_adv=cadv),
-        "dt_literal": dict(method="dt", heads=5, lambda_div=1.0, lambda_adv=0.0),
-        "dt_div": dict(method="dt", heads=5, lambda_div=cdiv, lambda_adv=cadv),
-        "dt_best": dict(method="dt", heads=5, lambda_div=div, lambda_adv=adv),
-    }
 
 
 METRICS = ("clean_acc", "fooling_rate", "uap_acc", "random_fooling_rate")
@@ -186,7 +119,7 @@ def k_ablation(study: Study, log: Callable[[str], None] = print) -> dict[str, An
     step time and training memory against K; and the grid."""
     t0 = time.perf_counter()
     selection = select_dt(study, log)
-    best = selection["best_div"]
+    best = {**selection["best_div"], **selection["attacker"]}
     rows, results = [], []
     for seed in study.seeds[:study.ablation_seeds]:
         for k in study.ks:

@@ -48,6 +48,8 @@ def selection(res: dict[str, Any]) -> pd.DataFrame:
     print(f"chosen: {sel['best']}; best with lambda_div > 0 (the controls', 02's and 04's): {sel['best_div']}"
           f" - {sel['criterion']}")
     display(pd.DataFrame(sel["references"]).T.rename_axis("reference"))
+    if len(sel.get("attackers", [])) > 1:  # DT's training-time attackers beside the one it trains with (the first)
+        display(pd.DataFrame(sel["attackers"]).set_index("attacker"))
     return pd.DataFrame(sel["grid"])
 
 

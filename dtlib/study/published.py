@@ -24,7 +24,8 @@ from ..experiment import RunResult, load_model, load_uaps
 from ..metrics import accuracy, attack_success_rate, fooling_rate, predict, targeted_success
 from ..runtime import amp_dtype, resolve_device
 from .claims import published_claims, summarise
-from .experiments import _runs, arms, attack_check, save, select_dt
+from .experiments import attack_check, save
+from .selection import _runs, arms, select_dt
 from .settings import Study
 
 ARMS = {

@@ -31,6 +31,9 @@ class Study:
     ks: tuple[int, ...] = (1, 2, 3, 5, 10)     # K ablation
     grid_div: tuple[float, ...] = (0.0, 1.0, 3.0)   # sensitivity grid at K = 5: lambda_div ...
     grid_adv: tuple[float, ...] = (0.0, 1.0)        # ... x lambda_adv (0 = the seed's literal loss)
+    # DT's training-time attacker, uap_objective[/uap_every]: the first is every DT run's; the others
+    # are scored beside it on validation at the chosen cell with the diversity term (cheaper steps)
+    grid_attacker: tuple[str, ...] = ("ensemble_ce", "loss", "ensemble_ce/4")
     backbone: str = "cnn"                      # the headline's, K ablation's, cross-norm's and cost's model
     eval_eps: float = 10 / 255                 # L-inf radius of every evaluation UAP outside 03_cross_norm
     linf_radii: tuple[float, ...] = (4 / 255, 10 / 255, 16 / 255)
@@ -61,7 +64,7 @@ class Study:
 # leaves out K = 3 and its cross-norm sweep keeps one L-inf radius, the headline's, and the two L2
 # radii where UAPs fool more than random noise); `gpu` is the study.
 PROFILES: dict[str, dict[str, Any]] = {
-    "smoke": dict(seeds=(0,), ablation_seeds=1, ks=(1, 2), grid_div=(0.0, 1.0), grid_adv=(0.0,),
+    "smoke": dict(seeds=(0,), ablation_seeds=1, ks=(1, 2), grid_div=(0.0, 1.0), grid_adv=(0.0,), grid_attacker=("ensemble_ce",),
                   linf_radii=(10 / 255,), l2_radii=(1.0,), bench_steps=2, bench_warmup=1, published_radii=(10 / 255,),
                   config=dict(data="mini", train_size=400, val_size=100, epochs=1, batch_size=64,
                               uap_fit_size=128, uap_epochs=1, uap_lr="0.25", eval_size=200, device="cpu",
@@ -87,6 +90,8 @@ PER_RUN: dict[str, str] = {
     "lambda_div": "grid_div (the headline uses the cell chosen on the validation split)",
     "lambda_adv": "grid_adv (the headline uses the cell chosen on the validation split)",
     "seed": "seeds and ablation_seeds",
+    "uap_objective": "grid_attacker (its first entry is every DT run's)",
+    "uap_every": "grid_attacker (its first entry is every DT run's: grid_attacker: [ensemble_ce/4] trains with uap_every=4)",
     "eval_norm": "linf_radii and l2_radii in 03_cross_norm (every other attack is L-inf at eval_eps)",
     "eval_modes": "each experiment, which scores the inference modes it reports",
     "eval_split": "each experiment (the selection grid scores on the validation split, the rest on test)",
@@ -182,6 +187,14 @@ def check_study(study: Study) -> None:
                 c.replace(**{field_: v})
             except ValueError as e:
                 raise ValueError(f"{name} holds {v!r}: {str(e)[0].lower()}{str(e)[1:]}") from None
+    if not study.grid_attacker:
+        raise ValueError("grid_attacker is empty; give at least one setting (its first trains every DT run).")
+    for a in study.grid_attacker:
+        fields_ = attacker(a)
+        try:
+            c.replace(method="dt", **fields_)
+        except ValueError as e:
+            raise ValueError(f"grid_attacker holds {a!r}: {str(e)[0].lower()}{str(e)[1:]}") from None
     for name, values, norm in (("linf_radii", study.linf_radii, "linf"), ("l2_radii", study.l2_radii, "l2"),
                                ("published_radii", study.published_radii, "linf")):
         if name == "published_radii" and not values:
@@ -206,6 +219,17 @@ def check_study(study: Study) -> None:
     if study.bench_steps < 1 or study.bench_warmup < 0:
         raise ValueError(f"bench_steps={study.bench_steps} must be at least 1 and bench_warmup={study.bench_warmup} "
                          "at least 0.")
+
+
+def attacker(setting: str) -> dict[str, Any]:
+    """The Config fields of a ``grid_attacker`` entry: ``objective`` (uap_every 1) or ``objective/n``."""
+    objective, _, every = setting.partition("/")
+    try:
+        n = int(every) if every else 1
+    except ValueError:
+        raise ValueError(f"grid_attacker holds {setting!r}: write uap_objective or uap_objective/n, "
+                         "such as ensemble_ce/4 (the UAP moves on every 4th batch).") from None
+    return {"uap_objective": objective, "uap_every": n}
 
 
 # The names a study notebook's `parameters` cell declares (papermill's -p / -y names).
