@@ -27,7 +27,7 @@ def _roofline_cells(r: dict[str, Any] | None) -> str:
 def report(record: dict[str, Any]) -> str:
     """The benchmark's tables (Markdown): ratios to standard with their spread, images per
     second, memory per K, the targets, and where DT's step time goes."""
-    gpu = record["device"] != "cpu"
+    gpu = not record["device"].startswith("cpu")  # cpu, or cpu-<kind> (measure.device_slug)
     roof = "ceilings" in record  # records written before the roofline have no such columns
     lines = ["| case | ratio to standard | per-round IQR | images/s | training memory (MB) |" + (" median ms |" if gpu else "")
              + (" GFLOP/s | of GEMM | of nominal |" if roof else ""),

@@ -2,12 +2,14 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from dtlib import figures
 from dtlib.bench import run, setup
+from dtlib.bench_report import report
 from dtlib.measure import device_slug
 
 from conftest import MINI
@@ -82,3 +84,13 @@ def test_setup_keeps_the_cpu_defaults_on_a_cpu():
     assert (b.steps, b.epoch, b.config.backbone, b.config.batch_size) == (30, False, "cnn", 128)
 
 
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "results").glob("bench-*.json")),
+                         ids=lambda p: p.stem)
+def test_each_committed_benchmark_table_is_its_records_report(path):
+    """One record per kind of CPU (bench-cpu-<kind>) or GPU; its Markdown is what ``report`` draws
+    from it (records written before the roofline columns included)."""
+    record = json.loads(path.read_text())
+    assert report(record) in path.with_suffix(".md").read_text()
+    assert path.stem == f"bench-{record['device']}" or record["device"] == "cpu"  # the AMX record predates the kinds
