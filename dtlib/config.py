@@ -18,12 +18,8 @@ from typing import Any
 from .parsing import (KIND_NAMES, LIST_NAMES, SCALARS, Kind, field_kinds, key_values,  # noqa: F401 (re-exported)
                       kind_name, parse_setting, parse_text)
 
-METHODS = ("standard", "dt", "pgd_at", "uat", "entropy_dt")
-BACKBONES = ("cnn", "vgg", "resnet18")
-NORMS = ("linf", "l2")
-DATASETS = ("full", "mini")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "bf16", "fp32")
+METHODS, BACKBONES, NORMS = ("standard", "dt", "pgd_at", "uat", "entropy_dt"), ("cnn", "vgg", "resnet18"), ("linf", "l2")
+DATASETS, DEVICES, PRECISIONS = ("full", "mini"), ("auto", "cpu", "cuda"), ("auto", "bf16", "fp32")
 MODES = ("ensemble", "single")
 ATTACK_OBJECTIVES = ("ensemble_ce", "heads_ce", "mean_logit")
 ATTACK_LABELS = ("predicted", "true")
@@ -283,6 +279,8 @@ def validate(cfg: Config) -> None:
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"Unknown {name} {getattr(cfg, name)!r}; choose one of {', '.join(allowed)}.")
+    if cfg.method != "dt" and (cfg.uap_every, cfg.uap_objective) != (1, "ensemble_ce"):
+        raise ValueError(f"uap_every={cfg.uap_every}, uap_objective={cfg.uap_objective!r}: dt's, not read by method={cfg.method!r}.")
     for mode in cfg.modes or [""]:
         if mode not in MODES:
             raise ValueError(f"Unknown inference mode {mode!r} in eval_modes; choose from {', '.join(MODES)}.")
@@ -321,8 +319,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"repair_batch_size must be at least 2 (BatchNorm needs two images per batch), got {cfg.repair_batch_size}.")
     if cfg.repair_size % 10:
         raise ValueError(f"repair_size={cfg.repair_size} must be a multiple of 10 to stay class-balanced.")
-    for name in ("epochs", "repair_size", "repair_epochs", "ent_steps", "uap_epochs", "uap_restarts", "uap_fit_size", "uap_window", "uap_patience",
-                 "uap_every"):
+    for name in ("epochs", "repair_size", "repair_epochs", "ent_steps", "uap_epochs", "uap_restarts", "uap_fit_size",
+                 "uap_window", "uap_patience", "uap_every"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}.")
     for name in ("pgd_steps", "repair_clean_epochs", "train_size", "val_size", "eval_size", "uap_refine"):

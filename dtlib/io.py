@@ -96,6 +96,13 @@ def cpu_flags() -> set[str]:
     return set(line.group(1).split()) if line else set()
 
 
+def cpu_vendor_family() -> tuple[str, int]:
+    """The first CPU's vendor id and family number from /proc/cpuinfo (("", 0) where not listed)."""
+    vendor = re.search(r"^vendor_id\s*:\s*(\S+)", _cpuinfo(), re.M)
+    family = re.search(r"^cpu family\s*:\s*(\d+)", _cpuinfo(), re.M)
+    return (vendor.group(1) if vendor else "", int(family.group(1)) if family else 0)
+
+
 def cpu_mhz() -> float | None:
     """The clock /proc/cpuinfo reports for the first CPU, in MHz (None where it is not listed)."""
     line = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", _cpuinfo(), re.M)

@@ -146,7 +146,7 @@ class _Case:
                 continue
             where = next((n for n, a, b in spans if a <= e.time_range.start <= b), None)
             if where:
-                per[where][e.name] = per[where].get(e.name, 0.0) + e.self_cpu_time_total / 1e3 / steps
+                per[where][e.name] = per[where].get(e.name, 0.0) + e.self_cpu_time_total / 1e3 / (steps * self.cycle)
         return {p: dict(sorted(ops.items(), key=lambda kv: -kv[1])[:top]) for p, ops in per.items() if ops}
 
 

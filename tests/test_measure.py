@@ -112,12 +112,20 @@ def test_the_flop_counter_counts_convolutions_and_matrix_products_forward_and_ba
     assert count_flops(lambda: lin(z).sum().backward()) == 3 * 2 * 5 * 16 * 4
 
 
-@pytest.mark.parametrize("flags,precision,expected", [
-    ({"avx2", "fma"}, "fp32", 2 * 2000e6 * 32), ({"avx512f", "avx2"}, "fp32", 2 * 2000e6 * 64),
-    ({"avx512f", "avx512_bf16"}, "bf16", 2 * 2000e6 * 128), ({"amx_bf16", "avx512_bf16"}, "bf16", 2 * 2000e6 * 2048),
-    ({"avx2", "fma"}, "bf16", None)])  # bf16 without instructions of its own is emulated: no peak
-def test_the_nominal_peak_follows_the_widest_instructions_of_the_precision(monkeypatch, flags, precision, expected):
+INTEL, ZEN4, ZEN5 = ("GenuineIntel", 6), ("AuthenticAMD", 25), ("AuthenticAMD", 26)
+
+
+@pytest.mark.parametrize("flags,cpu,precision,expected", [
+    ({"avx2", "fma"}, ZEN4, "fp32", 2 * 2000e6 * 32), ({"avx512f", "avx2"}, INTEL, "fp32", 2 * 2000e6 * 64),
+    ({"avx512f", "avx512_bf16"}, INTEL, "bf16", 2 * 2000e6 * 128),
+    ({"amx_bf16", "avx512_bf16"}, INTEL, "bf16", 2 * 2000e6 * 1024),  # a 16x16x32 tile product per 16 cycles
+    # AMD before Zen 5 runs 512-bit instructions as two 256-bit halves
+    ({"avx512f", "avx512_bf16"}, ZEN4, "fp32", 2 * 2000e6 * 32), ({"avx512f", "avx512_bf16"}, ZEN4, "bf16", 2 * 2000e6 * 64),
+    ({"avx512f", "avx512_bf16"}, ZEN5, "bf16", 2 * 2000e6 * 128),
+    ({"avx2", "fma"}, INTEL, "bf16", None)])  # bf16 without instructions of its own is emulated: no peak
+def test_the_nominal_peak_follows_the_widest_instructions_of_the_precision(monkeypatch, flags, cpu, precision, expected):
     monkeypatch.setattr(roofline, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(roofline, "cpu_vendor_family", lambda: cpu)
     monkeypatch.setattr(roofline, "cpu_mhz", lambda: 2000.0)
     peak, basis = roofline.nominal_flops_per_s(torch.device("cpu"), precision, threads=2)
     assert peak == expected and basis

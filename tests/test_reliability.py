@@ -241,7 +241,11 @@ def test_the_cache_keys_cover_every_field_that_changes_results():
         assert (changed.eval_hash() != base.eval_hash()) == (group == "eval"), f.name
         if f.name in own:  # ... and leaves every other method's runs where they are
             other = "standard" if own[f.name] != "standard" else "dt"
-            assert Config(method=other).replace(**{f.name: getattr(changed, f.name)}).train_hash() == Config(method=other).train_hash()
+            try:
+                elsewhere = Config(method=other).replace(**{f.name: getattr(changed, f.name)})
+            except ValueError:  # refused where it is not read (uap_every): no run of another method to move
+                continue
+            assert elsewhere.train_hash() == Config(method=other).train_hash()
     # ... except what the suite does not read in the evaluation's mode: Adam's rate untargeted, labels targeted
     assert Config(uap_adam_lr=0.01).eval_hash() == Config().eval_hash()
     assert Config(eval_target=3, eval_labels="true").eval_hash() == Config(eval_target=3).eval_hash()

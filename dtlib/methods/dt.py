@@ -27,7 +27,7 @@ class DT(RunningUAP):
     With ``uap_every`` = n the UAP moves on batches 0, n, 2n, ... of the run only (one ``uap_step``
     each); the batches between train against it unchanged and skip its gradient pass."""
 
-    def __init__(self, model: nn.Module, cfg: Config, device: torch.device):
+    def __init__(self, model: nn.Module, cfg: Config, device: torch.device) -> None:
         super().__init__(model, cfg, device)
         self.batch = 0  # batches trained in this run: which of them move the UAP
         self.moves = True
@@ -35,7 +35,7 @@ class DT(RunningUAP):
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.cfg
         self.moves = self.batch % c.uap_every == 0
-        delta = self._leaf(x) if self.moves else self._held(x)
+        delta = self._leaf(x) if self.moves else self._held()
         logits = self.model(torch.cat([x, perturb(x, delta)]))
         clean, uap = logits.chunk(2, dim=1)
         loss, self.parts = dt_loss(clean, uap, y, lambda_cons=c.lambda_cons, lambda_div=c.lambda_div,
@@ -45,9 +45,9 @@ class DT(RunningUAP):
                 self._grad, = torch.autograd.grad(ensemble_cross_entropy(uap, y), delta, retain_graph=True)
         return loss, clean
 
-    def _held(self, x: torch.Tensor) -> torch.Tensor:
-        """The perturbation for a batch that does not move it: no gradient is collected."""
-        self._leaf(x)
+    def _held(self) -> torch.Tensor:
+        """The perturbation for a batch that does not move it (batch 0 always moves: it exists),
+        with no gradient collected."""
         self.delta = self.delta.detach()
         return self.delta
 

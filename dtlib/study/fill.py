@@ -35,7 +35,7 @@ from ..data import Split
 from ..experiment import RunResult, ensure_trained, evaluate_run, metrics_path, run_dir_for, uaps_path
 from . import experiments, published
 from .registry import EXPERIMENTS
-from .settings import NOTEBOOKS, Study, setup
+from .settings import NOTEBOOKS, Study, attacker, setup
 
 # what an experiment reads from a run's metrics, for runs not evaluated yet (the plan's stand-in)
 PLACEHOLDER = {"clean_acc": 0.5, "fooling_rate": 0.5, "uap_acc": 0.5, "random_fooling_rate": 0.1,
@@ -100,11 +100,19 @@ def plan(study: Study, notebooks: list[str]) -> list[Config]:
     return list(asked.values())
 
 
+def attacker_of(cfg: Config) -> dict[str, Any]:
+    """The training-time attacker fields of a DT config, as ``settings.attacker`` gives them."""
+    return {"uap_objective": cfg.uap_objective, "uap_every": cfg.uap_every}
+
+
 def fill_runs(study: Study, notebooks: list[str], lanes: int = 2, log: Callable[[str], None] = print) -> list[Config]:
     """Train and evaluate every run of ``plan`` (the selection grid first); returns the configs."""
     runs = study.dir / "runs"
+    mine = attacker(study.grid_attacker[0])
+    # the grid: validation runs, less the other attackers' (trained at the cell the grid picks)
+    grid = lambda c: c.eval_split == "val" and (c.method != "dt" or attacker_of(c) == mine)
     for grid_only in (True, False):
-        todo = [c for c in plan(study, notebooks) if c.eval_split == "val" or not grid_only]
+        todo = [c for c in plan(study, notebooks) if grid(c) or not grid_only]
         trained = {run_dir_for(c, runs): c for c in todo if not cached(c, runs)}
         for cfg in trained.values():  # here, alone: the lanes only evaluate
             ensure_trained(cfg, runs_dir=runs, progress=False, log=log)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -189,6 +190,9 @@ def check_study(study: Study) -> None:
                 raise ValueError(f"{name} holds {v!r}: {str(e)[0].lower()}{str(e)[1:]}") from None
     if not study.grid_attacker:
         raise ValueError("grid_attacker is empty; give at least one setting (its first trains every DT run).")
+    parsed = [tuple(attacker(a).values()) for a in study.grid_attacker]
+    if len(set(parsed)) < len(parsed):
+        raise ValueError(f"grid_attacker={list(study.grid_attacker)} names one setting twice (n = 1 is the default).")
     for a in study.grid_attacker:
         fields_ = attacker(a)
         try:
@@ -223,13 +227,11 @@ def check_study(study: Study) -> None:
 
 def attacker(setting: str) -> dict[str, Any]:
     """The Config fields of a ``grid_attacker`` entry: ``objective`` (uap_every 1) or ``objective/n``."""
-    objective, _, every = setting.partition("/")
-    try:
-        n = int(every) if every else 1
-    except ValueError:
+    m = re.fullmatch(r"([a-z_]+)(?:/([0-9]+))?", setting)
+    if not m:
         raise ValueError(f"grid_attacker holds {setting!r}: write uap_objective or uap_objective/n, "
-                         "such as ensemble_ce/4 (the UAP moves on every 4th batch).") from None
-    return {"uap_objective": objective, "uap_every": n}
+                         "such as ensemble_ce/4 (the UAP moves on every 4th batch).")
+    return {"uap_objective": m.group(1), "uap_every": int(m.group(2) or 1)}
 
 
 # The names a study notebook's `parameters` cell declares (papermill's -p / -y names).
