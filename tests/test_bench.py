@@ -45,8 +45,8 @@ def test_the_benchmark_writes_every_ratio_target_and_memory_per_k(tmp_path):
     assert any("| dt_k5_train | <= 2 |" in line for line in lines)
     # the roofline: each step's counted FLOPs over its median time, against the ceilings measured here
     assert saved["ceilings"]["gemm_gflops"] > 0 and isinstance(saved["cpu_flags"], list)
-    for name, c in saved["train"].items():
-        assert c["roofline"]["gflops"] == pytest.approx(c["flops"] / c["median_s"] / 1e9), name
+    for case, c in saved["train"].items():
+        assert c["roofline"]["gflops"] == pytest.approx(c["flops"] / c["median_s"] / 1e9), case
     t = saved["train"]
     assert t["standard_2b"]["flops"] == pytest.approx(2 * t["standard"]["flops"], rel=0.01)
     assert t["dt_k5_every4"]["flops"] < t["dt_k5_every2"]["flops"] < t["dt_k5"]["flops"]
