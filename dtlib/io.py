@@ -86,8 +86,8 @@ def _cpuinfo() -> str:
 
 def cpu_bf16_features() -> list[str]:
     """The CPU's bf16 instruction sets (amx_bf16, avx512_bf16): what precision=auto looks for."""
-    info = _cpuinfo()
-    return [f for f in ("amx_bf16", "avx512_bf16") if re.search(rf"\b{f}\b", info)]
+    flags = cpu_flags()
+    return [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
 
 
 def cpu_flags() -> set[str]:
