@@ -40,8 +40,8 @@ def scored_subset(split: Split, n: int) -> Split:
     return split.subset(balanced_indices(split.y.numpy(), n // len(CLASSES), seed=0))
 
 
-def evaluate_model(model: nn.Module, cfg: Config, pool: Split, test: Split,
-                   amp_dtype: torch.dtype | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def evaluate_model(model: nn.Module, cfg: Config, pool: Split, test: Split, amp_dtype: torch.dtype | None = None,
+                   journal: Path | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Clean accuracy, and the fooling rate / accuracy under UAP of the attack suite (``suite``:
     the strongest of its SGD-UAPs, fitted on ``cfg.uap_fit_size`` images of ``pool``, the training
     images outside the validation split (``data.fitting_pool``), against each inference mode in
@@ -51,21 +51,29 @@ def evaluate_model(model: nn.Module, cfg: Config, pool: Split, test: Split,
 
     Returns ``({mode: metrics}, {mode: uap})``: the UAP that won the fooling rate under the mode's
     key, the one that won accuracy under ``<mode>/uap_acc``; a one-head model is scored once, as
-    ``single``. The model is scored in eval mode (``frozen_for_attack``) and left as it was."""
+    ``single``. The model is scored in eval mode (``frozen_for_attack``) and left as it was.
+    ``journal``: where each mode's suite keeps its finished fits (``journal_files``), so a killed
+    evaluation started again goes on from them."""
     modes = cfg.modes if isinstance(model, MultiHead) and model.heads > 1 else ["single"]
     fit = fit_images(pool, cfg.uap_fit_size, cfg.seed)
     test = scored_subset(test, cfg.eval_size)
     with frozen_for_attack(model):
         fit, test = Split(in_layout(fit.x, model), fit.y), Split(in_layout(test.x, model), test.y)
-        return _evaluate(model, cfg, modes, fit, test, amp_dtype)
+        return _evaluate(model, cfg, modes, fit, test, amp_dtype, journal)
+
+
+def journal_file(journal: Path, mode: str) -> Path:
+    """The file of ``mode``'s suite under the prefix ``journal``: ``<journal>-<mode>.pt``."""
+    return journal.with_name(f"{journal.name}-{mode}.pt")
 
 
 def _evaluate(model: nn.Module, cfg: Config, modes: list[str], fit: Split, test: Split,
-              amp_dtype: torch.dtype | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+              amp_dtype: torch.dtype | None, journal: Path | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     rows, uaps = {}, {}
     for mode in modes:
         parts, fn = mode_fns(model, mode, cfg.eval_head)
-        found, won = attack(parts, fn, fit, test, Suite.from_config(cfg), amp_dtype=amp_dtype)
+        found, won = attack(parts, fn, fit, test, Suite.from_config(cfg), amp_dtype=amp_dtype,
+                            journal=journal_file(journal, mode) if journal else None)
         uap = won["fooling"]
         clean = predict(fn, test.x, amp_dtype=amp_dtype)
         rnd = random_uap(tuple(uap.shape), cfg.eval_eps, cfg.eval_norm,

@@ -16,9 +16,9 @@ from typing import Any, Callable
 import torch
 
 from .checkpoint import CHECKPOINT, load_verified, read_checkpoint, save_verified, train_summary
-from .config import Config
+from .config import MODES, Config
 from .data import Loader, load_data
-from .evaluate import evaluate_model
+from .evaluate import evaluate_model, journal_file
 from .io import write_json
 from .methods import STEPS
 from .models import MultiHead, build_model
@@ -71,6 +71,11 @@ def uaps_path(run_dir: Path, cfg: Config) -> Path:
     return run_dir / f"uaps-{cfg.eval_hash()}.pt"
 
 
+def journal_path(run_dir: Path, cfg: Config) -> Path:
+    """The prefix of an evaluation's unfinished suites (``evaluate.journal_file``): removed once its metrics are saved."""
+    return run_dir / f"partial-{cfg.eval_hash()}"
+
+
 @dataclass
 class RunResult:
     config: Config
@@ -105,12 +110,16 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, *, log: Callabl
     t0 = time.perf_counter()
     log(f"evaluating {run_dir.name}: SGD-UAP {cfg.eval_norm} eps {cfg.eval_eps:.4f} against {', '.join(cfg.modes)}"
         f" on the {cfg.eval_split} split")
-    rows, uaps = evaluate_model(model, cfg, pool.to(device), scored.to(device), amp_dtype(cfg.precision, device))
+    journal = journal_path(run_dir, cfg)
+    rows, uaps = evaluate_model(model, cfg, pool.to(device), scored.to(device), amp_dtype(cfg.precision, device),
+                                journal=journal)
     metrics = {"run": run_dir.name, "config": cfg.to_dict(), "eval_config": cfg.group("eval"),
                "train": train_summary(ckpt), "eval": rows, "eval_wall_s": time.perf_counter() - t0,
                "provenance": provenance(device)}
     save_verified(uaps_path(run_dir, cfg), uaps)  # first, so a metrics file always has its UAPs
     write_json(metrics_path(run_dir, cfg), metrics)
+    for mode in MODES:
+        journal_file(journal, mode).unlink(missing_ok=True)
     return RunResult(cfg, run_dir, metrics)
 
 

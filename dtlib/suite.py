@@ -10,6 +10,9 @@ accuracy under UAP the minimum, over:
 - untuned universal patterns as floors (checkerboards, random signs, per-channel shifts);
 - UAPs fitted on other models (``candidates``: transfer is never stronger than what is reported).
 Every entry's rates are kept, with the name of the entry that won. Pixels in [0, 1]; eps in pixel units.
+A suite against one model is an hour or more of fitting on 2 CPU cores, so with a ``journal`` file
+each finished fit is saved as it ends, and a killed suite started again with the same settings
+takes the fits it finds there and goes on from the next, with the same random draws.
 
 With a ``target`` class the SGD-UAPs send images to it instead (minus each objective's
 cross-entropy to the target, ascended), and the published paper's own attack joins them: Adam on
@@ -17,8 +20,9 @@ its bounded-logit loss; the targeted success rate is reported as the maximum ove
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import product
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -26,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attacks import _check, _l2, fit_uap, frozen_for_attack, in_layout, random_uap, restart_point
+from .checkpoint import CorruptFile, load_verified, save_verified, state_digest
 from .config import ATTACK_LABELS, ATTACK_OBJECTIVES, Config
 from .data import Split, to_float
 from .metrics import ScoresFn, accuracy, attack_success_rate, fooling_rate, predict, targeted_success
@@ -125,11 +130,13 @@ def patterns(shape: tuple[int, ...], eps: float, norm: str = "linf", seed: int =
 
 
 def attack(parts_fn: PartsFn, scores_fn: ScoresFn, fit: Split, test: Split, suite: Suite, *,
-           candidates: dict[str, torch.Tensor] | None = None,
-           amp_dtype: torch.dtype | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+           candidates: dict[str, torch.Tensor] | None = None, amp_dtype: torch.dtype | None = None,
+           journal: str | Path | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Run the suite against one inference mode: ``scores_fn`` gives its (B, C) scores, ``parts_fn``
     the (K, B, C) logits of its parts (heads; K = 1 for one head or any plain model). UAPs are fitted
     on ``fit`` (training images) and scored on ``test``; ``candidates`` are UAPs from elsewhere.
+    ``journal``: a file that keeps the finished fits, read back by a later call with the same suite,
+    fitting images, model predictions on them and precision (the caller removes it once the results are saved).
 
     Returns (metrics, UAPs): metrics hold clean accuracy, ``fooling_rate`` (the maximum over the
     entries, won by ``fooling_by``), ``uap_acc`` (the minimum, ``uap_acc_by``) and every entry's rates
@@ -150,8 +157,17 @@ def attack(parts_fn: PartsFn, scores_fn: ScoresFn, fit: Split, test: Split, suit
     settings: dict[str, tuple[str, str, float, bool]] = {}  # fit name -> (objective, labels, step, adam)
     g = torch.Generator().manual_seed(suite.seed)
     steps = suite.max_epochs * -(-len(fit) // suite.batch_size)
+    # the fits depend on these alone (the model through its clean predictions on the fitting images)
+    key = {"suite": asdict(suite), "parts": k, "fit": state_digest([fit.x, fit.y, clean_fit]), "amp": str(amp_dtype)}
+    done = _journal(journal, key)
 
     def sgd(objective: str, kind: str, lr: float, r: int, adam: bool = False) -> None:
+        name = f"{'adam' if adam else 'sgd'}:{objective}/{kind}/lr{lr:g}" + (f"/restart{r}" if r else "")
+        if name in done:  # fitted before the suite was killed: its result, and the draws after it
+            delta, fits[name], settings[name], state = done[name]
+            deltas[name] = delta.to(device)
+            g.set_state(state)
+            return
         labels = {"predicted": clean_fit, "true": fit.y}.get(kind, torch.full_like(fit.y, -1 if t is None else t))
         watched = (clean_fit if kind == "predicted" else fit.y)[watch].cpu()  # predict answers on the CPU
         # the rate the entry is aimed at: predictions changed (fooling), images now wrong (accuracy)
@@ -162,13 +178,15 @@ def attack(parts_fn: PartsFn, scores_fn: ScoresFn, fit: Split, test: Split, suit
         else:
             loss_fn = lambda x, y: objective_loss(parts_fn(x), y, objective, suite.beta)
         start = restart_point(r, tuple(fit.x.shape[1:]), suite.eps, suite.norm, g)
-        name = f"{'adam' if adam else 'sgd'}:{objective}/{kind}/lr{lr:g}" + (f"/restart{r}" if r else "")
         deltas[name], fits[name] = fit_uap(loss_fn, fit.x, labels, eps=suite.eps, norm=suite.norm,
                                            step=lr if adam else lr * suite.eps, max_steps=steps,
                                            batch_size=suite.batch_size, decay=suite.decay, monitor=monitor,
                                            window=suite.window, tol=suite.tol, patience=suite.patience, start=start,
                                            generator=g, amp_dtype=amp_dtype, adam=adam)
         settings[name] = (objective, kind, lr, adam)
+        if journal is not None:
+            done[name] = (deltas[name].cpu(), fits[name], settings[name], g.get_state())
+            save_verified(journal, {"key": key, "fits": done})
 
     for objective, kind, lr, r in product(objectives, kinds, suite.lrs, range(suite.restarts)):
         sgd(objective, kind, lr, r)
@@ -199,6 +217,18 @@ def attack(parts_fn: PartsFn, scores_fn: ScoresFn, fit: Split, test: Split, suit
                "converged": all(f["converged"] for f in fits.values()), "entries": entries,
                **({"target": t} if t is not None else {})}
     return metrics, {("fooling" if m == "fooling_rate" else m): deltas[n].cpu() for m, n in won.items() if m != "asr"}
+
+
+def _journal(path: str | Path | None, key: dict[str, Any]) -> dict[str, tuple]:
+    """The fits a killed suite with the same ``key`` saved in ``path`` (name -> (delta, fit record,
+    setting, generator state after it)); none if there is no such file, it is damaged or it is another suite's."""
+    if path is None or not Path(path).exists():
+        return {}
+    try:
+        saved = load_verified(path)
+    except CorruptFile:
+        return {}
+    return saved["fits"] if saved.get("key") == key else {}
 
 
 BY = {"fooling_rate": "fooling", "targeted_success": "targeted"}  # metric -> prefix of the name of its winner

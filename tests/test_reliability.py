@@ -14,7 +14,8 @@ import torch
 import dtlib
 from dtlib import Config
 from dtlib.config import BACKBONES, FIELD_TYPES, METHOD_FIELDS, METHODS
-from dtlib.experiment import metrics_path, run_dir_for, without_timings
+import dtlib.suite
+from dtlib.experiment import journal_path, metrics_path, run_dir_for, without_timings
 from dtlib import study as S
 from dtlib.study import fill
 from dtlib.checkpoint import CHECKPOINT, CorruptFile, load_verified, read_checkpoint, save_verified
@@ -186,6 +187,34 @@ def test_a_flipped_byte_inside_a_tensor_fails_the_checkpoints_sha256(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptFile, match=r"c\.pt fails its sha256 check \(corrupt on disk\)\.$"):
         load_verified(path)
+
+
+def test_an_evaluation_killed_inside_its_suite_goes_on_from_the_fits_it_saved(tmp_path, monkeypatch):
+    cfg = dict(method="dt", heads=2, train_size=200, epochs=1, batch_size=50, uap_fit_size=50, uap_epochs=1,
+               eval_size=100, **MINI)
+    calls = []
+
+    def fit_uap(*args, **kw):  # the suite's fits, counted; the kill comes inside the second mode's
+        calls.append(1)
+        if len(calls) == die_at:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    real, die_at = dtlib.suite.fit_uap, 0
+    monkeypatch.setattr(dtlib.suite, "fit_uap", fit_uap)
+    whole = dtlib.run(runs_dir=tmp_path / "a", **QUIET, **cfg).metrics
+    total, die_at = len(calls), len(calls) - 2
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        dtlib.run(runs_dir=tmp_path / "b", **QUIET, **cfg)
+    run_dir = run_dir_for(Config(**cfg), tmp_path / "b")
+    assert sorted(p.name for p in run_dir.glob("partial-*")) == [f"{journal_path(run_dir, Config(**cfg)).name}-{m}.pt"
+                                                                 for m in ("ensemble", "single")]
+    calls.clear()
+    again = dtlib.run(runs_dir=tmp_path / "b", **QUIET, **cfg)
+    assert len(calls) == 3  # the killed fit and the two after it: the other total - 3 came from the journals
+    assert without_timings(again.metrics) == without_timings(whole)
+    assert total > 6 and not list(run_dir.glob("partial-*"))  # removed once the metrics are saved
 
 
 def test_a_corrupt_cached_evaluation_is_evaluated_again(tmp_path):

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dtlib import suite as suite_module
 from dtlib.attacks import fit_uap
 from dtlib.data import Split
 from dtlib.metrics import fooling_rate, predict
@@ -206,3 +207,47 @@ def test_the_command_line_attacks_a_model_of_ones_own(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "dtlib", "attack", "mine:nothing", "w.pt", *settings],
                          cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr == "error: Model 'mine:nothing': module 'mine' has no 'nothing'.\n"
+
+
+def _fits_counted(monkeypatch, die_at=0):
+    """Count ``fit_uap`` calls of the suite; the ``die_at``-th raises KeyboardInterrupt (a kill)."""
+    calls = []
+
+    def counted(*args, **kw):
+        calls.append(1)
+        if len(calls) == die_at:
+            raise KeyboardInterrupt
+        return fit_uap(*args, **kw)
+
+    monkeypatch.setattr(suite_module, "fit_uap", counted)
+    return calls
+
+
+def test_a_killed_suite_goes_on_from_its_journal_and_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    net = Linear(heads=2, seed=3)
+    scores = lambda x: net(x).mean(0)
+    fit, test = _gray(160), _gray(100, seed=2)
+    suite = _suite(lrs=(0.05, 0.25), refine=2)  # random restarts: the generator's draws after a fit matter
+    calls = _fits_counted(monkeypatch)
+    whole, won = attack(net, scores, fit, test, suite)
+    total = len(calls)
+    assert total == 3 * 2 * 2 + 2 * 2
+    journal = tmp_path / "suite.pt"
+    calls = _fits_counted(monkeypatch, die_at=total - 1)  # killed in its refining fits
+    with pytest.raises(KeyboardInterrupt):
+        attack(net, scores, fit, test, suite, journal=journal)
+    calls = _fits_counted(monkeypatch)
+    resumed, won_again = attack(net, scores, fit, test, suite, journal=journal)
+    assert len(calls) == 2  # the fit that was killed and the one after it
+    assert resumed == whole
+    assert all(torch.equal(won[k], won_again[k]) for k in won)
+    # the journal now holds every fit; another suite, or another model (other clean predictions on
+    # the fitting images), does not read it, nor does anyone read a damaged one
+    for other_net, other_suite in ((net, _suite(lrs=(0.05, 0.25), refine=2, seed=1)), (Linear(heads=2, seed=4), suite)):
+        (tmp_path / "other.pt").write_bytes(journal.read_bytes())
+        calls = _fits_counted(monkeypatch)
+        attack(other_net, lambda x: other_net(x).mean(0), fit, test, other_suite, journal=tmp_path / "other.pt")
+        assert len(calls) == total
+    calls = _fits_counted(monkeypatch)
+    journal.write_bytes(journal.read_bytes()[:200])
+    assert attack(net, scores, fit, test, suite, journal=journal)[0] == whole and len(calls) == total
