@@ -1,6 +1,9 @@
 """Command line: ``python -m dtlib COMMAND [key=value ...]``.
 
-  train key=value ...       train (or load) and evaluate one configuration, print its table
+  train key=value ...       train (or load) and evaluate one configuration, print its table; also
+                            runs_dir=PATH (default runs) and evaluate=false (train only). Under torchrun
+                            (torchrun --standalone --nproc-per-node=N -m dtlib train ...) N processes train it
+                            together (DDP) and rank 0 evaluates; nproc=N launches torchrun itself
   evaluate RUN_DIR [k=v]    re-evaluate a finished run (evaluation fields may be overridden)
   study [PROFILE] [k=v]     the five study experiments without Jupyter (make reproduce runs the notebooks);
                             k=v: Study or Config fields, as the notebooks' overrides (seeds=0,1,2)
@@ -17,10 +20,11 @@ import sys
 from dataclasses import fields
 
 from . import figures, study
-from .config import Config, key_values, parse_overrides
+from .config import Config, key_values, parse_overrides, parse_setting
 from .data import DataError, load_arrays
 from .evaluate import attack_outside
-from .experiment import evaluate_run, load_model, results_table, run
+from .distributed import launched
+from .experiment import ensure_trained, evaluate_run, load_model, results_table, run, train_launched
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,9 +35,20 @@ def main(argv: list[str] | None = None) -> int:
     cmd, args = argv[0], argv[1:]
     try:
         if cmd == "train":
-            res = run(Config(), **parse_overrides(args))
-            print(results_table([res]))
-            print(f"run directory: {res.run_dir}")
+            settings = key_values(args)
+            runs_dir = settings.pop("runs_dir", "runs")
+            evaluate = parse_setting("evaluate", settings.pop("evaluate", True), bool, "train option")
+            cfg = Config().replace(**settings)
+            if launched():  # one of torchrun's processes
+                res = train_launched(cfg, runs_dir=runs_dir, evaluate=evaluate)
+            elif evaluate:
+                res = run(cfg, runs_dir=runs_dir)
+            else:
+                res, where = None, ensure_trained(cfg, runs_dir=runs_dir)
+                print(f"run directory: {where}")
+            if res is not None:
+                print(results_table([res]))
+                print(f"run directory: {res.run_dir}")
         elif cmd == "evaluate":
             if not args:
                 raise ValueError("evaluate needs a run directory: python -m dtlib evaluate runs/<hash>.")

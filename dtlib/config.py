@@ -32,7 +32,7 @@ CODE_VERSION = "1"
 # Training fields added after CODE_VERSION was set, with the value that reproduces the code from
 # before they existed: at that value a field is left out of the run-cache key, so runs cached
 # earlier stay valid; any other value is part of the key.
-ADDED_TRAIN_FIELDS: dict[str, Any] = {"uap_objective": "ensemble_ce", "uap_every": 1}
+ADDED_TRAIN_FIELDS: dict[str, Any] = {"uap_objective": "ensemble_ce", "uap_every": 1, "nproc": 1, "sync_bn": False}
 # The same for evaluation fields: at these values an evaluation cached before they existed stays valid.
 ADDED_EVAL_FIELDS: dict[str, Any] = {"eval_target": -1, "uap_adam_lr": 0.005}
 # Training fields that only one method reads: they join the run key of that method's runs alone, so
@@ -92,9 +92,9 @@ class Config:
     ent_bn: str = _f("eval", "train", "entropy_dt: BatchNorm while making low-entropy samples: eval (running statistics, "
                      "untouched) | train (the published code's: batch statistics, running ones updated)")
     ent_leak: bool = _f(False, "train", "entropy_dt: also forward the standard run's evaluation UAP (this config's eval "
-                        "settings, head 0; the targeted one when eval_target is set) in training mode every batch, so BatchNorm's running statistics see the "
-                        "perturbation it is then tested with (the published code's DEBUG default; only to measure "
-                        "that leak: the weights then depend on the eval settings, which join the run key)")
+                        "settings, head 0; the targeted one when eval_target is set) in training mode every batch, so "
+                        "BatchNorm's running statistics see the perturbation it is then tested with (the published code's "
+                        "DEBUG default; only to measure that leak: the eval settings then join the run key)")
     # --- optimisation ------------------------------------------------------------------------
     epochs: int = _f(6, "train", "passes over the training split")
     batch_size: int = _f(128, "train", "training batch size (clean images; dt also forwards as many perturbed ones)")
@@ -106,6 +106,8 @@ class Config:
     data: str = _f("full", "train", "full (data/cifar10.npz or a torchvision folder) | mini (data/cifar10-mini.npz)")
     train_size: int = _f(0, "train", "class-balanced subset of the training images to use (0 = all)")
     val_size: int = _f(0, "train", "training images held out as a validation split (never trained on)")
+    nproc: int = _f(1, "train", "processes training the run together (torchrun, DDP; batch_size is per process)")
+    sync_bn: bool = _f(False, "train", "nproc > 1 on CUDA: BatchNorm statistics over all processes' batches")
     precision: str = _f("auto", "train", "auto (bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16; the environment "
                         "variable DTLIB_AUTO_PRECISION=bf16|fp32 pins what auto means) | bf16 | fp32")
     # --- evaluation: SGD-UAP (Shafahi et al. 2020) fitted on training images, scored on test images
@@ -308,7 +310,7 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"batch_size must be at least 2 (BatchNorm needs two images per batch to train), got {cfg.batch_size}.")
     if not -1 <= cfg.eval_target < 10:
         raise ValueError(f"eval_target={cfg.eval_target} must be a class index 0..9, or -1 for untargeted UAPs.")
-    for name in ("repair_lr", "repair_clean_lr", "ent_step", "uap_adam_lr"):
+    for name in ("lr", "repair_lr", "repair_clean_lr", "ent_step", "uap_adam_lr"):
         if not getattr(cfg, name) > 0:
             raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}.")
     if not 0 <= cfg.ent_alpha <= 1:
@@ -320,7 +322,7 @@ def validate(cfg: Config) -> None:
     if cfg.repair_size % 10:
         raise ValueError(f"repair_size={cfg.repair_size} must be a multiple of 10 to stay class-balanced.")
     for name in ("epochs", "repair_size", "repair_epochs", "ent_steps", "uap_epochs", "uap_restarts", "uap_fit_size",
-                 "uap_window", "uap_patience", "uap_every"):
+                 "uap_window", "uap_patience", "uap_every", "nproc"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}.")
     for name in ("pgd_steps", "repair_clean_epochs", "train_size", "val_size", "eval_size", "uap_refine"):
@@ -332,13 +334,13 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"eval_size={cfg.eval_size} must be a multiple of 10 to stay class-balanced.")
     if not 0 <= cfg.seed < 2**31:
         raise ValueError(f"seed must be in [0, 2**31), got {cfg.seed}.")
+    if cfg.sync_bn and (cfg.nproc == 1 or cfg.device == "cpu"):
+        raise ValueError(f"sync_bn=true needs nproc > 1 on CUDA, got nproc={cfg.nproc} and device={cfg.device!r}.")
     if cfg.compile and cfg.checkpointing:
         raise ValueError("compile=true cannot be combined with checkpointing=true (torch.compile does not trace the "
                          "checkpoint's BatchNorm guard); choose one.")
     if not cfg.checkpoint_minutes > 0:
         raise ValueError(f"checkpoint_minutes must be positive, got {cfg.checkpoint_minutes}.")
-    if not cfg.lr > 0:
-        raise ValueError(f"lr must be positive, got {cfg.lr}.")
     if not 0 <= cfg.warmup < 1:
         raise ValueError(f"warmup must be a fraction in [0, 1), got {cfg.warmup}.")
     if not 0 <= cfg.uap_tol < 1:

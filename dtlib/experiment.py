@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 
 from .checkpoint import CHECKPOINT, load_verified, read_checkpoint, save_verified, train_summary
 from .config import MODES, Config
 from .data import Loader, load_data
+from .distributed import ddp, launch, launched, process_group, rank, world_config
 from .evaluate import evaluate_model, journal_file
 from .io import write_json
 from .methods import STEPS
@@ -152,12 +154,35 @@ def ensure_trained(cfg: Config, *, runs_dir: str | Path = "runs", progress: bool
         method = STEPS[cfg.method]
         train_split, _, _ = load_data(cfg)  # bad data fails here, before anything is written,
         images = method.training_images(cfg, train_split)
-        Loader(images, method.schedule(cfg).batch_size)  # and so does a batch larger than the split
+        Loader(images, method.schedule(cfg).batch_size, world_size=cfg.nproc)  # and so does a batch larger than a shard
         start = base_start(cfg, runs_dir=runs_dir, progress=progress, log=log)
         write_json(run_dir / "config.json", cfg.to_dict())
         log(f"training {cfg.method} K={cfg.heads} on {len(images)} images -> {run_dir}")
-        train(cfg, train_split, run_dir=run_dir, progress=progress, log=log, start=start)
+        if cfg.nproc > 1 and not launched():  # the processes torchrun starts train it: `train_launched`
+            launch(cfg, runs_dir, log)
+        else:
+            train(cfg, train_split, run_dir=run_dir, progress=progress, log=log, start=start,
+                  wrap=ddp(cfg) if launched() else None)
     return run_dir
+
+
+def train_launched(cfg: Config, *, runs_dir: str | Path = "runs", evaluate: bool = True, progress: bool | str = True,
+                   log: Callable[[str], None] = print) -> RunResult | None:
+    """What each process torchrun starts for ``python -m dtlib train`` does (``distributed``): train
+    ``cfg`` together, through the run cache (rank 0 reads or moves aside the checkpoint first, and
+    a finished one is not trained again), then close the process group; rank 0 alone evaluates
+    (unless ``evaluate`` is False) and returns the result, the other ranks None."""
+    cfg = world_config(cfg)
+    with process_group(cfg):
+        me = rank()
+        if me == 0:  # a corrupt checkpoint is moved aside by one rank, before any rank reads it
+            read_checkpoint(run_dir_for(cfg, runs_dir) / CHECKPOINT, cfg, log)
+        dist.barrier()
+        ensure_trained(cfg, runs_dir=runs_dir, progress=progress if me == 0 else False,
+                       log=log if me == 0 else (lambda s: None))
+    if me or not evaluate:
+        return None
+    return run(cfg, runs_dir=runs_dir, progress=progress, log=log)
 
 
 def base_start(cfg: Config, *, runs_dir: str | Path = "runs", progress: bool | str = True,

@@ -4,10 +4,11 @@ A step builds the batch's loss and, after the loop's backward pass, updates what
 it keeps (the running UAP of ``dt`` and ``uat``). The loop owns the optimizer, the schedule, mixed
 precision, checkpoints (``checkpoint``) and logging; where it runs is ``runtime``'s business.
 
-Ready for torch.distributed (DDP, torchrun): when a process group is initialised, the loader shards
-like a DistributedSampler, ``train(wrap=...)`` wraps the model (e.g. in DistributedDataParallel),
+Under torch.distributed (``distributed``: torchrun, DDP), when a process group is initialised, the
+loader shards like a DistributedSampler, ``train(wrap=...)`` wraps the model in DistributedDataParallel,
 the running UAP's gradient is summed over ranks before its sign is taken (every rank keeps the same
-UAP), attacks run on the unwrapped module, and only rank 0 writes checkpoints.
+UAP), attacks run on the unwrapped module, only rank 0 writes checkpoints, and at the end every rank
+takes rank 0's BatchNorm statistics (the rest of the weights are equal already).
 """
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .checkpoint import CHECKPOINT, Stop, Writer, read_checkpoint, train_summary
+from .checkpoint import CHECKPOINT, Stop, Writer, read_checkpoint, state_digest, train_summary
 from .config import Config
 from .data import Loader, Split
+from .distributed import trace
 from .methods import STEPS, Step
 from .methods.base import warmup_decay
 from .models import MultiHead, build_model, ensemble_log_probs
@@ -207,6 +209,7 @@ def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None,
             s.net.train()
             s.loader.set_epoch(epoch)
             first = s.start_batch if epoch == s.start_epoch else 0
+            trace(lambda: {"epoch": epoch, "from_batch": first, "indices": s.loader.indices().tolist()})  # its shard
             s.step_fn.start_epoch(epoch, s.opt, fresh=first == 0)
             sums = EpochSums.start(s.device, s.partial if first else None)
             bar = progress_bar(s.loader.batches(first), progress, desc=f"{cfg.method} epoch {epoch + 1}/{s.epochs}",
@@ -230,7 +233,12 @@ def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None,
             if stop.signum:
                 log(f"stopped by signal {stop.signum} after epoch {epoch + 1}; checkpoint {path}")
                 stop.exit()
+    if distributed():  # BatchNorm's running statistics follow each rank's own batches: rank 0's, as saved, for all
+        for buffer in s.model.buffers():
+            dist.broadcast(buffer, 0)
     s.model.eval()
+    trace(lambda: {"parameters": state_digest(dict(s.model.named_parameters())),
+                   "weights": state_digest(s.model.state_dict()), "method_state": state_digest(s.step_fn.state_dict())})
     record = {"history": s.history, "wall_s": s.wall, "step": s.total, "precision": s.precision,
               "provenance": s.made_by}
     return s.model, {**train_summary(record), "method_state": s.step_fn.state_dict()}

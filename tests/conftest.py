@@ -1,10 +1,13 @@
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import dtlib
+from dtlib.checkpoint import CorruptFile, load_verified
 from dtlib.data import load_cifar10
 from dtlib.runtime import PRECISION_ENV, auto_precision
 
@@ -54,3 +57,17 @@ def standard_run(runs_dir):
 def standard_model(standard_run):
     model, cfg = dtlib.load_model(standard_run.run_dir)
     return model, cfg
+
+
+def wait_for_mid_epoch_checkpoint(proc: subprocess.Popen, ckpt: Path, timeout: float = 120) -> None:
+    """Wait until the training process ``proc`` has written ``ckpt`` from inside an epoch."""
+    deadline = time.time() + timeout
+    while True:
+        assert proc.poll() is None, f"training ended before it was interrupted: {proc.communicate()[1][-3000:]}"
+        assert time.time() < deadline, f"no checkpoint from inside an epoch at {ckpt} within {timeout} s"
+        try:
+            if load_verified(ckpt)["batch"] > 0:
+                return
+        except (FileNotFoundError, CorruptFile):
+            pass
+        time.sleep(0.01)

@@ -67,6 +67,9 @@ def _run_in(tmp: Path, **kw) -> None:
 # (the bad input, how it is given, the message it must get: a regex of the whole sentence's core)
 BAD_INPUTS = [
     ("K < 1", lambda t: Config(heads=0), r"^heads \(K\) must be at least 1, got 0\.$"),
+    ("no process to train", lambda t: Config(nproc=0), r"^nproc must be at least 1, got 0\.$"),
+    ("SyncBatchNorm on one process", lambda t: Config(sync_bn=True),
+     r"^sync_bn=true needs nproc > 1 on CUDA, got nproc=1 and device='auto'\.$"),
     ("K not an integer", lambda t: Config(heads=2.5), r"^Config field heads=2\.5 must be an integer\.$"),
     ("K not an integer (command line)", lambda t: parse_overrides(["heads=two"]),
      r"^Config field heads='two' is not an integer\.$"),

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from dtlib import study as S
 from dtlib.study import fill
 from dtlib.checkpoint import CHECKPOINT, CorruptFile, load_verified, read_checkpoint, save_verified
 
-from conftest import DATA_DIR, MINI
+from conftest import DATA_DIR, MINI, wait_for_mid_epoch_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 # DT keeps a running UAP and PGD-AT a random generator: both must come back exactly after a kill.
@@ -51,16 +50,7 @@ def _interrupt_then_resume(tmp: Path, cfg: dict, sig: int) -> tuple[dict, dict, 
     command again to the end; returns (weights, metrics, what the stopped process left)."""
     proc = _cli(tmp, cfg)
     ckpt = run_dir_for(Config(**cfg), tmp / "runs") / CHECKPOINT
-    deadline = time.time() + 120
-    while True:
-        assert proc.poll() is None, f"training ended before it was interrupted: {proc.communicate()}"
-        assert time.time() < deadline
-        try:
-            if load_verified(ckpt)["batch"] > 0:
-                break
-        except (FileNotFoundError, CorruptFile):
-            pass
-        time.sleep(0.01)
+    wait_for_mid_epoch_checkpoint(proc, ckpt)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     stopped_at = load_verified(ckpt)
@@ -263,7 +253,8 @@ def test_the_cache_keys_cover_every_field_that_changes_results():
     own = {name: method for method, names in METHOD_FIELDS.items() for name in names}
     for f in fields(Config):
         # a field only one method reads (METHOD_FIELDS) is checked on that method's runs
-        base = Config(method=own.get(f.name, "dt"), heads=2, val_size=100, eval_target=3 if f.name == "uap_adam_lr" else -1)
+        base = Config(method=own.get(f.name, "dt"), heads=2, val_size=100, eval_target=3 if f.name == "uap_adam_lr" else -1,
+                      nproc=2 if f.name == "sync_bn" else 1)  # SyncBatchNorm needs processes to share batches
         changed = base.replace(**{f.name: _another_value(f.name, getattr(base, f.name))})
         group = f.metadata["group"]
         assert (changed.train_hash() != base.train_hash()) == (group == "train"), f.name
