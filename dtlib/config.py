@@ -18,21 +18,16 @@ from typing import Any
 from .parsing import (KIND_NAMES, LIST_NAMES, SCALARS, Kind, field_kinds, key_values,  # noqa: F401 (re-exported)
                       kind_name, parse_setting, parse_text)
 
-METHODS, BACKBONES, NORMS = ("standard", "dt", "pgd_at", "uat", "entropy_dt"), ("cnn", "vgg", "resnet18"), ("linf", "l2")
-DATASETS, DEVICES, PRECISIONS = ("full", "mini"), ("auto", "cpu", "cuda"), ("auto", "bf16", "fp32")
-MODES = ("ensemble", "single")
-ATTACK_OBJECTIVES = ("ensemble_ce", "heads_ce", "mean_logit")
-ATTACK_LABELS = ("predicted", "true")
-EVAL_SPLITS = ("test", "val")
-UAP_OBJECTIVES = ("ensemble_ce", "loss")
-BN_MODES = ("eval", "train")
+from .choices import (ATTACK_LABELS, ATTACK_OBJECTIVES, BACKBONES, BN_MODES, DATASETS, DEVICES,  # noqa: F401
+                      EVAL_SPLITS, L2_MAX, METHODS, MODES, NORMS, PRECISIONS, UAP_OBJECTIVES, check_radius)
 
 # Bumped when a change to dtlib changes what a given config trains to; part of the cache key.
 CODE_VERSION = "1"
 # Training fields added after CODE_VERSION was set, with the value that reproduces the code from
 # before they existed: at that value a field is left out of the run-cache key, so runs cached
 # earlier stay valid; any other value is part of the key.
-ADDED_TRAIN_FIELDS: dict[str, Any] = {"uap_objective": "ensemble_ce", "uap_every": 1, "nproc": 1, "sync_bn": False}
+ADDED_TRAIN_FIELDS: dict[str, Any] = {"uap_objective": "ensemble_ce", "uap_every": 1, "nproc": 1, "sync_bn": False,
+                                      "pretrained": ""}
 # The same for evaluation fields: at these values an evaluation cached before they existed stays valid.
 ADDED_EVAL_FIELDS: dict[str, Any] = {"eval_target": -1, "uap_adam_lr": 0.005}
 # Training fields that only one method reads: they join the run key of that method's runs alone, so
@@ -54,7 +49,10 @@ class Config:
     # --- what is trained -------------------------------------------------------------------
     method: str = _f("standard", "train", "per-batch step: standard | dt | pgd_at | uat | entropy_dt (fine-tunes the "
                 "standard run of the same settings)")
-    backbone: str = _f("cnn", "train", "cnn (0.3 M, CPU profile) | vgg (transfer) | resnet18 (GPU profile)")
+    backbone: str = _f("cnn", "train", "cnn (0.3 M, CPU profile) | vgg (transfer) | resnet18 (GPU profile) | resnet50 "
+                       "(torchvision's, ImageNet stem, 2048-d features)")
+    pretrained: str = _f("", "train", "resnet50: a local file of torchvision ResNet-50 weights (a state dict) to start "
+                         "from; its classifier is not used (\"\" = random initialisation)")
     heads: int = _f(1, "train", "K, the number of classification heads on the shared backbone")
     # --- DT loss weights: CE(clean) + lambda_cons*JSD(clean) - lambda_div*JSD(uap) + lambda_adv*CE_ens(uap)
     lambda_cons: float = _f(1.0, "train", "weight of the clean-consensus JSD term")
@@ -251,18 +249,6 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     return coerce(key_values(args))
 
 
-# The largest L2 distance between two 3x32x32 images in [0, 1]: no L2 radius beyond it means anything.
-L2_MAX = math.sqrt(3 * 32 * 32)
-
-
-def check_radius(name: str, value: float, norm: str) -> None:
-    """An L-inf radius lies in [0, 1]; an L2 radius in [0, L2_MAX] (pixel units)."""
-    top = 1.0 if norm == "linf" else L2_MAX
-    if not 0 <= value <= top:
-        hint = "10/255 = 0.0392" if norm == "linf" else "an L-inf 10/255 perturbation has L2 norm 2.17"
-        raise ValueError(f"{name}={value} is outside [0, {top:.4g}] for the {norm} norm (pixel units; {hint}).")
-
-
 def validate(cfg: Config) -> None:
     """Raise ValueError (one sentence naming the bad value) for a config no run could use."""
     for f in fields(cfg):
@@ -336,6 +322,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"seed must be in [0, 2**31), got {cfg.seed}.")
     if cfg.sync_bn and (cfg.nproc == 1 or cfg.device == "cpu"):
         raise ValueError(f"sync_bn=true needs nproc > 1 on CUDA, got nproc={cfg.nproc} and device={cfg.device!r}.")
+    if cfg.pretrained and cfg.backbone != "resnet50":
+        raise ValueError(f"pretrained={cfg.pretrained!r} holds ResNet-50 weights, but backbone={cfg.backbone!r}; use resnet50.")
     if cfg.compile and cfg.checkpointing:
         raise ValueError("compile=true cannot be combined with checkpointing=true (torch.compile does not trace the "
                          "checkpoint's BatchNorm guard); choose one.")

@@ -10,13 +10,15 @@ for outside attack tools.
 from __future__ import annotations
 
 import math
+import pickle
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-from torchvision.models import resnet18
+from torchvision.models import ResNet, resnet18, resnet50
 
 from .config import BACKBONES, MODES, Config
 from .data import CLASSES, MEAN, STD
@@ -72,7 +74,43 @@ def resnet18_cifar() -> tuple[nn.Sequential, int]:
     return nn.Sequential(stem, r.layer1, r.layer2, r.layer3, r.layer4, nn.Sequential(r.avgpool, nn.Flatten())), 512
 
 
-BUILDERS = {"cnn": compact_cnn, "vgg": vgg, "resnet18": resnet18_cifar}
+def resnet50_imagenet(weights: str | Path = "") -> tuple[nn.Sequential, int]:
+    """torchvision's ResNet-50 as it is for ImageNet (7x7 stride-2 stem and max-pool; 2048-d pooled
+    features), from random weights or from ``weights``, a local file of torchvision's ResNet-50
+    weights (a state dict, e.g. IMAGENET1K_V2 saved by ``torch.save``: nothing is downloaded); its
+    ``fc`` is dropped, the K heads replace it. Stages are children, for gradient checkpointing."""
+    r = resnet50()
+    if weights:
+        load_resnet_weights(r, weights)
+    stem = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool)
+    return nn.Sequential(stem, r.layer1, r.layer2, r.layer3, r.layer4, nn.Sequential(r.avgpool, nn.Flatten())), 2048
+
+
+def load_resnet_weights(net: ResNet, path: str | Path) -> None:
+    """Load a torchvision ResNet state dict from ``path`` into ``net``, all but its ``fc`` (any class
+    count); raise ValueError (one sentence naming the file) when it is missing, unreadable or another network's."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"pretrained={str(path)!r}: no such file (give a local file of torchvision ResNet-50 weights).") from None
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise ValueError(f"pretrained={str(path)!r} is not a readable torch state dict ({type(e).__name__}).") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"pretrained={str(path)!r} holds a {type(state).__name__}, not a state dict.")
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    mine = net.state_dict()
+    for k, v in state.items():
+        if k in mine and (not torch.is_tensor(v) or v.shape != mine[k].shape):
+            raise ValueError(f"pretrained={str(path)!r} does not fit torchvision's ResNet-50: its {k} has shape "
+                             f"{tuple(getattr(v, 'shape', ()))}, where ResNet-50 has {tuple(mine[k].shape)}.")
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(f"pretrained={str(path)!r} does not fit torchvision's ResNet-50: {len(missing)} tensors missing, "
+                         f"{len(unexpected)} unknown (e.g. {(missing or unexpected)[0]!r}).")
+
+
+BUILDERS = {"cnn": compact_cnn, "vgg": vgg, "resnet18": resnet18_cifar, "resnet50": resnet50_imagenet}
 
 
 class FrozenBNStats:
@@ -181,7 +219,7 @@ def build_model(cfg: Config) -> MultiHead:
     """An untrained MultiHead for ``cfg`` (backbone, heads, checkpointing); seed torch first."""
     if cfg.backbone not in BUILDERS:
         raise ValueError(f"Unknown backbone {cfg.backbone!r}; choose one of {', '.join(BACKBONES)}.")
-    backbone, dim = BUILDERS[cfg.backbone]()
+    backbone, dim = resnet50_imagenet(cfg.pretrained) if cfg.pretrained else BUILDERS[cfg.backbone]()
     return MultiHead(backbone, dim, cfg.heads, checkpointing=cfg.checkpointing)
 
 

@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn as nn
+import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
 from dtlib import Config, build_model
@@ -25,6 +26,37 @@ def test_resnet18_has_the_cifar_stem_and_no_maxpool():
     assert not any(isinstance(x, nn.MaxPool2d) for x in m.modules())
     assert m.weight.shape[-1] == 512
     assert 11_000_000 < count_parameters(m) < 11_300_000
+
+
+def test_resnet50_is_torchvisions_with_k_heads_on_its_2048_features():
+    m = make(backbone="resnet50", heads=3).eval()
+    conv1 = m.backbone[0][0]
+    assert conv1.kernel_size == (7, 7) and conv1.stride == (2, 2)  # the ImageNet stem, max-pool after it
+    assert isinstance(m.backbone[0][3], nn.MaxPool2d)
+    assert m.weight.shape == (3, 10, 2048)
+    body = count_parameters(m) - m.weight.numel() - m.bias.numel()
+    assert body == count_parameters(torchvision.models.resnet50()) - 1000 * 2049  # all but its fc
+    with torch.no_grad():
+        assert m(torch.rand(1, 3, 224, 224)).shape == (3, 1, 10)  # the full ImageNet size
+        assert m.features(torch.rand(2, 3, 64, 64)).shape == (2, 2048)
+
+
+def test_resnet50_starts_from_a_local_file_of_torchvision_weights(tmp_path):
+    torch.manual_seed(1)
+    tv = torchvision.models.resnet50()  # 1000 classes: its fc is not ours and is left out
+    torch.save(tv.state_dict(), tmp_path / "r50.pth")
+    m = make(backbone="resnet50", heads=2, pretrained=str(tmp_path / "r50.pth"))
+    assert torch.equal(m.backbone[0][0].weight, tv.conv1.weight)
+    assert torch.equal(m.backbone[4][2].bn3.running_var, tv.layer4[2].bn3.running_var)
+    assert torch.equal(m.weight, make(backbone="resnet50", heads=2).weight)  # the heads as without it
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    for name, message in (("none.pth", r"no such file"), ("bad.pth", r"is not a readable torch state dict"),
+                          ("other.pth", r"does not fit torchvision's ResNet-50")):
+        with pytest.raises(ValueError, match=rf"^pretrained='[^']*{name}'[:]? {message}(?:(?!\. ).)*\.$"):
+            make(backbone="resnet50", pretrained=str(tmp_path / name))
+    with pytest.raises(ValueError, match=r"^pretrained='x\.pth' holds ResNet-50 weights, but backbone='cnn'; use resnet50\.$"):
+        Config(pretrained="x.pth")
 
 
 def test_vgg_is_a_different_architecture():
@@ -76,11 +108,12 @@ def test_single_head_costs_exactly_a_one_head_forward():
     assert flops(lambda: multi(x)) == flops(lambda: plain(x)) + 9 * head_flops
 
 
-def test_gradient_checkpointing_changes_nothing_but_memory():
+@pytest.mark.parametrize("backbone", ["cnn", "resnet50"])
+def test_gradient_checkpointing_changes_nothing_but_memory(backbone):
     x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
     results = []
     for ckpt in (False, True):
-        m = make(heads=3, checkpointing=ckpt).train()
+        m = make(backbone=backbone, heads=3, checkpointing=ckpt).train()
         loss = nn.functional.cross_entropy(m(x).flatten(0, 1), y.repeat(3))
         loss.backward()
         bn = [b for b in m.modules() if isinstance(b, nn.BatchNorm2d)]
