@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import fields
 
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
             settings = key_values(args)
             runs_dir = settings.pop("runs_dir", "runs")
             evaluate = parse_setting("evaluate", settings.pop("evaluate", True), bool, "train option")
+            if launched():  # the world size is torchrun's (sync_bn=true is refused at nproc=1)
+                settings.setdefault("nproc", os.environ["WORLD_SIZE"])
             cfg = Config().replace(**settings)
             if launched():  # one of torchrun's processes
                 res = train_launched(cfg, runs_dir=runs_dir, evaluate=evaluate)

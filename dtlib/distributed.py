@@ -7,8 +7,12 @@ Every process (rank) loads the data, builds the model and wraps it in Distribute
 loop (``train``) shards each epoch as DistributedSampler does, sums the running UAP's gradient over
 the ranks, and lets rank 0 alone write checkpoints. ``batch_size`` is per process, so a step sees
 ``nproc * batch_size`` images; ``nproc`` (the world size) is a training field, since it changes the
-weights. After training the process group is closed on every rank and rank 0 alone evaluates, with
-no collective to time out during an evaluation of hours. ``launch`` runs a configuration with
+weights. A signal (SIGTERM from the launcher, Ctrl-C) stops every rank after the same batch, at
+rank 0's checkpoint. Every rank reads the run's checkpoint itself when it resumes, so on several
+machines ``runs_dir`` must be on a filesystem they share. After training the process group is closed
+on every rank and rank 0 alone evaluates, with no collective to time out during an evaluation of
+hours. PGD-AT's and entropy_dt's random starts are drawn by one generator seeded alike on every rank
+(a resume restores rank 0's state on all), so the ranks draw the same noise for different images. ``launch`` runs a configuration with
 ``nproc > 1`` through torchrun from a notebook or ``make reproduce``.
 """
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .config import Config
+from .runtime import distributed
 
 # Set by torchrun in every worker it starts; WORLD_SIZE is set even for one process.
 TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -101,6 +106,17 @@ def ddp(cfg: Config) -> Callable[[nn.Module], nn.Module]:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if cuda else None)
     return wrap
+
+
+def agreed_signal(signum: int | None, device: torch.device) -> int | None:
+    """The stop signal any rank has caught (the largest number), so that all ranks stop after the
+    same batch and rank 0's checkpoint is where every rank stands; ``signum`` itself without a
+    process group. One small all-reduce per batch (on CUDA also a wait for the device)."""
+    if not distributed():
+        return signum
+    flag = torch.tensor([signum or 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item()) or None
 
 
 def trace(record: Callable[[], dict[str, Any]]) -> None:

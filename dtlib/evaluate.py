@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from .attacks import frozen_for_attack, in_layout, random_uap
+from .checkpoint import state_digest
 from .config import Config
 from .data import CLASSES, Split, balanced_indices, file_digest, load_data
 from .io import write_json
@@ -55,11 +56,12 @@ def evaluate_model(model: nn.Module, cfg: Config, pool: Split, test: Split, amp_
     ``journal``: where each mode's suite keeps its finished fits (``journal_files``), so a killed
     evaluation started again goes on from them."""
     modes = cfg.modes if isinstance(model, MultiHead) and model.heads > 1 else ["single"]
+    identity = {"weights": state_digest(model.state_dict()), "device": pool.x.device.type} if journal else None
     fit = fit_images(pool, cfg.uap_fit_size, cfg.seed)
     test = scored_subset(test, cfg.eval_size)
     with frozen_for_attack(model):
         fit, test = Split(in_layout(fit.x, model), fit.y), Split(in_layout(test.x, model), test.y)
-        return _evaluate(model, cfg, modes, fit, test, amp_dtype, journal)
+        return _evaluate(model, cfg, modes, fit, test, amp_dtype, journal, identity)
 
 
 def journal_file(journal: Path, mode: str) -> Path:
@@ -68,12 +70,13 @@ def journal_file(journal: Path, mode: str) -> Path:
 
 
 def _evaluate(model: nn.Module, cfg: Config, modes: list[str], fit: Split, test: Split,
-              amp_dtype: torch.dtype | None, journal: Path | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+              amp_dtype: torch.dtype | None, journal: Path | None,
+              identity: Any = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     rows, uaps = {}, {}
     for mode in modes:
         parts, fn = mode_fns(model, mode, cfg.eval_head)
         found, won = attack(parts, fn, fit, test, Suite.from_config(cfg), amp_dtype=amp_dtype,
-                            journal=journal_file(journal, mode) if journal else None)
+                            journal=journal_file(journal, mode) if journal else None, identity=identity)
         uap = won["fooling"]
         clean = predict(fn, test.x, amp_dtype=amp_dtype)
         rnd = random_uap(tuple(uap.shape), cfg.eval_eps, cfg.eval_norm,

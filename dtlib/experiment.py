@@ -16,15 +16,15 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from .checkpoint import CHECKPOINT, load_verified, read_checkpoint, save_verified, train_summary
+from .checkpoint import CHECKPOINT, CorruptFile, load_verified, read_checkpoint, save_verified, train_summary
 from .config import MODES, Config
 from .data import Loader, load_data
-from .distributed import ddp, launch, launched, process_group, rank, world_config
+from .distributed import ddp, launch, process_group, rank, world_config
 from .evaluate import evaluate_model, journal_file
 from .io import write_json
 from .methods import STEPS
 from .models import MultiHead, build_model
-from .runtime import amp_dtype, precision_name, provenance, resolve_device
+from .runtime import amp_dtype, distributed, precision_name, provenance, resolve_device
 from .train import train
 
 
@@ -54,7 +54,7 @@ def _model_from(ckpt: dict[str, Any], run_dir: Path, device: str | torch.device)
     cfg = Config.from_dict(ckpt["config"])
     if not ckpt.get("finished"):
         raise ValueError(f"{run_dir} stopped at epoch {ckpt['epoch']} of {cfg.epochs}; run its config again to finish it.")
-    model = build_model(cfg.replace(checkpointing=False)).to(device)
+    model = build_model(cfg.replace(checkpointing=False, pretrained="")).to(device)  # the checkpoint's weights
     model.load_state_dict(ckpt["model"])
     return model.eval(), cfg
 
@@ -155,14 +155,16 @@ def ensure_trained(cfg: Config, *, runs_dir: str | Path = "runs", progress: bool
         train_split, _, _ = load_data(cfg)  # bad data fails here, before anything is written,
         images = method.training_images(cfg, train_split)
         Loader(images, method.schedule(cfg).batch_size, world_size=cfg.nproc)  # and so does a batch larger than a shard
+        if cfg.pretrained and not Path(cfg.pretrained).is_file():
+            raise ValueError(f"pretrained={cfg.pretrained!r}: no such file (give a local file of torchvision ResNet-50 weights).")
         start = base_start(cfg, runs_dir=runs_dir, progress=progress, log=log)
         write_json(run_dir / "config.json", cfg.to_dict())
         log(f"training {cfg.method} K={cfg.heads} on {len(images)} images -> {run_dir}")
-        if cfg.nproc > 1 and not launched():  # the processes torchrun starts train it: `train_launched`
+        if cfg.nproc > 1 and not distributed():  # the processes torchrun starts train it: `train_launched`
             launch(cfg, runs_dir, log)
         else:
             train(cfg, train_split, run_dir=run_dir, progress=progress, log=log, start=start,
-                  wrap=ddp(cfg) if launched() else None)
+                  wrap=ddp(cfg) if distributed() else None)
     return run_dir
 
 
@@ -173,6 +175,11 @@ def train_launched(cfg: Config, *, runs_dir: str | Path = "runs", evaluate: bool
     a finished one is not trained again), then close the process group; rank 0 alone evaluates
     (unless ``evaluate`` is False) and returns the result, the other ranks None."""
     cfg = world_config(cfg)
+    spec = STEPS[cfg.method].base(cfg)
+    if spec and not _ready(*spec, runs_dir=runs_dir):  # every rank would train or evaluate it on its own
+        raise ValueError(f"method={cfg.method!r} fine-tunes the {spec[0].method} run of its settings, which is not "
+                         f"{'evaluated' if spec[1] else 'trained'} in {runs_dir} yet; run the same command without "
+                         f"torchrun and with nproc={cfg.nproc}, which makes it first and then launches torchrun.")
     with process_group(cfg):
         me = rank()
         if me == 0:  # a corrupt checkpoint is moved aside by one rank, before any rank reads it
@@ -183,6 +190,17 @@ def train_launched(cfg: Config, *, runs_dir: str | Path = "runs", evaluate: bool
     if me or not evaluate:
         return None
     return run(cfg, runs_dir=runs_dir, progress=progress, log=log)
+
+
+def _ready(base: Config, needs_uaps: bool, *, runs_dir: str | Path) -> bool:
+    """Whether the run cache holds ``base`` finished (and evaluated, when its UAPs are needed)."""
+    where = run_dir_for(base, runs_dir)
+    if needs_uaps:
+        return metrics_path(where, base).exists() and uaps_path(where, base).exists()
+    try:
+        return bool(load_verified(where / CHECKPOINT).get("finished"))
+    except (FileNotFoundError, CorruptFile):
+        return False
 
 
 def base_start(cfg: Config, *, runs_dir: str | Path = "runs", progress: bool | str = True,

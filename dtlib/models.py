@@ -93,6 +93,8 @@ def load_resnet_weights(net: ResNet, path: str | Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ValueError(f"pretrained={str(path)!r}: no such file (give a local file of torchvision ResNet-50 weights).") from None
+    except OSError as e:  # a folder, no permission
+        raise ValueError(f"pretrained={str(path)!r} cannot be read ({type(e).__name__}).") from None
     except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
         raise ValueError(f"pretrained={str(path)!r} is not a readable torch state dict ({type(e).__name__}).") from None
     if not isinstance(state, dict):

@@ -131,12 +131,13 @@ def patterns(shape: tuple[int, ...], eps: float, norm: str = "linf", seed: int =
 
 def attack(parts_fn: PartsFn, scores_fn: ScoresFn, fit: Split, test: Split, suite: Suite, *,
            candidates: dict[str, torch.Tensor] | None = None, amp_dtype: torch.dtype | None = None,
-           journal: str | Path | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+           journal: str | Path | None = None, identity: Any = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Run the suite against one inference mode: ``scores_fn`` gives its (B, C) scores, ``parts_fn``
     the (K, B, C) logits of its parts (heads; K = 1 for one head or any plain model). UAPs are fitted
     on ``fit`` (training images) and scored on ``test``; ``candidates`` are UAPs from elsewhere.
     ``journal``: a file that keeps the finished fits, read back by a later call with the same suite,
-    fitting images, model predictions on them and precision (the caller removes it once the results are saved).
+    fitting images, model predictions on them, precision and ``identity`` (what the caller knows of
+    the model: its weights' digest, the device); the caller removes it once the results are saved.
 
     Returns (metrics, UAPs): metrics hold clean accuracy, ``fooling_rate`` (the maximum over the
     entries, won by ``fooling_by``), ``uap_acc`` (the minimum, ``uap_acc_by``) and every entry's rates
@@ -157,8 +158,10 @@ def attack(parts_fn: PartsFn, scores_fn: ScoresFn, fit: Split, test: Split, suit
     settings: dict[str, tuple[str, str, float, bool]] = {}  # fit name -> (objective, labels, step, adam)
     g = torch.Generator().manual_seed(suite.seed)
     steps = suite.max_epochs * -(-len(fit) // suite.batch_size)
-    # the fits depend on these alone (the model through its clean predictions on the fitting images)
-    key = {"suite": asdict(suite), "parts": k, "fit": state_digest([fit.x, fit.y, clean_fit]), "amp": str(amp_dtype)}
+    # what the fits depend on: the settings, the images, the model (its predictions tell two models apart only
+    # sometimes: a trained model is right on most training images, so the caller adds its weights' digest)
+    key = {"suite": asdict(suite), "parts": k, "fit": state_digest([fit.x, fit.y, clean_fit]), "amp": str(amp_dtype),
+           "identity": identity}
     done = _journal(journal, key)
 
     def sgd(objective: str, kind: str, lr: float, r: int, adam: bool = False) -> None:

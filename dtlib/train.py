@@ -24,8 +24,8 @@ import torch.nn as nn
 
 from .checkpoint import CHECKPOINT, Stop, Writer, read_checkpoint, state_digest, train_summary
 from .config import Config
-from .data import Loader, Split
-from .distributed import trace
+from .data import Loader, Split, file_digest
+from .distributed import agreed_signal, trace
 from .methods import STEPS, Step
 from .methods.base import warmup_decay
 from .models import MultiHead, build_model, ensemble_log_probs
@@ -135,6 +135,8 @@ class TrainState:
         self.step_fn = method(self.net, cfg, self.device)
         self.step_fn.begin(start.get("uaps") if start else None)
         self.made_by = provenance(self.device)
+        if cfg.pretrained:  # the run key holds the path; this says which weights it held
+            self.made_by["pretrained_sha256"] = file_digest(Path(cfg.pretrained))
         self.start_epoch, self.start_batch, self.history, self.wall, self.partial = 0, 0, [], 0.0, None
 
     @property
@@ -220,6 +222,7 @@ def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None,
                 sums.add(loss, logits, y, s.step_fn.parts)
                 if progress != "off" and i % 10 == 9:
                     bar.set_postfix(img_s=f"{(i + 1 - first) * s.plan.batch_size / (time.perf_counter() - sums.t0):.0f}")
+                stop.signum = agreed_signal(stop.signum, s.device)
                 if i + 1 < len(s.loader) and (stop.signum or writer.due()):
                     writer.write(s.checkpoint(epoch, i + 1, sums))
                     if stop.signum:
@@ -230,6 +233,7 @@ def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None,
             terms = "".join(f"  {k} {stats[k]:.3f}" for k in sums.parts)
             log(f"{cfg.method} epoch {epoch + 1}/{s.epochs}  loss {stats['loss']:.3f}{terms}  train acc "
                 f"{stats['train_acc']:.3f}  {stats['images_per_s']:.0f} img/s  {stats['seconds']:.1f} s")
+            stop.signum = agreed_signal(stop.signum, s.device)
             if stop.signum:
                 log(f"stopped by signal {stop.signum} after epoch {epoch + 1}; checkpoint {path}")
                 stop.exit()

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 import dtlib
+import dtlib.__main__
 from dtlib import Config
 from dtlib.checkpoint import CHECKPOINT, load_verified
 from dtlib.distributed import TRACE_ENV, torchrun_command, world_config
-from dtlib.experiment import run_dir_for, without_timings
+from dtlib.experiment import run_dir_for, train_launched, without_timings
 
 from conftest import DATA_DIR, wait_for_mid_epoch_checkpoint
 
@@ -161,3 +162,45 @@ def test_dtlib_run_with_nproc_2_trains_through_torchrun_and_evaluates_here(tmp_p
     assert ckpt["finished"] and ckpt["config"]["nproc"] == 2
     assert res.run_dir == run_dir_for(Config(**cfg, nproc=2), tmp_path)
     assert res.rows()[0]["clean_acc"] > 0
+
+
+def test_a_launcher_stopped_by_sigterm_stops_every_rank_at_one_checkpoint_and_resumes_to_the_same_weights(tmp_path, whole):
+    proc = _launch(tmp_path, checkpoint_minutes=10.0)  # no checkpoint inside an epoch but the signal's
+    ckpt = run_dir_for(Config(**CFG, nproc=2), tmp_path / "runs") / CHECKPOINT
+    deadline = time.time() + 300
+    while not (tmp_path / "trace" / "rank1.jsonl").exists():  # both ranks are training
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    workers = _workers(proc.pid)
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it on to its workers
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "stopped by signal 15" in out, err[-3000:]
+    assert not any(_alive(w) for w in workers)
+    stopped = load_verified(ckpt)
+    assert not stopped["finished"]
+    again = _launch(tmp_path)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-3000:]
+    assert "resuming" in out
+    ends = [next(t for t in reversed(_trace(tmp_path)[r]) if "parameters" in t) for r in (0, 1)]
+    first = next(t for t in _trace(whole[0])[0] if "parameters" in t)
+    assert ends[0]["weights"] == ends[1]["weights"] == first["weights"]
+
+
+def test_under_torchrun_a_fine_tuning_method_needs_its_base_run_made_first(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as in a torchrun worker: refused before any process group
+    cfg = Config(method="entropy_dt", train_size=200, repair_size=100, **{k: CFG[k] for k in ("data", "data_dir", "device")})
+    with pytest.raises(ValueError, match=r"^method='entropy_dt' fine-tunes the standard run of its settings, which is "
+                                         r"not trained in .* yet; run the same command without torchrun and with nproc=2"):
+        train_launched(cfg, runs_dir=tmp_path)
+    assert not (tmp_path).exists() or not any(tmp_path.iterdir())
+
+
+def test_the_command_line_under_torchrun_takes_the_world_size_before_checking_the_config(monkeypatch):
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    seen = []
+    monkeypatch.setattr(dtlib.__main__, "train_launched", lambda cfg, **kw: seen.append(cfg))
+    assert dtlib.__main__.main(["train", "sync_bn=true", "device=cuda"]) == 0
+    assert seen[0].nproc == 2 and seen[0].sync_bn  # sync_bn=true alone would be refused at nproc=1

@@ -5,9 +5,14 @@ import torch.nn as nn
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
-from dtlib import Config, build_model
+from dtlib import Config, build_model, load_model
+from dtlib.checkpoint import CHECKPOINT, load_verified
+from dtlib.data import file_digest
+from dtlib.experiment import ensure_trained
 from dtlib.data import MEAN, STD
 from dtlib.models import Classifier, count_parameters
+
+from conftest import MINI
 
 
 def make(**kw):
@@ -51,8 +56,9 @@ def test_resnet50_starts_from_a_local_file_of_torchvision_weights(tmp_path):
     assert torch.equal(m.weight, make(backbone="resnet50", heads=2).weight)  # the heads as without it
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pth")
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    (tmp_path / "folder").mkdir()
     for name, message in (("none.pth", r"no such file"), ("bad.pth", r"is not a readable torch state dict"),
-                          ("other.pth", r"does not fit torchvision's ResNet-50")):
+                          ("other.pth", r"does not fit torchvision's ResNet-50"), ("folder", r"cannot be read")):
         with pytest.raises(ValueError, match=rf"^pretrained='[^']*{name}'[:]? {message}(?:(?!\. ).)*\.$"):
             make(backbone="resnet50", pretrained=str(tmp_path / name))
     with pytest.raises(ValueError, match=r"^pretrained='x\.pth' holds ResNet-50 weights, but backbone='cnn'; use resnet50\.$"):
@@ -129,3 +135,18 @@ def test_gradient_checkpointing_changes_nothing_but_memory(backbone):
 def test_bad_head_counts_are_rejected():
     with pytest.raises(ValueError, match="heads"):
         make(heads=0)
+
+
+def test_a_pretrained_run_loads_without_its_weights_file_and_records_which_it_was(tmp_path):
+    torch.manual_seed(2)
+    torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "r50.pth")
+    cfg = Config(backbone="resnet50", pretrained=str(tmp_path / "r50.pth"), train_size=100, epochs=1, batch_size=50,
+                 **MINI)
+    run_dir = ensure_trained(cfg, runs_dir=tmp_path / "runs", progress=False, log=lambda s: None)
+    made_by = load_verified(run_dir / CHECKPOINT)["provenance"]
+    assert made_by["pretrained_sha256"] == file_digest(tmp_path / "r50.pth")
+    (tmp_path / "r50.pth").unlink()  # the checkpoint holds the weights: the file is not read again
+    model, loaded = load_model(run_dir)
+    assert loaded == cfg and model.weight.shape == (1, 10, 2048)
+    with pytest.raises(ValueError, match=r"^pretrained='[^']*r50\.pth': no such file"):  # a new run needs it
+        ensure_trained(cfg.replace(seed=1), runs_dir=tmp_path / "runs", progress=False, log=lambda s: None)

@@ -248,6 +248,10 @@ def test_a_killed_suite_goes_on_from_its_journal_and_ends_as_an_uninterrupted_on
         calls = _fits_counted(monkeypatch)
         attack(other_net, lambda x: other_net(x).mean(0), fit, test, other_suite, journal=tmp_path / "other.pt")
         assert len(calls) == total
+    (tmp_path / "other.pt").write_bytes(journal.read_bytes())
+    calls = _fits_counted(monkeypatch)  # the same predictions, but the caller says the weights differ
+    attack(net, scores, fit, test, suite, journal=tmp_path / "other.pt", identity="other weights")
+    assert len(calls) == total
     calls = _fits_counted(monkeypatch)
     journal.write_bytes(journal.read_bytes()[:200])
     assert attack(net, scores, fit, test, suite, journal=journal)[0] == whole and len(calls) == total
