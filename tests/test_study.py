@@ -37,7 +37,7 @@ def test_setup_applies_profile_and_overrides():
 PER_RUN_CONTROLS = {"method": "arms", "heads": "ks", "lambda_div": "grid_div", "lambda_adv": "grid_adv", "seed": "seeds",
                     "eval_norm": "l2_radii", "eval_modes": "experiment", "eval_split": "experiment", "eval_head": "head 0",
                     "eval_target": "published_target", "ent_clamp": "06", "ent_bn": "06", "ent_leak": "06",
-                    "uap_objective": "grid_attacker", "uap_every": "grid_attacker"}
+                    "uap_objective": "grid_attacker", "uap_every": "grid_attacker", "pretrained": "random weights"}
 
 
 def test_every_field_set_per_run_has_its_controller_named():
@@ -149,7 +149,7 @@ ACCEPTED = {"lambda_cons": 0.5, "norm": "l2", "eps": 0.5, "uap_step": 0.05, "pgd
             "checkpoint_minutes": 5.0, "data_dir": "elsewhere", "download": True, "repair_size": 50,
             "repair_epochs": 2, "repair_clean_epochs": 2, "repair_batch_size": 16, "repair_lr": 0.01,
             "repair_clean_lr": 1e-4, "repair_rotation": 5.0, "ent_alpha": 0.5, "ent_steps": 3, "ent_step": 0.5,
-            "uap_adam_lr": 0.01}
+            "uap_adam_lr": 0.01, "nproc": 2, "sync_bn": True}
 
 
 def test_the_value_table_covers_every_accepted_config_field():
@@ -196,7 +196,8 @@ def test_an_accepted_config_field_reaches_every_run_the_study_records(name, monk
     """What `overrides` may name takes effect: each run in every results JSON has the given value
     (fields the experiments set per run are refused by setup instead)."""
     _fake_runs(monkeypatch)
-    overrides = {name: ACCEPTED[name], **({"checkpointing": False} if name == "compile" else {})}
+    overrides = {name: ACCEPTED[name], **({"checkpointing": False} if name == "compile" else {}),
+                 **({"nproc": 2, "device": "auto"} if name == "sync_bn" else {})}  # SyncBatchNorm: processes, not on "cpu"
     study = S.setup("smoke", overrides, root=str(tmp_path))
     want = getattr(study.config, name)
     for notebook, experiment in S.EXPERIMENTS.items():

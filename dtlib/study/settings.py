@@ -101,6 +101,8 @@ PER_RUN: dict[str, str] = {
     "ent_clamp": "06_published_method's two entropy-DT arms (careful, and as published: ent_clamp=false)",
     "ent_bn": "06_published_method's two entropy-DT arms (careful, and as published: ent_bn=train)",
     "ent_leak": "06_published_method's two entropy-DT arms (careful, and as published: ent_leak=true)",
+    "pretrained": "nothing: every study run starts from random weights (pretrained=PATH is for single runs: "
+                  "python -m dtlib train backbone=resnet50 pretrained=PATH)",
 }
 
 
