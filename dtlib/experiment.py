@@ -73,6 +73,12 @@ def uaps_path(run_dir: Path, cfg: Config) -> Path:
     return run_dir / f"uaps-{cfg.eval_hash()}.pt"
 
 
+def cached(cfg: Config, runs: Path) -> bool:
+    """Whether the run cache under ``runs`` holds ``cfg``'s evaluation (its metrics and its UAPs)."""
+    where = run_dir_for(cfg, runs)
+    return metrics_path(where, cfg).exists() and uaps_path(where, cfg).exists()
+
+
 def journal_path(run_dir: Path, cfg: Config) -> Path:
     """The prefix of an evaluation's unfinished suites (``evaluate.journal_file``): removed once its metrics are saved."""
     return run_dir / f"partial-{cfg.eval_hash()}"
@@ -194,9 +200,9 @@ def train_launched(cfg: Config, *, runs_dir: str | Path = "runs", evaluate: bool
 
 def _ready(base: Config, needs_uaps: bool, *, runs_dir: str | Path) -> bool:
     """Whether the run cache holds ``base`` finished (and evaluated, when its UAPs are needed)."""
-    where = run_dir_for(base, runs_dir)
     if needs_uaps:
-        return metrics_path(where, base).exists() and uaps_path(where, base).exists()
+        return cached(base, Path(runs_dir))
+    where = run_dir_for(base, runs_dir)
     try:
         return bool(load_verified(where / CHECKPOINT).get("finished"))
     except (FileNotFoundError, CorruptFile):

@@ -32,7 +32,7 @@ import torch
 
 from ..config import Config
 from ..data import Split
-from ..experiment import RunResult, ensure_trained, evaluate_run, metrics_path, run_dir_for, uaps_path
+from ..experiment import RunResult, cached, ensure_trained, evaluate_run, metrics_path, run_dir_for
 from . import experiments, published
 from .registry import EXPERIMENTS
 from .settings import NOTEBOOKS, Study, attacker, setup
@@ -46,12 +46,6 @@ def _placeholder_uaps(device: torch.device | str) -> dict[str, torch.Tensor]:
     """Every UAP key an evaluation may hold (head 0, the ensemble; fooling, accuracy, targeted winners), zeros."""
     return {f"{k}{part}": torch.zeros(1, 3, 32, 32, device=device)
             for k in ("head0", "ensemble") for part in ("", "/uap_acc", "/targeted")}
-
-
-def cached(cfg: Config, runs: Path) -> bool:
-    """Whether the run cache under ``runs`` holds ``cfg``'s evaluation (its metrics and its UAPs)."""
-    where = run_dir_for(cfg, runs)
-    return metrics_path(where, cfg).exists() and uaps_path(where, cfg).exists()
 
 
 def plan(study: Study, notebooks: list[str]) -> list[Config]:
