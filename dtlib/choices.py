@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 METHODS, BACKBONES, NORMS = ("standard", "dt", "pgd_at", "uat", "entropy_dt"), ("cnn", "vgg", "resnet18", "resnet50"), ("linf", "l2")
-DATASETS, DEVICES, PRECISIONS = ("full", "mini"), ("auto", "cpu", "cuda"), ("auto", "bf16", "fp32")
+DATASETS, DEVICES, PRECISIONS = ("full", "mini", "imagenet"), ("auto", "cpu", "cuda"), ("auto", "bf16", "fp32")
 MODES = ("ensemble", "single")
 ATTACK_OBJECTIVES = ("ensemble_ce", "heads_ce", "mean_logit")
 ATTACK_LABELS = ("predicted", "true")
@@ -18,9 +18,10 @@ BN_MODES = ("eval", "train")
 L2_MAX = math.sqrt(3 * 32 * 32)
 
 
-def check_radius(name: str, value: float, norm: str) -> None:
-    """An L-inf radius lies in [0, 1]; an L2 radius in [0, L2_MAX] (pixel units)."""
-    top = 1.0 if norm == "linf" else L2_MAX
+def check_radius(name: str, value: float, norm: str, side: int = 32) -> None:
+    """An L-inf radius lies in [0, 1]; an L2 radius in [0, the largest L2 distance between two
+    3 x side x side images] (L2_MAX for CIFAR-10's 32; pixel units)."""
+    top = 1.0 if norm == "linf" else math.sqrt(3 * side * side)
     if not 0 <= value <= top:
         hint = "10/255 = 0.0392" if norm == "linf" else "an L-inf 10/255 perturbation has L2 norm 2.17"
         raise ValueError(f"{name}={value} is outside [0, {top:.4g}] for the {norm} norm (pixel units; {hint}).")

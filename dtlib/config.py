@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -20,6 +19,7 @@ from .parsing import (KIND_NAMES, LIST_NAMES, SCALARS, Kind, field_kinds, key_va
 
 from .choices import (ATTACK_LABELS, ATTACK_OBJECTIVES, BACKBONES, BN_MODES, DATASETS, DEVICES,  # noqa: F401
                       EVAL_SPLITS, L2_MAX, METHODS, MODES, NORMS, PRECISIONS, UAP_OBJECTIVES, check_radius)
+from .validation import validate
 
 # Bumped when a change to dtlib changes what a given config trains to; part of the cache key.
 CODE_VERSION = "1"
@@ -27,7 +27,7 @@ CODE_VERSION = "1"
 # before they existed: at that value a field is left out of the run-cache key, so runs cached
 # earlier stay valid; any other value is part of the key.
 ADDED_TRAIN_FIELDS: dict[str, Any] = {"uap_objective": "ensemble_ce", "uap_every": 1, "nproc": 1, "sync_bn": False,
-                                      "pretrained": ""}
+                                      "pretrained": "", "image_size": 0}
 # The same for evaluation fields: at these values an evaluation cached before they existed stays valid.
 ADDED_EVAL_FIELDS: dict[str, Any] = {"eval_target": -1, "uap_adam_lr": 0.005}
 # Training fields that only one method reads: they join the run key of that method's runs alone, so
@@ -101,7 +101,10 @@ class Config:
     warmup: float = _f(0.2, "train", "fraction of the steps spent warming the learning rate up from 0")
     seed: int = _f(0, "train", "seed of weights, data order, augmentation and the running UAP")
     # --- data ----------------------------------------------------------------------------------
-    data: str = _f("full", "train", "full (data/cifar10.npz or a torchvision folder) | mini (data/cifar10-mini.npz)")
+    data: str = _f("full", "train", "full (data/cifar10.npz or a torchvision folder) | mini (data/cifar10-mini.npz) | "
+                   "imagenet (data_dir/train and data_dir/val class folders, torchvision's ImageFolder layout)")
+    image_size: int = _f(0, "train", "data=imagenet: side of the square crops trained and scored on, pixels (0 = 224; "
+                         "evaluation resizes the shorter side to 256/224 of it, then crops the centre); CIFAR-10 is 32")
     train_size: int = _f(0, "train", "class-balanced subset of the training images to use (0 = all)")
     val_size: int = _f(0, "train", "training images held out as a validation split (never trained on)")
     nproc: int = _f(1, "train", "processes training the run together (torchrun, DDP; batch_size is per process)")
@@ -151,9 +154,11 @@ class Config:
                              "(slower; see the README on determinism). CPU runs are deterministic anyway")
     checkpoint_minutes: float = _f(10.0, "runtime", "wall-clock minutes between checkpoints within an epoch (one is "
                                    "written after every epoch and on SIGTERM/SIGINT regardless)")
-    data_dir: str = _f("data", "runtime", "folder holding cifar10.npz, cifar10-mini.npz or cifar-10-batches-py; a "
-                       "relative path is read from the project folder and recorded as given")
+    data_dir: str = _f("data", "runtime", "folder holding cifar10.npz, cifar10-mini.npz or cifar-10-batches-py (or, "
+                       "for data=imagenet, train/ and val/); a relative path is read from the project folder and "
+                       "recorded as given")
     download: bool = _f(False, "runtime", "let torchvision download CIFAR-10 into data_dir when it is missing")
+    workers: int = _f(4, "runtime", "data=imagenet: DataLoader processes decoding images (0 = in the training process)")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -247,91 +252,3 @@ def coerce(overrides: dict[str, Any]) -> dict[str, Any]:
 def parse_overrides(args: list[str]) -> dict[str, Any]:
     """``["method=dt", "heads=5"]`` -> ``{"method": "dt", "heads": 5}``."""
     return coerce(key_values(args))
-
-
-def validate(cfg: Config) -> None:
-    """Raise ValueError (one sentence naming the bad value) for a config no run could use."""
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        kind = FIELD_TYPES[f.name]
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            ok = True
-        if not ok:
-            raise ValueError(f"Config field {f.name}={value!r} must be {kind_name(kind)}.")
-        if kind is float and not math.isfinite(value):
-            raise ValueError(f"Config field {f.name}={value!r} must be a finite number.")
-    choices = {"method": METHODS, "backbone": BACKBONES, "norm": NORMS, "eval_norm": NORMS,
-               "data": DATASETS, "device": DEVICES, "precision": PRECISIONS, "eval_split": EVAL_SPLITS,
-               "uap_objective": UAP_OBJECTIVES, "ent_bn": BN_MODES}
-    for name, allowed in choices.items():
-        if getattr(cfg, name) not in allowed:
-            raise ValueError(f"Unknown {name} {getattr(cfg, name)!r}; choose one of {', '.join(allowed)}.")
-    if cfg.method != "dt" and (cfg.uap_every, cfg.uap_objective) != (1, "ensemble_ce"):
-        raise ValueError(f"uap_every={cfg.uap_every}, uap_objective={cfg.uap_objective!r}: dt's, not read by method={cfg.method!r}.")
-    for mode in cfg.modes or [""]:
-        if mode not in MODES:
-            raise ValueError(f"Unknown inference mode {mode!r} in eval_modes; choose from {', '.join(MODES)}.")
-    for name, values, allowed in (("eval_objectives", cfg.uap_objective_list, ATTACK_OBJECTIVES),
-                                  ("eval_labels", cfg.uap_label_list, ATTACK_LABELS)):
-        if not values or any(v not in allowed for v in values):
-            raise ValueError(f"{name}={getattr(cfg, name)!r} must list one or more of {', '.join(allowed)}.")
-    if cfg.heads < 1:
-        raise ValueError(f"heads (K) must be at least 1, got {cfg.heads}.")
-    if not 0 <= cfg.eval_head < cfg.heads:
-        raise ValueError(f"eval_head {cfg.eval_head} is out of range for a model with {cfg.heads} heads.")
-    for name, norm in (("eps", cfg.norm), ("uap_step", cfg.norm), ("eval_eps", cfg.eval_norm),
-                       ("pgd_eps", "linf"), ("pgd_alpha", "linf")):
-        check_radius(name, getattr(cfg, name), norm)
-    try:
-        lrs = cfg.uap_lrs
-    except ValueError:
-        raise ValueError(f"uap_lr={cfg.uap_lr!r} is not a number or a comma-separated list of numbers.") from None
-    if not lrs or not all(math.isfinite(v) and v > 0 for v in lrs):
-        raise ValueError(f"uap_lr={cfg.uap_lr!r} must be one or more positive numbers.")
-    for name in ("lambda_cons", "lambda_div", "lambda_adv", "weight_decay"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"{name} must be non-negative, got {getattr(cfg, name)}.")
-    if cfg.batch_size < 2:
-        raise ValueError(f"batch_size must be at least 2 (BatchNorm needs two images per batch to train), got {cfg.batch_size}.")
-    if not -1 <= cfg.eval_target < 10:
-        raise ValueError(f"eval_target={cfg.eval_target} must be a class index 0..9, or -1 for untargeted UAPs.")
-    for name in ("lr", "repair_lr", "repair_clean_lr", "ent_step", "uap_adam_lr"):
-        if not getattr(cfg, name) > 0:
-            raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}.")
-    if not 0 <= cfg.ent_alpha <= 1:
-        raise ValueError(f"ent_alpha must be a weight in [0, 1], got {cfg.ent_alpha}.")
-    if not 0 <= cfg.repair_rotation <= 180:
-        raise ValueError(f"repair_rotation must be in [0, 180] degrees, got {cfg.repair_rotation}.")
-    if cfg.repair_batch_size < 2:
-        raise ValueError(f"repair_batch_size must be at least 2 (BatchNorm needs two images per batch), got {cfg.repair_batch_size}.")
-    if cfg.repair_size % 10:
-        raise ValueError(f"repair_size={cfg.repair_size} must be a multiple of 10 to stay class-balanced.")
-    for name in ("epochs", "repair_size", "repair_epochs", "ent_steps", "uap_epochs", "uap_restarts", "uap_fit_size",
-                 "uap_window", "uap_patience", "uap_every", "nproc"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}.")
-    for name in ("pgd_steps", "repair_clean_epochs", "train_size", "val_size", "eval_size", "uap_refine"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"{name} must be non-negative, got {getattr(cfg, name)}.")
-    if cfg.eval_split == "val" and not cfg.val_size:
-        raise ValueError("eval_split='val' scores on the validation split, but val_size=0 holds none out; set val_size.")
-    if cfg.eval_size % 10:
-        raise ValueError(f"eval_size={cfg.eval_size} must be a multiple of 10 to stay class-balanced.")
-    if not 0 <= cfg.seed < 2**31:
-        raise ValueError(f"seed must be in [0, 2**31), got {cfg.seed}.")
-    if cfg.sync_bn and (cfg.nproc == 1 or cfg.device == "cpu"):
-        raise ValueError(f"sync_bn=true needs nproc > 1 on CUDA, got nproc={cfg.nproc} and device={cfg.device!r}.")
-    if cfg.pretrained and cfg.backbone != "resnet50":
-        raise ValueError(f"pretrained={cfg.pretrained!r} holds ResNet-50 weights, but backbone={cfg.backbone!r}; use resnet50.")
-    if cfg.compile and cfg.checkpointing:
-        raise ValueError("compile=true cannot be combined with checkpointing=true (torch.compile does not trace the "
-                         "checkpoint's BatchNorm guard); choose one.")
-    if not cfg.checkpoint_minutes > 0:
-        raise ValueError(f"checkpoint_minutes must be positive, got {cfg.checkpoint_minutes}.")
-    if not 0 <= cfg.warmup < 1:
-        raise ValueError(f"warmup must be a fraction in [0, 1), got {cfg.warmup}.")
-    if not 0 <= cfg.uap_tol < 1:
-        raise ValueError(f"uap_tol must be a rate in [0, 1), got {cfg.uap_tol}.")
-    if not 0 < cfg.uap_decay <= 1:
-        raise ValueError(f"uap_decay must be in (0, 1], got {cfg.uap_decay}.")

@@ -14,7 +14,7 @@ import torch.nn as nn
 from .attacks import frozen_for_attack, in_layout, random_uap
 from .checkpoint import state_digest
 from .config import Config
-from .data import CLASSES, Split, balanced_indices, file_digest, load_data
+from .data import DataError, FolderSplit, Split, balanced_indices, file_digest, in_memory, load_data
 from .io import write_json
 from .lazy import factory_from
 from .metrics import accuracy, fooling_rate, predict
@@ -28,20 +28,27 @@ def fit_indices(n_pool: int, n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n_pool)[:n]
 
 
-def fit_images(pool: Split, n: int, seed: int) -> Split:
-    """The training images evaluation UAPs are fitted on (``fit_indices`` of ``data.fitting_pool``)."""
-    return pool.subset(fit_indices(len(pool), n, seed))
+def fit_images(pool: Split | FolderSplit, n: int, seed: int) -> Split:
+    """The training images evaluation UAPs are fitted on (``fit_indices`` of ``data.fitting_pool``), in memory."""
+    return in_memory(pool.subset(fit_indices(len(pool), n, seed)))
 
 
-def scored_subset(split: Split, n: int) -> Split:
+def scored_choice(split: Split | FolderSplit, n: int) -> Split | FolderSplit:
     """A class-balanced subset of ``n`` images (0 = all), the same for every model. CIFAR-10 files
     may be stored sorted by class, so the first ``n`` images would be a few classes only."""
     if not n or n >= len(split):
         return split
-    return split.subset(balanced_indices(split.y.numpy(), n // len(CLASSES), seed=0))
+    if n % split.classes:
+        raise DataError(f"eval_size={n} must be a multiple of the {split.classes} classes to stay class-balanced.")
+    return split.subset(balanced_indices(split.y.cpu().numpy(), n // split.classes, seed=0, classes=split.classes))
 
 
-def evaluate_model(model: nn.Module, cfg: Config, pool: Split, test: Split, amp_dtype: torch.dtype | None = None,
+def scored_subset(split: Split | FolderSplit, n: int) -> Split:
+    """``scored_choice`` in memory: what is scored."""
+    return in_memory(scored_choice(split, n))
+
+
+def evaluate_model(model: nn.Module, cfg: Config, pool: Split | FolderSplit, test: Split | FolderSplit, amp_dtype: torch.dtype | None = None,
                    journal: Path | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Clean accuracy, and the fooling rate / accuracy under UAP of the attack suite (``suite``:
     the strongest of its SGD-UAPs, fitted on ``cfg.uap_fit_size`` images of ``pool``, the training
@@ -56,12 +63,17 @@ def evaluate_model(model: nn.Module, cfg: Config, pool: Split, test: Split, amp_
     ``journal``: where each mode's suite keeps its finished fits (``journal_files``), so a killed
     evaluation started again goes on from them."""
     modes = cfg.modes if isinstance(model, MultiHead) and model.heads > 1 else ["single"]
-    identity = {"weights": state_digest(model.state_dict()), "device": pool.x.device.type} if journal else None
-    fit = fit_images(pool, cfg.uap_fit_size, cfg.seed)
-    test = scored_subset(test, cfg.eval_size)
+    identity = {"weights": state_digest(model.state_dict()), "device": pool.device.type} if journal else None
+    if cfg.eval_target >= test.classes:
+        raise ValueError(f"eval_target={cfg.eval_target} is not a class of the data (0..{test.classes - 1}).")
+    fit, test = pool.subset(fit_indices(len(pool), cfg.uap_fit_size, cfg.seed)), scored_choice(test, cfg.eval_size)
+    # an ImageFolder's images are recorded by a digest of their names, in the order used
+    files = {"fit_files": fit.listing(), "scored_files": test.listing()} if isinstance(fit, FolderSplit) else {}
+    fit, test = in_memory(fit), in_memory(test)
     with frozen_for_attack(model):
-        fit, test = Split(in_layout(fit.x, model), fit.y), Split(in_layout(test.x, model), test.y)
-        return _evaluate(model, cfg, modes, fit, test, amp_dtype, journal, identity)
+        fit, test = Split(in_layout(fit.x, model), fit.y, fit.classes), Split(in_layout(test.x, model), test.y, test.classes)
+        rows, uaps = _evaluate(model, cfg, modes, fit, test, amp_dtype, journal, identity)
+    return {key: {**row, **files} for key, row in rows.items()}, uaps
 
 
 def journal_file(journal: Path, mode: str) -> Path:

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from .checkpoint import CHECKPOINT, CorruptFile, load_verified, read_checkpoint, save_verified, train_summary
 from .config import MODES, Config
-from .data import Loader, load_data
+from .data import load_data, make_loader
 from .distributed import ddp, launch, process_group, rank, world_config
 from .evaluate import evaluate_model, journal_file
 from .io import write_json
@@ -54,7 +54,8 @@ def _model_from(ckpt: dict[str, Any], run_dir: Path, device: str | torch.device)
     cfg = Config.from_dict(ckpt["config"])
     if not ckpt.get("finished"):
         raise ValueError(f"{run_dir} stopped at epoch {ckpt['epoch']} of {cfg.epochs}; run its config again to finish it.")
-    model = build_model(cfg.replace(checkpointing=False, pretrained="")).to(device)  # the checkpoint's weights
+    classes = ckpt["model"]["weight"].shape[1]  # the heads' (K, classes, features): the data's class count
+    model = build_model(cfg.replace(checkpointing=False, pretrained=""), classes).to(device)  # the checkpoint's weights
     model.load_state_dict(ckpt["model"])
     return model.eval(), cfg
 
@@ -160,7 +161,7 @@ def ensure_trained(cfg: Config, *, runs_dir: str | Path = "runs", progress: bool
         method = STEPS[cfg.method]
         train_split, _, _ = load_data(cfg)  # bad data fails here, before anything is written,
         images = method.training_images(cfg, train_split)
-        Loader(images, method.schedule(cfg).batch_size, world_size=cfg.nproc)  # and so does a batch larger than a shard
+        make_loader(images, method.schedule(cfg).batch_size, world_size=cfg.nproc)  # and so does a batch larger than a shard
         if cfg.pretrained and not Path(cfg.pretrained).is_file():
             raise ValueError(f"pretrained={cfg.pretrained!r}: no such file (give a local file of torchvision ResNet-50 weights).")
         start = base_start(cfg, runs_dir=runs_dir, progress=progress, log=log)

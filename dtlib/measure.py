@@ -30,7 +30,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from .config import Config
-from .data import DataError, Loader, Split, fitting_pool, load_data
+from .data import DataError, Loader, Split, fitting_pool, in_memory, load_data
+from .imagenet import NATIVE_SIZE
 from .evaluate import evaluate_model
 from .io import cpu_flags
 from .methods import STEPS
@@ -76,7 +77,7 @@ class _Case:
     def __init__(self, cfg: Config, split: Split, device: torch.device):
         torch.manual_seed(cfg.seed)
         self.cfg, self.device, self.dtype = cfg, device, amp_dtype(cfg.precision, device)
-        self.model = build_model(cfg).to(device, memory_format=torch.channels_last).train()
+        self.model = build_model(cfg, split.classes).to(device, memory_format=torch.channels_last).train()
         self.opt = make_optimizer(self.model, cfg)
         method = STEPS[cfg.method]
         plan = method.schedule(cfg)  # the method's own batch size and augmentation, as the loop trains it
@@ -227,7 +228,8 @@ def inference_latency(base: Config, cases: dict[str, dict[str, Any]], *, batch_s
     device = resolve_device(base.device)
     dtype = amp_dtype(base.precision, device)
     g = torch.Generator().manual_seed(base.seed)
-    x = torch.rand(batch_size, 3, 32, 32, generator=g).to(device).contiguous(memory_format=torch.channels_last)
+    side = (base.image_size or NATIVE_SIZE) if base.data == "imagenet" else 32  # the data's images
+    x = torch.rand(batch_size, 3, side, side, generator=g).to(device).contiguous(memory_format=torch.channels_last)
     built = {}
     for name, o in cases.items():
         o = dict(o)
@@ -253,17 +255,19 @@ def inference_latency(base: Config, cases: dict[str, dict[str, Any]], *, batch_s
 
 
 def bench_split(cfg: Config, images: int) -> Split:
-    """The first ``images`` training images of ``cfg``'s data (uint8), which every case draws from."""
+    """The first ``images`` training images of ``cfg``'s data (uint8, in memory), which every case draws from."""
     train_split, _, _ = load_data(cfg)
-    return train_split.subset(torch.arange(min(images, len(train_split))))
+    return in_memory(train_split.subset(torch.arange(min(images, len(train_split)))))
 
 
 def time_epoch(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Wall time of a standard training epoch on 50,000 images: CIFAR-10's training set when it is
-    in place, random images otherwise (the time does not depend on the pixels). Two epochs are run
-    and the second is reported, so one-time costs (cuDNN autotuning, compilation) stay out."""
+    in place, random images otherwise (the time does not depend on the pixels), whatever ``cfg.data``.
+    Two epochs are run and the second is reported, so one-time costs (cuDNN autotuning, compilation)
+    stay out."""
+    cfg = cfg.replace(data="full", train_size=0, val_size=0, image_size=0, workers=Config.workers)
     try:
-        split, source = load_data(cfg.replace(data="full", train_size=0, val_size=0))[0], "cifar10"
+        split, source = load_data(cfg)[0], "cifar10"
     except DataError:
         g = torch.Generator().manual_seed(0)
         split = Split(torch.randint(0, 256, (50000, 3, 32, 32), dtype=torch.uint8, generator=g),

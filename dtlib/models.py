@@ -22,6 +22,7 @@ from torchvision.models import ResNet, resnet18, resnet50
 
 from .config import BACKBONES, MODES, Config
 from .data import CLASSES, MEAN, STD
+from .imagenet import MEAN as IMAGENET_MEAN, STD as IMAGENET_STD
 
 
 class Normalize(nn.Module):
@@ -140,11 +141,11 @@ class MultiHead(nn.Module):
     """A shared backbone with K independent linear heads; see the module docstring for the modes."""
 
     def __init__(self, backbone: nn.Sequential, feature_dim: int, heads: int = 1,
-                 num_classes: int = len(CLASSES), checkpointing: bool = False):
+                 num_classes: int = len(CLASSES), checkpointing: bool = False, normalize: Normalize | None = None):
         super().__init__()
         if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
             raise ValueError(f"heads (K) must be an integer of at least 1, got {heads!r}.")
-        self.normalize = Normalize()
+        self.normalize = normalize or Normalize()  # CIFAR-10's statistics unless given
         self.backbone = backbone
         self.heads, self.num_classes, self.checkpointing = heads, num_classes, checkpointing
         # K heads stored as one (K, C, D) tensor so all of them cost one matmul; each is initialised
@@ -217,12 +218,14 @@ def ensemble_log_probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(lp, dim=0) - math.log(lp.shape[0])
 
 
-def build_model(cfg: Config) -> MultiHead:
-    """An untrained MultiHead for ``cfg`` (backbone, heads, checkpointing); seed torch first."""
+def build_model(cfg: Config, num_classes: int = len(CLASSES)) -> MultiHead:
+    """An untrained MultiHead for ``cfg`` (backbone, heads, checkpointing, the normalisation of its
+    data) with ``num_classes`` classes (the data's: 10 for CIFAR-10); seed torch first."""
     if cfg.backbone not in BUILDERS:
         raise ValueError(f"Unknown backbone {cfg.backbone!r}; choose one of {', '.join(BACKBONES)}.")
     backbone, dim = resnet50_imagenet(cfg.pretrained) if cfg.pretrained else BUILDERS[cfg.backbone]()
-    return MultiHead(backbone, dim, cfg.heads, checkpointing=cfg.checkpointing)
+    norm = Normalize(IMAGENET_MEAN, IMAGENET_STD) if cfg.data == "imagenet" else Normalize()
+    return MultiHead(backbone, dim, cfg.heads, num_classes, checkpointing=cfg.checkpointing, normalize=norm)
 
 
 def count_parameters(module: nn.Module) -> int:

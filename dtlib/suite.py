@@ -265,5 +265,5 @@ def attack_model(model: nn.Module, fit: Split, test: Split, suite: Suite, *, mod
     left as it was."""
     with frozen_for_attack(model):
         parts, scores = mode_fns(model, mode, head)
-        fit, test = Split(in_layout(fit.x, model), fit.y), Split(in_layout(test.x, model), test.y)
+        fit, test = Split(in_layout(fit.x, model), fit.y, fit.classes), Split(in_layout(test.x, model), test.y, test.classes)
         return attack(parts, scores, fit, test, suite, candidates=candidates, amp_dtype=amp_dtype)

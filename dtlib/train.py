@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from .checkpoint import CHECKPOINT, Stop, Writer, read_checkpoint, state_digest, train_summary
 from .config import Config
-from .data import Loader, Split, file_digest
+from .data import FolderSplit, Split, file_digest, make_loader
 from .distributed import agreed_signal, trace
 from .methods import STEPS, Step
 from .methods.base import warmup_decay
@@ -115,20 +115,20 @@ class TrainState:
     ``{model, optimizer, step, config, ...}``: the model, its optimizer and schedule, the method's
     step, the finished epochs' history and wall time, and where the run stands."""
 
-    def __init__(self, cfg: Config, split: Split, wrap: Callable[[nn.Module], nn.Module] | None,
+    def __init__(self, cfg: Config, split: Split | FolderSplit, wrap: Callable[[nn.Module], nn.Module] | None,
                  start: dict[str, Any] | None = None):
         self.cfg, self.device = cfg, resolve_device(cfg.device)
         self.dtype = amp_dtype(cfg.precision, self.device)
         self.rank, world = (dist.get_rank(), dist.get_world_size()) if distributed() else (0, 1)
         method, self.plan = STEPS[cfg.method], STEPS[cfg.method].schedule(cfg)
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg).to(self.device, memory_format=torch.channels_last)
+        self.model = build_model(cfg, split.classes).to(self.device, memory_format=torch.channels_last)
         if start is not None:  # a fine-tuning method: its base run's weights
             self.model.load_state_dict(start["model"])
         self.net = prepare(wrap(self.model) if wrap else self.model, cfg)
         self.opt = make_optimizer(self.model, cfg)
-        self.loader = Loader(method.training_images(cfg, split).to(self.device), self.plan.batch_size, train=True,
-                             seed=cfg.seed, rank=self.rank, world_size=world, rotation=self.plan.rotation)
+        self.loader = make_loader(method.training_images(cfg, split).to(self.device), self.plan.batch_size, train=True,
+                                  seed=cfg.seed, rank=self.rank, world_size=world, rotation=self.plan.rotation)
         self.epochs = self.plan.epochs
         self.total = self.epochs * len(self.loader)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: self.plan.factor(s, self.total))
@@ -180,10 +180,10 @@ class TrainState:
         return stats
 
 
-def train(cfg: Config, train_split: Split, *, run_dir: str | Path | None = None, progress: bool | str = True,
+def train(cfg: Config, train_split: Split | FolderSplit, *, run_dir: str | Path | None = None, progress: bool | str = True,
           log: Callable[[str], None] = print, wrap: Callable[[nn.Module], nn.Module] | None = None,
           start: dict[str, Any] | None = None) -> tuple[MultiHead, dict[str, Any]]:
-    """Train a model for ``cfg`` on ``train_split`` (uint8 images); returns (model in eval mode, stats).
+    """Train a model for ``cfg`` on ``train_split`` (uint8 images, or files streamed); returns (model in eval mode, stats).
 
     With ``run_dir``, a checkpoint ``{model, optimizer, step, config, ...}`` is written there
     atomically with its sha256 after every epoch, every ``cfg.checkpoint_minutes`` within an epoch,

@@ -87,7 +87,7 @@ BAD_INPUTS = [
      r"^Unknown method 'fgsm_at'; choose one of standard, dt, pgd_at, uat, entropy_dt\.$"),
     ("unknown backbone", lambda t: Config(backbone="resnet34"),
      r"^Unknown backbone 'resnet34'; choose one of cnn, vgg, resnet18, resnet50\.$"),
-    ("unknown profile", lambda t: setup("huge"), r"^Unknown profile 'huge'; choose one of smoke, cpu, gpu\.$"),
+    ("unknown profile", lambda t: setup("huge"), r"^Unknown profile 'huge'; choose one of smoke, cpu, gpu, imagenet\.$"),
     ("unknown inference mode", lambda t: Config(eval_modes="ensemble,vote"),
      r"^Unknown inference mode 'vote' in eval_modes; choose from ensemble, single\.$"),
     ("unknown inference mode (model)", lambda t: _model().scores(torch.rand(1, 3, 32, 32), "vote"),
@@ -248,7 +248,9 @@ ANY = {
     "checkpoint_minutes": st.sampled_from([0.0, -1.0, NAN]),
     "compile": st.sampled_from([True, "no"]),
     "device": st.sampled_from(["tpu", "cpu"]),
-    "data": st.sampled_from(["imagenet", "mini"]),
+    "data": st.sampled_from(["imagenet", "mini", "cifar100"]),
+    "image_size": st.sampled_from([8, -1, 224]),
+    "workers": st.sampled_from([-1, 0, 2.5]),
     "bogus_field": st.just(1),
 }
 # A run's config with, half the time, one or two fields replaced by anything at all.

@@ -149,7 +149,7 @@ ACCEPTED = {"lambda_cons": 0.5, "norm": "l2", "eps": 0.5, "uap_step": 0.05, "pgd
             "checkpoint_minutes": 5.0, "data_dir": "elsewhere", "download": True, "repair_size": 50,
             "repair_epochs": 2, "repair_clean_epochs": 2, "repair_batch_size": 16, "repair_lr": 0.01,
             "repair_clean_lr": 1e-4, "repair_rotation": 5.0, "ent_alpha": 0.5, "ent_steps": 3, "ent_step": 0.5,
-            "uap_adam_lr": 0.01, "nproc": 2, "sync_bn": True}
+            "uap_adam_lr": 0.01, "nproc": 2, "sync_bn": True, "image_size": 64, "workers": 2}
 
 
 def test_the_value_table_covers_every_accepted_config_field():
@@ -197,7 +197,9 @@ def test_an_accepted_config_field_reaches_every_run_the_study_records(name, monk
     (fields the experiments set per run are refused by setup instead)."""
     _fake_runs(monkeypatch)
     overrides = {name: ACCEPTED[name], **({"checkpointing": False} if name == "compile" else {}),
-                 **({"nproc": 2, "device": "auto"} if name == "sync_bn" else {})}  # SyncBatchNorm: processes, not on "cpu"
+                 **({"nproc": 2, "device": "auto"} if name == "sync_bn" else {}),  # SyncBatchNorm: processes, not on "cpu"
+                 **({"data": "imagenet", "transfer_backbones": ["cnn", "resnet50"]} if name in ("image_size", "workers")
+                    else {})}  # an ImageFolder's alone (vgg takes 32 x 32 images only)
     study = S.setup("smoke", overrides, root=str(tmp_path))
     want = getattr(study.config, name)
     for notebook, experiment in S.EXPERIMENTS.items():

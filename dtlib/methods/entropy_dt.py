@@ -74,8 +74,10 @@ class EntropyDT(Step):
         """The repair set: ``repair_size`` class-balanced images of the training split, drawn with the run's seed."""
         if cfg.repair_size > len(split):
             raise ValueError(f"repair_size={cfg.repair_size} is more than the {len(split)} training images; lower it.")
-        n_classes = int(split.y.max()) + 1
-        return split.subset(balanced_indices(split.y.cpu().numpy(), cfg.repair_size // n_classes, cfg.seed))
+        if cfg.repair_size % split.classes:
+            raise ValueError(f"repair_size={cfg.repair_size} must be a multiple of the {split.classes} classes to stay class-balanced.")
+        return split.subset(balanced_indices(split.y.cpu().numpy(), cfg.repair_size // split.classes, cfg.seed,
+                                             classes=split.classes))
 
     @staticmethod
     def base(cfg: Config) -> tuple[Config, bool]:

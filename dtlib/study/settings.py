@@ -63,7 +63,7 @@ class Study:
 # Named presets. `smoke` runs every notebook in seconds on the committed mini set (the tests);
 # `cpu` is the quick look (hours on 2 cores with the attack suite and its checks, so its K ablation
 # leaves out K = 3 and its cross-norm sweep keeps one L-inf radius, the headline's, and the two L2
-# radii where UAPs fool more than random noise); `gpu` is the study.
+# radii where UAPs fool more than random noise); `gpu` is the study; `imagenet` the summary's scale.
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(seeds=(0,), ablation_seeds=1, ks=(1, 2), grid_div=(0.0, 1.0), grid_adv=(0.0,), grid_attacker=("ensemble_ce",),
                   linf_radii=(10 / 255,), l2_radii=(1.0,), bench_steps=2, bench_warmup=1, published_radii=(10 / 255,),
@@ -77,6 +77,18 @@ PROFILES: dict[str, dict[str, Any]] = {
                 transfer_backbones=("resnet18", "vgg"), bench_steps=50, bench_warmup=10,
                 config=dict(val_size=5000, epochs=15, uap_fit_size=10000, uap_lr="0.05,0.1,0.25", uap_restarts=2,
                             device="cuda")),
+    # The summary's own setting, for 8 GPUs: ImageNet (data/imagenet/train and val/, ImageFolder layout),
+    # torchvision's ResNet-50 trained from scratch by torchrun on 8 processes (64 images each, SyncBatchNorm),
+    # 90 epochs at the linear-scaling rule's lr (0.1 per 256 images), K = 5, L-inf 10/255; UAPs fitted on
+    # 10,000 training images (10 per class) and scored on 10,000 of val/. Its L2 radii are 0.5 and 1 times
+    # the L2 norm of an L-inf 10/255 perturbation at 224 x 224 (15.2). Not run here (no GPU, no ImageNet).
+    "imagenet": dict(seeds=(0,), ks=(1, 2, 5, 10), grid_div=(1.0, 3.0), grid_adv=(0.0, 1.0), backbone="resnet50",
+                     linf_radii=(4 / 255, 10 / 255, 16 / 255), l2_radii=(7.5, 15.0), transfer_backbones=("resnet50", "cnn"),
+                     bench_steps=50, bench_warmup=10,
+                     config=dict(data="imagenet", data_dir="data/imagenet", image_size=224, workers=8, nproc=8,
+                                 sync_bn=True, batch_size=64, epochs=90, lr=0.2, weight_decay=1e-4, warmup=5 / 90,
+                                 val_size=10000, eval_size=10000, uap_fit_size=10000, uap_lr="0.05,0.1,0.25",
+                                 uap_restarts=2, device="cuda")),
 }
 STUDY_FIELDS = {f.name for f in fields(Study)} - {"config", "profile", "root", "progress"}
 STUDY_KINDS = field_kinds(Study)
