@@ -11,6 +11,9 @@
                             the evaluation attack suite on your own model (FACTORY() maps images in [0, 1] to
                             logits; WEIGHTS its state dict); k=v: Config fields (data, eval_eps, uap_*, ...) and
                             out=PATH (default attack-<weights name>.json)
+  export RESULTS.json ... [out=DIR] [runs_dir=DIR]
+                            every arm and seed of the results files as weights-only safetensors files and an
+                            index.json (default out: models/<profile>); dtlib.load_model(FILE) loads one
   download [DATA_DIR]       fetch CIFAR-10 with torchvision into DATA_DIR (default data)
   fields                    list every config field with its default and meaning
 """
@@ -75,6 +78,15 @@ def main(argv: list[str] | None = None) -> int:
             for key, row in record["eval"].items():
                 print(f"{key}: clean {row['clean_acc']:.3f}, fooling {row['fooling_rate']:.3f} ({row['fooling_by']}), "
                       f"accuracy under UAP {row['uap_acc']:.3f} ({row['uap_acc_by']})")
+        elif cmd == "export":
+            files = [a for a in args if "=" not in a]
+            settings = key_values([a for a in args if "=" in a])
+            unknown = sorted(set(settings) - {"out", "runs_dir"})
+            if not files or unknown:
+                raise ValueError("export takes results files and out=, runs_dir= only: python -m dtlib export "
+                                 "results/01_headline-study.json [out=models/study] [runs_dir=runs].")
+            index = study.export_models(files, settings.get("out"), settings.get("runs_dir"))
+            print(f"{len(index['models'])} models, {index['total_bytes'] / 1e6:.1f} MB")
         elif cmd == "download":
             load_arrays("full", args[0] if args else "data", download=True)
             print("CIFAR-10 is in place.")

@@ -26,6 +26,7 @@ from .methods import STEPS
 from .models import MultiHead, build_model
 from .runtime import amp_dtype, distributed, precision_name, provenance, resolve_device
 from .train import train
+from .weights import load_weights
 
 
 def _read_checkpoint(run_dir: Path) -> dict[str, Any]:
@@ -41,12 +42,15 @@ def load_uaps(run_dir: str | Path, cfg: Config, device: torch.device | str = "cp
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[MultiHead, Config]:
-    """The trained model of a finished run, in eval mode, and its config.
+    """The trained model of a finished run (its folder), or of an exported ``.safetensors`` file
+    (``weights``, e.g. ``models/study/dt_div-seed0.safetensors``), in eval mode, and its config.
 
     The model takes images (B, 3, H, W) in [0, 1] and returns per-head logits (K, B, 10);
     ``model.classifier("ensemble")`` or ``model.classifier("single", head=i)`` is a plain
     (B, 10)-scores module for outside attack libraries."""
     run_dir = Path(run_dir)
+    if run_dir.suffix == ".safetensors":
+        return load_weights(run_dir, device)
     return _model_from(_read_checkpoint(run_dir), run_dir, device)
 
 
