@@ -9,6 +9,8 @@ SHARED_DATA ?= ../shared/data/cifar10.npz
 
 # The study's profile for `make reproduce`: smoke | cpu | gpu | imagenet (dtlib/study/settings.py PROFILES).
 PROFILE ?= cpu
+# CIFAR-10 in data/, which every profile but imagenet (an ImageFolder in data/imagenet) trains on
+DATA := $(if $(filter imagenet,$(PROFILE)),,data)
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
 .PHONY: install test test-other-precision reproduce fill bench figures data mini readme lab clean
@@ -42,7 +44,7 @@ data:
 
 # The whole study as a papermill batch: executed notebooks in notebooks/executed/, results in
 # results/<notebook>-$(PROFILE).{json,csv}, figures in figures/, claims in results/claims-$(PROFILE).md.
-reproduce: install data
+reproduce: install $(DATA)
 	mkdir -p notebooks/executed
 	for nb in $(NOTEBOOKS); do \
 	  $(VENV)/bin/papermill --cwd notebooks -p profile $(PROFILE) $$nb \
@@ -53,7 +55,7 @@ reproduce: install data
 # The run cache of the notebooks (all, or NB="02_k_ablation 03_cross_norm") filled before the batch:
 # training alone at full threads, evaluations in LANES processes (dtlib/study/fill.py); then `make reproduce`.
 LANES ?= 2
-fill: install data
+fill: install $(DATA)
 	$(PY) -m dtlib.study.fill --lanes $(LANES) $(PROFILE) $(NB)
 
 # What each method costs, as ratios to standard training (docs/protocol.md, C3-C5): results/bench-<device>.{json,md}.

@@ -19,7 +19,7 @@ from .parsing import (KIND_NAMES, LIST_NAMES, SCALARS, Kind, field_kinds, key_va
 
 from .choices import (ATTACK_LABELS, ATTACK_OBJECTIVES, BACKBONES, BN_MODES, DATASETS, DEVICES,  # noqa: F401
                       EVAL_SPLITS, L2_MAX, METHODS, MODES, NORMS, PRECISIONS, UAP_OBJECTIVES, check_radius)
-from .validation import validate
+from .validation import NATIVE_SIDE, validate
 
 # Bumped when a change to dtlib changes what a given config trains to; part of the cache key.
 CODE_VERSION = "1"
@@ -183,12 +183,17 @@ class Config:
             key["leaked_eval"] = self.eval_hash()
         return key
 
-    def train_hash(self, precision: str | None = None) -> str:
+    def train_hash(self, precision: str | None = None, data: str | None = None) -> str:
         """Run-cache key: ``train_key`` (every field that changes the trained weights) plus the code version.
 
         ``precision`` is the resolved autocast precision ("bf16" or "fp32") that ``auto`` means on
-        this machine, so a bf16 run is never reused for an fp32 request or the reverse."""
+        this machine, so a bf16 run is never reused for an fp32 request or the reverse. ``data``
+        identifies training images that the fields do not (an ImageFolder's: ``data.data_identity``)."""
         fields_ = {**self.train_key(), "precision": precision or self.precision}
+        if data is not None:
+            fields_["data_files"] = data
+        if self.data == "imagenet" and self.image_size == NATIVE_SIDE:  # 224 is what 0 means: one key
+            fields_["image_size"] = 0
         for name, legacy in ADDED_TRAIN_FIELDS.items():
             if fields_.get(name, legacy) == legacy:
                 fields_.pop(name, None)

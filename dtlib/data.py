@@ -17,7 +17,7 @@ import torch
 from torchvision.datasets import CIFAR10
 
 from .config import Config
-from .imagenet import FolderSplit, load_imagenet
+from .imagenet import FolderSplit, load_imagenet, train_digest
 from .images import (DataError, Loader, Split, augment, balanced_indices, check_images, crop_flip,  # noqa: F401
                      crop_flip_draws, rotate, to_float)
 from .io import data_path
@@ -157,6 +157,13 @@ def load_data(cfg: Config) -> tuple[Split | FolderSplit, Split | FolderSplit, Sp
         d = load_cifar10(cfg.data, cfg.data_dir, cfg.download)
     train_split, val_split = split_train(d["train"], cfg.train_size, cfg.val_size, seed=DATA_SEED)
     return train_split, val_split, d["test"]
+
+
+def data_identity(cfg: Config) -> str | None:
+    """What the run cache's key needs to know of ``cfg``'s training images beyond its fields: for an
+    ImageFolder, the digest of its train/ file names (another folder trains other weights); None for
+    CIFAR-10, whose files are checked against their sha256 when loaded."""
+    return train_digest(data_path(cfg.data_dir)) if cfg.data == "imagenet" else None
 
 
 def fitting_pool(cfg: Config) -> Split | FolderSplit:

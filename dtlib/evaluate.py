@@ -48,6 +48,14 @@ def scored_subset(split: Split | FolderSplit, n: int) -> Split:
     return in_memory(scored_choice(split, n))
 
 
+def check_scored(cfg: Config, scored: Split | FolderSplit) -> None:
+    """Refuse, in one sentence, an evaluation the scored images cannot take (a target class the data
+    lacks, an eval_size that is not class-balanced): ``run`` calls it before any training."""
+    if cfg.eval_target >= scored.classes:
+        raise ValueError(f"eval_target={cfg.eval_target} is not a class of the data (0..{scored.classes - 1}).")
+    scored_choice(scored, cfg.eval_size)
+
+
 def evaluate_model(model: nn.Module, cfg: Config, pool: Split | FolderSplit, test: Split | FolderSplit, amp_dtype: torch.dtype | None = None,
                    journal: Path | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Clean accuracy, and the fooling rate / accuracy under UAP of the attack suite (``suite``:
@@ -64,8 +72,7 @@ def evaluate_model(model: nn.Module, cfg: Config, pool: Split | FolderSplit, tes
     evaluation started again goes on from them."""
     modes = cfg.modes if isinstance(model, MultiHead) and model.heads > 1 else ["single"]
     identity = {"weights": state_digest(model.state_dict()), "device": pool.device.type} if journal else None
-    if cfg.eval_target >= test.classes:
-        raise ValueError(f"eval_target={cfg.eval_target} is not a class of the data (0..{test.classes - 1}).")
+    check_scored(cfg, test)
     fit, test = pool.subset(fit_indices(len(pool), cfg.uap_fit_size, cfg.seed)), scored_choice(test, cfg.eval_size)
     # an ImageFolder's images are recorded by a digest of their names, in the order used
     files = {"fit_files": fit.listing(), "scored_files": test.listing()} if isinstance(fit, FolderSplit) else {}
@@ -132,7 +139,7 @@ def attack_outside(spec: str, weights: str | Path, cfg: Config, out: str | Path 
     t0 = time.perf_counter()
     rows, _ = evaluate_model(model, cfg, pool.to(device), scored.to(device), amp_dtype(cfg.precision, device))
     record = {"model": spec, "weights": str(weights), "weights_sha256": file_digest(Path(weights)),
-              "config": cfg.group("eval") | {k: getattr(cfg, k) for k in ("data", "train_size", "val_size", "seed")},
+              "config": cfg.group("eval") | {k: getattr(cfg, k) for k in ("data", "image_size", "train_size", "val_size", "seed")},
               "eval": rows, "eval_wall_s": time.perf_counter() - t0, "provenance": provenance(device)}
     write_json(Path(out) if out else Path(f"attack-{Path(weights).stem}.json"), record)
     return record

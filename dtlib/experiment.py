@@ -18,9 +18,9 @@ import torch.distributed as dist
 
 from .checkpoint import CHECKPOINT, CorruptFile, load_verified, read_checkpoint, save_verified, train_summary
 from .config import MODES, Config
-from .data import load_data, make_loader
+from .data import data_identity, load_data, make_loader
 from .distributed import ddp, launch, process_group, rank, world_config
-from .evaluate import evaluate_model, journal_file
+from .evaluate import check_scored, evaluate_model, journal_file
 from .io import write_json
 from .methods import STEPS
 from .models import MultiHead, build_model
@@ -67,7 +67,7 @@ def _model_from(ckpt: dict[str, Any], run_dir: Path, device: str | torch.device)
 def run_dir_for(cfg: Config, runs_dir: str | Path = "runs") -> Path:
     """``runs/<hash>``: the hash covers the training fields, the code version and the precision
     that ``cfg.precision`` resolves to on this machine."""
-    return Path(runs_dir) / cfg.train_hash(precision_name(cfg))
+    return Path(runs_dir) / cfg.train_hash(precision_name(cfg), data_identity(cfg))
 
 
 def metrics_path(run_dir: Path, cfg: Config) -> Path:
@@ -163,7 +163,8 @@ def ensure_trained(cfg: Config, *, runs_dir: str | Path = "runs", progress: bool
     ckpt = read_checkpoint(run_dir / CHECKPOINT, cfg, log)  # a corrupt one is moved aside
     if not (ckpt and ckpt["finished"]):
         method = STEPS[cfg.method]
-        train_split, _, _ = load_data(cfg)  # bad data fails here, before anything is written,
+        train_split, val, test = load_data(cfg)  # bad data fails here, before anything is written,
+        check_scored(cfg, val if cfg.eval_split == "val" else test)  # as does an evaluation it cannot take,
         images = method.training_images(cfg, train_split)
         make_loader(images, method.schedule(cfg).batch_size, world_size=cfg.nproc)  # and so does a batch larger than a shard
         if cfg.pretrained and not Path(cfg.pretrained).is_file():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from functools import lru_cache
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
@@ -42,16 +43,25 @@ DECODE_BATCH = 64
 def scan(folder: Path, classes: list[str] | None = None) -> tuple[list[str], list[str], torch.Tensor]:
     """(class names, image paths, labels) of an ImageFolder, in sorted order; ``classes``: the names
     ``folder`` must hold (val/ against train/). Raises DataError (one sentence) for a missing folder,
-    one without class folders, a class folder without images or classes that differ."""
+    one without class folders, a class folder without images or classes that differ. A folder is
+    walked once per process (``_walk``): files added while a process runs are not seen by it."""
+    names, paths, labels, _ = _walk(str(Path(folder).resolve()))
+    if classes is not None and list(names) != classes:
+        odd = sorted(set(names) ^ set(classes)) or list(names)
+        raise DataError(f"The class folders of {folder} differ from those of train/ (such as {odd[0]!r}); both must hold the same classes.")
+    return list(names), list(paths), torch.tensor(labels, dtype=torch.int64)
+
+
+@lru_cache(maxsize=8)
+def _walk(where: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...], tuple[int, ...]]:
+    """(class names, image paths, labels, file sizes in bytes) of the ImageFolder at ``where``."""
+    folder = Path(where)
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder; {LAYOUT}.")
     names = sorted(e.name for e in os.scandir(folder) if e.is_dir())
     if not names:
         raise DataError(f"{folder} holds no class folders; {LAYOUT}.")
-    if classes is not None and names != classes:
-        odd = sorted(set(names) ^ set(classes)) or names
-        raise DataError(f"The class folders of {folder} differ from those of train/ (such as {odd[0]!r}); both must hold the same classes.")
-    paths, labels = [], []
+    paths, labels, sizes = [], [], []
     for c, name in enumerate(names):
         found = sorted(str(Path(top) / f) for top, _, files in os.walk(folder / name, followlinks=True)
                        for f in files if f.lower().endswith(EXTENSIONS))
@@ -59,7 +69,18 @@ def scan(folder: Path, classes: list[str] | None = None) -> tuple[list[str], lis
             raise DataError(f"The class folder {folder / name} holds no images ({', '.join(EXTENSIONS)}); every class needs one or more.")
         paths += found
         labels += [c] * len(found)
-    return names, paths, torch.tensor(labels, dtype=torch.int64)
+        sizes += [os.stat(p).st_size for p in found]
+    return tuple(names), tuple(paths), tuple(labels), tuple(sizes)
+
+
+def train_digest(root: Path) -> str:
+    """sha256 of ``root``'s training images' classes, paths under train/ and sizes in bytes: what
+    identifies an ImageFolder's training data in the run cache's key (its contents are not read)."""
+    train = (root / "train").resolve()
+    scan(train)  # its errors, in one sentence
+    _, paths, labels, sizes = _walk(str(train))
+    lines = (f"{c}\t{Path(p).relative_to(train).as_posix()}\t{n}\n" for p, c, n in zip(paths, labels, sizes))
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def read_image(path: str) -> torch.Tensor:
@@ -69,7 +90,7 @@ def read_image(path: str) -> torch.Tensor:
         with Image.open(path) as img:
             rgb = np.asarray(img.convert("RGB"))
         return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
-    except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
         raise DataError(f"{path} is not a readable image ({type(e).__name__}); replace or remove it.") from None
 
 
@@ -119,14 +140,16 @@ class _Items(Dataset):
     (``train``) or the evaluation view."""
 
     def __init__(self, split: "FolderSplit", train: bool, seed: int = 0, epoch: int = 0):
-        self.paths, self.y, self.size = split.paths, split.y, split.size
+        # one bytes array, not a list of str: forked workers reading a list would touch (and so copy)
+        # every page of its 1.28 M objects' reference counts
+        self.paths, self.y, self.size = np.array([p.encode() for p in split.paths]), split.y, split.size
         self.train, self.seed, self.epoch = train, seed, epoch
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img = read_image(self.paths[i])
+        img = read_image(self.paths[i].decode())
         view = train_view(img, self.size, item_generator(self.seed, self.epoch, i)) if self.train else eval_view(img, self.size)
         return view.contiguous(), self.y[i]
 
@@ -139,12 +162,14 @@ def _one_sentence(e: DataError) -> DataError:
 @dataclass
 class FolderSplit:
     """Image files and their labels (int64 (N,), on the CPU), decoded on demand: ``image_size``
-    pixels square, by ``workers`` DataLoader processes (0 = in this one), onto ``device``."""
+    pixels square, by ``workers`` DataLoader processes (0 = in this one), onto ``device``; ``root``
+    is the folder of its class folders (train/ or val/)."""
     paths: list[str]
     y: torch.Tensor
     classes: int
     size: int
     workers: int = 0
+    root: str = ""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def __len__(self) -> int:
@@ -158,9 +183,10 @@ class FolderSplit:
         return replace(self, paths=[self.paths[i] for i in idx.tolist()], y=self.y[idx])
 
     def listing(self) -> str:
-        """sha256 of the split's files in order, as ``label<TAB>class folder/file name`` lines: which
-        images (the same on any machine holding the same folder), recorded with an evaluation."""
-        lines = (f"{int(c)}\t{Path(p).parent.name}/{Path(p).name}\n" for p, c in zip(self.paths, self.y))
+        """sha256 of the split's files in order, as ``label<TAB>path under root`` lines: which images
+        (the same on any machine holding the same folder), recorded with an evaluation."""
+        lines = (f"{int(c)}\t{Path(p).relative_to(self.root).as_posix() if self.root else p}\n"
+                 for p, c in zip(self.paths, self.y))
         return hashlib.sha256("".join(lines).encode()).hexdigest()
 
     def loader(self, batch_size: int, **kwargs) -> "StreamLoader":
@@ -213,5 +239,5 @@ def load_imagenet(root: Path, image_size: int = 0, workers: int = 0) -> dict[str
     classes, paths, y = scan(root / "train")
     _, val_paths, val_y = scan(root / "val", classes)
     size = image_size or NATIVE_SIZE
-    return {"train": FolderSplit(paths, y, len(classes), size, workers),
-            "test": FolderSplit(val_paths, val_y, len(classes), size, workers)}
+    return {"train": FolderSplit(paths, y, len(classes), size, workers, root=str((root / "train").resolve())),
+            "test": FolderSplit(val_paths, val_y, len(classes), size, workers, root=str((root / "val").resolve()))}

@@ -228,13 +228,14 @@ def inference_latency(base: Config, cases: dict[str, dict[str, Any]], *, batch_s
     device = resolve_device(base.device)
     dtype = amp_dtype(base.precision, device)
     g = torch.Generator().manual_seed(base.seed)
-    side = (base.image_size or NATIVE_SIZE) if base.data == "imagenet" else 32  # the data's images
+    side = (base.image_size or NATIVE_SIZE) if base.data == "imagenet" else 32  # the data's images and classes
+    classes = load_data(base)[0].classes if base.data == "imagenet" else 10
     x = torch.rand(batch_size, 3, side, side, generator=g).to(device).contiguous(memory_format=torch.channels_last)
     built = {}
     for name, o in cases.items():
         o = dict(o)
         mode = o.pop("mode", "single")
-        model = build_model(base.replace(**o)).to(device, memory_format=torch.channels_last).eval()
+        model = build_model(base.replace(**o), classes).to(device, memory_format=torch.channels_last).eval()
         built[name] = (model, mode, [])
     for r in range(warmup + steps):
         for model, mode, times in built.values():

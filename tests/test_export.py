@@ -56,6 +56,9 @@ def test_the_study_export_writes_each_run_once_with_an_index(standard_run, runs_
     assert m["sha256"] == hashlib.sha256((out / m["file"]).read_bytes()).hexdigest()
     assert m["clean_acc"] == {"head0": 0.5} and m["config"] == standard_run.config.to_dict()
     assert index["total_bytes"] == (out / m["file"]).stat().st_size
+    with pytest.raises(ValueError, match=r"holds no checkpoint \(1 of the runs are missing\)"):
+        export_models([results_file(tmp_path, standard_run)], tmp_path / "elsewhere", tmp_path)
+    assert not (tmp_path / "elsewhere").exists()  # nothing written
     cpu_dir = tmp_path / "cpu"
     cpu_dir.mkdir()
     with pytest.raises(ValueError, match="profiles cpu, smoke"):

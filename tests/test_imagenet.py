@@ -3,6 +3,8 @@ training and evaluation views, the streaming loader's order, sharding and resump
 of ResNet-50 through a training epoch, the attack suite and its evaluation, at a reduced image
 size; the full 224-pixel path for shapes."""
 import math
+
+import numpy as np
 from pathlib import Path
 
 import pytest
@@ -13,9 +15,12 @@ from torchvision.transforms import v2
 from dtlib.config import Config
 from dtlib.data import DataError, Loader, in_memory, load_data, make_loader, split_train
 from dtlib.evaluate import fit_indices, scored_choice, scored_subset
-from dtlib.experiment import load_model, run
+from dtlib import validation
+from dtlib.experiment import ensure_trained, load_model, run, run_dir_for
 from dtlib.imagenet import FolderSplit, StreamLoader, crop_box, eval_view, load_imagenet, scan
-from dtlib.images import Split
+from dtlib.images import Split, balanced_indices
+from dtlib.imagenet import NATIVE_SIZE
+from dtlib.study import setup
 from dtlib.models import build_model
 from dtlib.suite import Suite, attack_model
 
@@ -204,3 +209,39 @@ def test_a_thousand_class_split_goes_through_the_suite():
                                      eval_labels="true", uap_fit_size=20))
     found, won = attack_model(model, fit, test, suite, mode="single")
     assert 0 <= found["fooling_rate"] <= 1 and won["fooling"].shape == (1, 3, 8, 8)
+
+
+def test_the_run_cache_tells_image_folders_apart(folder, tmp_path):
+    """Another folder's images (same names, other files) train other weights: another key; image_size 224 is 0's."""
+    other = write_folder(tmp_path / "other", {"train": 12, "val": 4}, seed=1)
+    cfg = Config(data="imagenet", data_dir=str(folder), backbone="cnn")
+    assert run_dir_for(cfg) != run_dir_for(cfg.replace(data_dir=str(other)))
+    assert run_dir_for(cfg) == run_dir_for(cfg.replace(image_size=224)) != run_dir_for(cfg.replace(image_size=64))
+    assert validation.NATIVE_SIDE == NATIVE_SIZE and validation.DEFAULT_WORKERS == Config().workers
+
+
+def test_an_evaluation_the_data_cannot_take_is_refused_before_training(folder, tmp_path):
+    cfg = Config(data="imagenet", data_dir=str(folder), image_size=32, backbone="cnn", epochs=1, batch_size=6,
+                 workers=0, device="cpu")
+    for bad, needle in [(dict(eval_size=7), "multiple of the 3 classes"), (dict(eval_target=3), "not a class of the data")]:
+        with pytest.raises(ValueError, match=needle):
+            ensure_trained(cfg.replace(**bad), runs_dir=tmp_path, progress=False, log=lambda s: None)
+    assert not list(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+def test_the_imagenet_profile_sets_up():
+    study = setup("imagenet")
+    c = study.config
+    assert (c.data, c.backbone, c.nproc, c.eval_eps, c.image_size) == ("imagenet", "resnet50", 8, 10 / 255, 0)
+    assert 5 in study.ks and "vgg" not in study.transfer_backbones
+
+
+def test_class_balanced_draws_take_each_class_in_the_permutations_order():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 50, 5000)
+    exclude = rng.choice(5000, 300, replace=False)
+    got = balanced_indices(labels, 4, seed=3, exclude=exclude, classes=50)
+    order = np.random.default_rng(3).permutation(5000)
+    order = order[~np.isin(order, exclude)]
+    want = np.sort(np.concatenate([order[labels[order] == c][:4] for c in range(50)]))
+    assert np.array_equal(got, want)

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+from ..checkpoint import CHECKPOINT
 from ..experiment import load_model
 from ..io import project_dir, write_json
 from ..weights import save_weights
@@ -36,6 +37,10 @@ def export_models(results: list[str | Path], out: str | Path | None = None, runs
             entry = arms.setdefault((row["arm"], row["seed"]), {"arm": row["arm"], "seed": row["seed"], "run": row["run"],
                                                                 "results": path.name, "clean_acc": {}})
             entry["clean_acc"][row["eval"]] = row["clean_acc"]
+    missing = sorted({e["run"] for e in arms.values() if not (runs / e["run"] / CHECKPOINT).is_file()})
+    if missing:  # found before anything is written
+        raise ValueError(f"{runs / missing[0]} holds no checkpoint ({len(missing)} of the runs are missing); "
+                         "export from the run cache that made the results (runs_dir=).")
     files: dict[str, dict[str, Any]] = {}
     for entry in arms.values():
         run = entry["run"]

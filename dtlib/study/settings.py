@@ -80,12 +80,12 @@ PROFILES: dict[str, dict[str, Any]] = {
     # The summary's own setting, for 8 GPUs: ImageNet (data/imagenet/train and val/, ImageFolder layout),
     # torchvision's ResNet-50 trained from scratch by torchrun on 8 processes (64 images each, SyncBatchNorm),
     # 90 epochs at the linear-scaling rule's lr (0.1 per 256 images), K = 5, L-inf 10/255; UAPs fitted on
-    # 10,000 training images (10 per class) and scored on 10,000 of val/. Its L2 radii are 0.5 and 1 times
+    # 10,000 training images drawn at random and scored on 10,000 of val/ (10 per class). Its L2 radii are 0.5 and 1 times
     # the L2 norm of an L-inf 10/255 perturbation at 224 x 224 (15.2). Not run here (no GPU, no ImageNet).
     "imagenet": dict(seeds=(0,), ks=(1, 2, 5, 10), grid_div=(1.0, 3.0), grid_adv=(0.0, 1.0), backbone="resnet50",
                      linf_radii=(4 / 255, 10 / 255, 16 / 255), l2_radii=(7.5, 15.0), transfer_backbones=("resnet50", "cnn"),
                      bench_steps=50, bench_warmup=10,
-                     config=dict(data="imagenet", data_dir="data/imagenet", image_size=224, workers=8, nproc=8,
+                     config=dict(data="imagenet", data_dir="data/imagenet", workers=8, nproc=8,
                                  sync_bn=True, batch_size=64, epochs=90, lr=0.2, weight_decay=1e-4, warmup=5 / 90,
                                  val_size=10000, eval_size=10000, uap_fit_size=10000, uap_lr="0.05,0.1,0.25",
                                  uap_restarts=2, device="cuda")),
