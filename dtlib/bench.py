@@ -83,7 +83,8 @@ def setup(overrides: dict[str, Any] | None = None) -> Bench:
 def train_cases(b: Bench) -> dict[str, dict[str, Any]]:
     """standard; standard at twice the batch (DT's forward/backward work without DT); DT per K with
     and without checkpointing; DT K=5 with the UAP ascending the loss (no second pass) and with its
-    gradient pass on every 2nd / 4th batch (``uap_every``); PGD-AT; UAT."""
+    gradient pass on every 2nd / 4th batch (``uap_every``) or over a quarter of the batch (``uap_fraction``);
+    PGD-AT; UAT."""
     cases: dict[str, dict[str, Any]] = {"standard": dict(method="standard", heads=1),
                                         "standard_2b": dict(method="standard", heads=1,
                                                             batch_size=2 * b.config.batch_size)}
@@ -94,6 +95,7 @@ def train_cases(b: Bench) -> dict[str, dict[str, Any]]:
     cases["dt_k5_loss"] = dict(method="dt", heads=5, uap_objective="loss")
     for n in (2, 4):  # the UAP's gradient pass on every n-th batch only
         cases[f"dt_k5_every{n}"] = dict(method="dt", heads=5, uap_every=n)
+    cases["dt_k5_frac4"] = dict(method="dt", heads=5, uap_fraction=0.25)  # ... or from a quarter of the batch
     cases["pgd_at"] = dict(method="pgd_at", heads=1)
     cases["uat"] = dict(method="uat", heads=1)
     return cases

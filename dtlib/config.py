@@ -27,13 +27,13 @@ CODE_VERSION = "1"
 # before they existed: at that value a field is left out of the run-cache key, so runs cached
 # earlier stay valid; any other value is part of the key.
 ADDED_TRAIN_FIELDS: dict[str, Any] = {"uap_objective": "ensemble_ce", "uap_every": 1, "nproc": 1, "sync_bn": False,
-                                      "pretrained": "", "image_size": 0}
+                                      "pretrained": "", "image_size": 0, "uap_fraction": 1.0}
 # The same for evaluation fields: at these values an evaluation cached before they existed stays valid.
 ADDED_EVAL_FIELDS: dict[str, Any] = {"eval_target": -1, "uap_adam_lr": 0.005}
 # Training fields that only one method reads: they join the run key of that method's runs alone, so
 # a setting meant for one method (a profile's shorter repair) never retrains another's runs.
 METHOD_FIELDS: dict[str, tuple[str, ...]] = {
-    "dt": ("uap_every",),
+    "dt": ("uap_every", "uap_fraction"),
     "entropy_dt": ("repair_size", "repair_epochs", "repair_clean_epochs", "repair_batch_size", "repair_lr",
                    "repair_clean_lr", "repair_rotation", "ent_alpha", "ent_steps", "ent_step", "ent_clamp",
                    "ent_bn", "ent_leak"),
@@ -67,6 +67,10 @@ class Config:
                             "its gradient comes free from the weights' backward pass)")
     uap_every: int = _f(1, "train", "dt: the running UAP moves (one uap_step) on every n-th batch only; the batches "
                         "between keep it and skip its input-gradient pass, so the attacker costs 1/n of a pass")
+    uap_fraction: float = _f(1.0, "train", "dt, uap_objective=ensemble_ce: the running UAP's gradient from this "
+                             "fraction of the perturbed half (at least 2 images), in a forward and input-gradient "
+                             "pass of its own on those images alone (BatchNorm on their batch statistics, running "
+                             "ones untouched); 1 = the whole half, through the training step's own graph")
     pgd_eps: float = _f(8 / 255, "train", "L-inf radius of PGD adversarial training, pixel units")
     pgd_steps: int = _f(7, "train", "PGD steps per batch in pgd_at")
     pgd_alpha: float = _f(2 / 255, "train", "PGD step size, pixel units")

@@ -32,8 +32,14 @@ def validate(cfg: Any) -> None:
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"Unknown {name} {getattr(cfg, name)!r}; choose one of {', '.join(allowed)}.")
-    if cfg.method != "dt" and (cfg.uap_every, cfg.uap_objective) != (1, "ensemble_ce"):
-        raise ValueError(f"uap_every={cfg.uap_every}, uap_objective={cfg.uap_objective!r}: dt's, not read by method={cfg.method!r}.")
+    if cfg.method != "dt" and (cfg.uap_every, cfg.uap_objective, cfg.uap_fraction) != (1, "ensemble_ce", 1.0):
+        raise ValueError(f"uap_every={cfg.uap_every}, uap_objective={cfg.uap_objective!r}, uap_fraction={cfg.uap_fraction}: "
+                         f"dt's, not read by method={cfg.method!r}.")
+    if not 0 < cfg.uap_fraction <= 1:
+        raise ValueError(f"uap_fraction must be a fraction in (0, 1], got {cfg.uap_fraction}.")
+    if cfg.uap_fraction < 1 and cfg.uap_objective != "ensemble_ce":
+        raise ValueError(f"uap_fraction={cfg.uap_fraction} sets ensemble_ce's gradient pass; uap_objective="
+                         f"{cfg.uap_objective!r} takes its gradient from the whole step (leave it 1).")
     for mode in cfg.modes or [""]:
         if mode not in MODES:
             raise ValueError(f"Unknown inference mode {mode!r} in eval_modes; choose from {', '.join(MODES)}.")

@@ -110,6 +110,32 @@ def test_dt_with_uap_objective_loss_takes_the_uaps_gradient_from_the_weights_bac
     assert reads["unpacked"] > reads["packed"]  # ensemble_ce: a second pass re-reads the perturbed path
 
 
+def test_dt_with_uap_fraction_takes_the_gradient_from_a_pass_over_part_of_the_batch():
+    """uap_fraction=0.25: delta ascends the ensemble CE of the first quarter of the perturbed images,
+    forwarded alone (BatchNorm on their batch statistics), and that pass leaves BatchNorm's running
+    statistics as the training step alone leaves them; the weights' loss is the whole batch's."""
+    cfg = Config(method="dt", heads=3, lambda_adv=1.0, uap_fraction=0.25, **MINI)
+    model, step, x, y, d0, logits = _dt_step_and_twin_logits(cfg)
+    twin = copy.deepcopy(model)
+    part = twin(perturb(x[:8], d0))
+    g, = torch.autograd.grad(ensemble_cross_entropy(part, y[:8]), d0)
+    expected = project(d0.detach() + cfg.uap_step * ascent(g, "linf"), cfg.eps, "linf")
+    whole = DT(copy.deepcopy(model), cfg.replace(uap_fraction=1.0), torch.device("cpu"))
+    whole.delta = step.delta.clone()
+    loss_whole, _ = whole.loss(x, y)
+    loss, _ = step.loss(x, y)
+    loss.backward()
+    step.after_backward()
+    assert torch.allclose(step.delta, expected, atol=1e-7)
+    assert torch.allclose(loss, loss_whole)  # the same weights' loss
+    stats = lambda m: [b.clone() for n, b in m.named_buffers() if "running" in n or "num_batches" in n]
+    assert all(torch.equal(a, b) for a, b in zip(stats(model), stats(whole.model)))  # running stats: one update
+    with pytest.raises(ValueError, match="uap_fraction=0.5 sets ensemble_ce's gradient pass"):
+        cfg.replace(uap_fraction=0.5, uap_objective="loss")
+    with pytest.raises(ValueError, match=r"uap_fraction must be a fraction in \(0, 1\], got 0.0"):
+        cfg.replace(uap_fraction=0.0)
+
+
 @pytest.mark.parametrize("objective", ["ensemble_ce", "loss"])
 def test_dt_with_uap_every_moves_the_uap_on_every_nth_batch_only_and_skips_the_pass_between(objective):
     """uap_every=3: batches 0 and 3 move the UAP one step up its gradient, as uap_every=1 would;

@@ -1,6 +1,7 @@
 """``dt``: Democratic Training as the seed summary states it (docs/protocol.md section 1)."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -9,6 +10,8 @@ import torch.nn as nn
 from ..attacks import perturb
 from ..config import Config
 from ..losses import dt_loss, ensemble_cross_entropy
+from ..models import FrozenBNStats
+from ..runtime import attack_module
 from .base import RunningUAP
 
 
@@ -25,7 +28,11 @@ class DT(RunningUAP):
     lambda_div = 0 control included).
 
     With ``uap_every`` = n the UAP moves on batches 0, n, 2n, ... of the run only (one ``uap_step``
-    each); the batches between train against it unchanged and skip its gradient pass."""
+    each); the batches between train against it unchanged and skip its gradient pass. With
+    ``uap_fraction`` f < 1, ``ensemble_ce``'s gradient comes from a pass of its own over the first
+    ceil(f B) perturbed images of the (shuffled) batch, on the bare model (no DDP hooks), BatchNorm
+    normalising by their batch statistics and leaving the running ones as they were: a forward and an
+    input-gradient pass over f B images instead of an input-gradient pass through the 2B graph."""
 
     def __init__(self, model: nn.Module, cfg: Config, device: torch.device) -> None:
         super().__init__(model, cfg, device)
@@ -42,8 +49,20 @@ class DT(RunningUAP):
                                    lambda_adv=c.lambda_adv)
         if c.uap_objective == "ensemble_ce" and self.moves:
             with self.clock.phase("uap_gradient"):
-                self._grad, = torch.autograd.grad(ensemble_cross_entropy(uap, y), delta, retain_graph=True)
+                if c.uap_fraction < 1:
+                    self._grad = self._fraction_grad(x, y, delta)
+                else:
+                    self._grad, = torch.autograd.grad(ensemble_cross_entropy(uap, y), delta, retain_graph=True)
         return loss, clean
+
+    def _fraction_grad(self, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """The ensemble CE's gradient in delta over the batch's first ceil(uap_fraction B) images (at least 2)."""
+        m = min(len(x), max(2, math.ceil(self.cfg.uap_fraction * len(x))))
+        net = attack_module(self.model)
+        with FrozenBNStats(net):
+            logits = net(perturb(x[:m], delta))
+        grad, = torch.autograd.grad(ensemble_cross_entropy(logits, y[:m]), delta)
+        return grad
 
     def _held(self) -> torch.Tensor:
         """The perturbation for a batch that does not move it (batch 0 always moves: it exists),

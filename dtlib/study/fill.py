@@ -96,7 +96,7 @@ def plan(study: Study, notebooks: list[str]) -> list[Config]:
 
 def attacker_of(cfg: Config) -> dict[str, Any]:
     """The training-time attacker fields of a DT config, as ``settings.attacker`` gives them."""
-    return {"uap_objective": cfg.uap_objective, "uap_every": cfg.uap_every}
+    return {"uap_objective": cfg.uap_objective, "uap_every": cfg.uap_every, "uap_fraction": cfg.uap_fraction}
 
 
 def fill_runs(study: Study, notebooks: list[str], lanes: int = 2, log: Callable[[str], None] = print) -> list[Config]:
