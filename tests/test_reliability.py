@@ -235,7 +235,7 @@ def _another_value(name: str, value):
                "eval_split": ("test", "val"), "uap_objective": ("ensemble_ce", "loss"),
                "eval_modes": ("ensemble,single", "ensemble"), "uap_lr": ("0.1", "0.05,0.2"), "data_dir": ("data", "x"),
                "eval_objectives": ("ensemble_ce", "heads_ce"), "eval_labels": ("predicted", "true"),
-               "ent_bn": ("eval", "train"), "pretrained": ("", "weights.pth")}
+               "ent_bn": ("eval", "train"), "pretrained": ("", "weights.pth"), "image_size": (0, 32)}
     if name in choices:
         return next(c for c in choices[name] if c != value)
     kind = FIELD_TYPES[name]
@@ -255,7 +255,8 @@ def test_the_cache_keys_cover_every_field_that_changes_results():
         # a field only one method reads (METHOD_FIELDS) is checked on that method's runs
         base = Config(method=own.get(f.name, "dt"), heads=2, val_size=100, eval_target=3 if f.name == "uap_adam_lr" else -1,
                       nproc=2 if f.name == "sync_bn" else 1,  # SyncBatchNorm needs processes to share batches
-                      backbone="resnet50" if f.name == "pretrained" else "cnn")  # ... and weights a ResNet-50
+                      backbone="resnet50" if f.name == "pretrained" else "cnn",  # ... and weights a ResNet-50
+                      data="imagenet" if f.name in ("image_size", "workers") else "full")  # ... an ImageFolder's settings
         changed = base.replace(**{f.name: _another_value(f.name, getattr(base, f.name))})
         group = f.metadata["group"]
         assert (changed.train_hash() != base.train_hash()) == (group == "train"), f.name
