@@ -3,7 +3,7 @@ the committed headline chose, as ``selection.compare_attackers`` scores them, wi
 the grid: whether a cheaper attacker trains an equally robust model, answered ahead of a full
 rerun of 01_headline.
 
-    python scripts/compare_attackers.py [profile]
+    python scripts/compare_attackers.py [profile] [overrides as JSON, e.g. '{"ablation_seeds": 2}']
 
 The cell (lambda_div, lambda_adv) is ``best_div`` of ``results/01_headline-<profile>.json``.
 Trains and evaluates what the run cache lacks; the runs are the ones 01_headline's selection asks
@@ -26,9 +26,9 @@ from dtlib.study.selection import compare_attackers
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def main(profile: str) -> dict:
+def main(profile: str, overrides: dict | None = None) -> dict:
     t0 = time.perf_counter()
-    study = setup(profile, progress=False)
+    study = setup(profile, overrides, progress=False)
     cell = json.loads((ROOT / "results" / f"01_headline-{profile}.json").read_text())["selection"]["best_div"]
     results = []
     rows = compare_attackers(study, cell, dict(eval_split="val", eval_modes="ensemble"), results,
@@ -39,7 +39,7 @@ def main(profile: str) -> dict:
         row["train_img_s"] = sum(r.metrics["train"]["images_per_s"] for r in runs) / len(runs)
         row["runs"] = [r.run_dir.name for r in runs]
         row["trained"] = [r.metrics["train"].get("provenance", {}).get("git_commit") for r in runs]
-    record = {"profile": profile, "cell": cell, "seeds": list(study.seeds[:study.ablation_seeds]),
+    record = {"profile": profile, "overrides": overrides or {}, "cell": cell, "seeds": list(study.seeds[:study.ablation_seeds]),
               "eval": study.config.group("eval"), "rows": rows, "wall_s": time.perf_counter() - t0,
               "provenance": provenance(torch.device("cpu"))}
     write_json(ROOT / "results" / f"attackers-{profile}.json", record)
@@ -65,4 +65,4 @@ def markdown(record: dict) -> str:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "cpu")
+    main(sys.argv[1] if len(sys.argv) > 1 else "cpu", json.loads(sys.argv[2]) if len(sys.argv) > 2 else None)
