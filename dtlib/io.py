@@ -57,6 +57,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def write_record(path: str | os.PathLike, record: Any, markdown: str) -> None:
+    """A results record as JSON at ``path`` and its Markdown table beside it (``.md``), each atomically."""
+    write_json(path, record)
+    with atomic_path(Path(path).with_suffix(".md")) as tmp:
+        tmp.write_text(markdown)
+
+
 # What the study writes: changes there say nothing about the code that produced them, and a batch
 # rewrites its own committed results, so they never make a commit "+dirty".
 OUTPUTS = ("results", "figures", "notebooks/executed", "README.md")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from dtlib.figures import check_table
-from dtlib.io import atomic_path, write_json
+from dtlib.io import write_record
 from dtlib.runtime import provenance
 from dtlib.study import setup
 from dtlib.study.experiments import arms, attack_check, stronger
@@ -50,9 +50,7 @@ def main(profile: str, seed: int, specs: list[str]) -> dict:
         record = {"profile": profile, "seed": seed, "arms": specs, "eval": study.config.group("eval"),
                   "stronger": more, "rows": rows, "runs": runs, "entries": entries, "wall_s": time.perf_counter() - t0,
                   "provenance": provenance(torch.device("cpu"))}
-        write_json(ROOT / "results" / f"attack-check-{profile}.json", record)
-        with atomic_path(ROOT / "results" / f"attack-check-{profile}.md") as tmp:
-            tmp.write_text(markdown(record))
+        write_record(ROOT / "results" / f"attack-check-{profile}.json", record, markdown(record))
     return record
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from dtlib.io import atomic_path, write_json
+from dtlib.io import write_record
 from dtlib.runtime import provenance
 from dtlib.study import setup
 from dtlib.study.selection import compare_attackers
@@ -42,9 +42,7 @@ def main(profile: str, overrides: dict | None = None) -> dict:
     record = {"profile": profile, "overrides": overrides or {}, "cell": cell, "seeds": list(study.seeds[:study.ablation_seeds]),
               "eval": study.config.group("eval"), "rows": rows, "wall_s": time.perf_counter() - t0,
               "provenance": provenance(torch.device("cpu"))}
-    write_json(ROOT / "results" / f"attackers-{profile}.json", record)
-    with atomic_path(ROOT / "results" / f"attackers-{profile}.md") as tmp:
-        tmp.write_text(markdown(record))
+    write_record(ROOT / "results" / f"attackers-{profile}.json", record, markdown(record))
     return record
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from dtlib.data import fitting_pool, load_data
 from dtlib.evaluate import fit_indices, scored_subset
 from dtlib.experiment import load_model
-from dtlib.io import atomic_path, write_json
+from dtlib.io import write_record
 from dtlib.runtime import amp_dtype, provenance
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,9 +109,7 @@ def main(profile: str = "cpu", jobs: int = 1) -> dict:
               "baseline": "plain SGD-UAP, 5 passes x 128-image batches over 5,000 training images (those the suite "
                           "did not fit on first), constant step eps/10 or eps/4, clamped CE on clean-prediction or true labels",
               "rows": out, "jobs": jobs, "wall_s": time.perf_counter() - t0, "provenance": provenance(torch.device("cpu"))}
-    write_json(ROOT / "results" / f"independent-attack-{profile}.json", record)
-    with atomic_path(ROOT / "results" / f"independent-attack-{profile}.md") as tmp:
-        tmp.write_text(table(record))
+    write_record(ROOT / "results" / f"independent-attack-{profile}.json", record, table(record))
     return record
 
 
