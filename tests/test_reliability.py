@@ -285,7 +285,10 @@ def test_the_code_version_is_part_of_both_keys(monkeypatch):
 def test_fill_trains_and_evaluates_in_lanes_what_the_notebook_then_reads(tmp_path):
     """A real fill of the smoke headline in two lanes: afterwards nothing is left to plan, and the
     headline trains and fits nothing (every run and evaluation is read from the cache)."""
-    study = S.setup("smoke", {"seeds": [0], "grid_div": [1.0], "grid_adv": [0.0]}, root=str(tmp_path), progress=False)
+    # the least attack suite (what is filled is the subject here, not how strong the attack is)
+    light = {"eval_objectives": "ensemble_ce", "eval_labels": "predicted", "uap_refine": 0}
+    study = S.setup("smoke", {"seeds": [0], "grid_div": [1.0], "grid_adv": [0.0], **light}, root=str(tmp_path),
+                    progress=False)
     fill.fill_runs(study, ["01_headline"], lanes=2, log=lambda s: None)
     assert all(fill.cached(c, tmp_path / "runs") for c in fill.plan(study, ["01_headline"]))
     said = []
