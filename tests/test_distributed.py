@@ -27,8 +27,9 @@ from conftest import DATA_DIR, wait_for_mid_epoch_checkpoint
 ROOT = Path(__file__).resolve().parent.parent
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 # DT keeps a running UAP whose gradient is summed over the ranks; 1000 images = 2 shards of 10 batches
+# (evaluated by a small suite: what the launch must not change is the subject)
 CFG = dict(method="dt", heads=2, train_size=1000, epochs=2, batch_size=50, uap_fit_size=100, uap_epochs=1,
-           eval_size=100, data="mini", data_dir=str(DATA_DIR), device="cpu")
+           uap_lr="0.25", uap_refine=0, eval_size=100, data="mini", data_dir=str(DATA_DIR), device="cpu")
 
 
 def _launch(cwd: Path, checkpoint_minutes: float = 10.0) -> subprocess.Popen:

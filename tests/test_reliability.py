@@ -23,8 +23,10 @@ from conftest import DATA_DIR, MINI, wait_for_mid_epoch_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 # DT keeps a running UAP and PGD-AT a random generator: both must come back exactly after a kill.
+# Its evaluation is a small suite (one step size, no refining starts): what a kill must not change is the subject.
 KILLED = dict(method="dt", heads=2, train_size=1000, epochs=3, batch_size=50, uap_fit_size=200, uap_epochs=1,
-              eval_size=200, data="mini", data_dir=str(DATA_DIR), device="cpu", checkpoint_minutes=0.002)
+              uap_lr="0.25", uap_refine=0, eval_size=100, data="mini", data_dir=str(DATA_DIR), device="cpu",
+              checkpoint_minutes=0.002)
 QUIET = dict(progress=False, log=lambda s: None)
 
 
