@@ -59,6 +59,22 @@ def test_wrong_checksum_is_rejected(tmp_path, mini):
         load_arrays("mini", tmp_path)
 
 
+def test_a_file_read_once_is_not_trusted_after_it_changes(tmp_path):
+    """The verified arrays are kept per process, read-only; a file rewritten in place is read and
+    checked again, so a corrupted copy is refused even after its intact version was loaded."""
+    blob = (DATA_DIR / "cifar10-mini.npz").read_bytes()
+    path = tmp_path / "cifar10-mini.npz"
+    path.write_bytes(blob)
+    a = load_arrays("mini", tmp_path)
+    assert load_arrays("mini", tmp_path)["x_train"] is a["x_train"]  # kept, not read again
+    with pytest.raises(ValueError, match="read-only"):
+        a["x_train"][0, 0, 0, 0] = 1
+    assert load_cifar10("mini", tmp_path)["train"].x.sum() == torch.from_numpy(a["x_train"].astype(np.int64)).sum()
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataError, match="not a readable npz"):
+        load_arrays("mini", tmp_path)
+
+
 def test_truncated_file_is_rejected(tmp_path):
     blob = (DATA_DIR / "cifar10-mini.npz").read_bytes()
     (tmp_path / "cifar10-mini.npz").write_bytes(blob[: len(blob) // 2])
