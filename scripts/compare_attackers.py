@@ -9,7 +9,8 @@ The cell (lambda_div, lambda_adv) is ``best_div`` of ``results/01_headline-<prof
 Trains and evaluates what the run cache lacks; the runs are the ones 01_headline's selection asks
 for, so a later batch reads them from the cache. Writes ``results/attackers-<profile>.{json,md}``:
 per attacker its validation rates, ``no_worse`` against the first (the study's), its training
-throughput, the run and provenance.
+throughput per seed (as each run logged it: a run that shared the cores reads lower), the runs and
+provenance.
 """
 import json
 import sys
@@ -36,7 +37,7 @@ def main(profile: str, overrides: dict | None = None) -> dict:
     per_run = len(results) // len(rows)  # compare_attackers runs each attacker on the same seeds, in order
     for i, row in enumerate(rows):
         runs = results[i * per_run:(i + 1) * per_run]
-        row["train_img_s"] = sum(r.metrics["train"]["images_per_s"] for r in runs) / len(runs)
+        row["train_img_s"] = [r.metrics["train"]["images_per_s"] for r in runs]  # per seed, as each run logged it
         row["runs"] = [r.run_dir.name for r in runs]
         row["trained"] = [r.metrics["train"].get("provenance", {}).get("git_commit") for r in runs]
     record = {"profile": profile, "overrides": overrides or {}, "cell": cell, "seeds": list(study.seeds[:study.ablation_seeds]),
@@ -51,15 +52,18 @@ def markdown(record: dict) -> str:
     pct = lambda v: f"{100 * v:.1f}"
     lines = [f"<!-- written by scripts/compare_attackers.py from attackers-{record['profile']}.json -->",
              "| attacker | val clean acc (%) | val fooling rate (%) | val acc under UAP (%) | no worse than the first | "
-             "training images/s |", "| --- | --- | --- | --- | --- | --- |"]
+             "training images/s per seed |", "| --- | --- | --- | --- | --- | --- |"]
     for r in record["rows"]:
         lines.append(f"| {r['attacker']} | {pct(r['val_clean_acc'])} | {pct(r['val_fooling_rate'])} | "
-                     f"{pct(r['val_uap_acc'])} | {'yes' if r['no_worse'] else 'no'} | {r['train_img_s']:.0f} |")
+                     f"{pct(r['val_uap_acc'])} | {'yes' if r['no_worse'] else 'no'} | "
+                     f"{' / '.join(f'{v:.0f}' for v in r['train_img_s'])} |")
     return "\n".join(lines) + (
         f"\n\nDT K=5 at lambda_div={c['lambda_div']}, lambda_adv={c['lambda_adv']} (the headline's chosen cell with the "
         f"diversity term), seeds {record['seeds']}, scored on the validation split by the attack suite (L-inf "
         f"{record['eval']['eval_eps'] * 255:.0f}/255, ensemble). Run on {p['device']}, torch {p['torch']}, commit "
-        f"{p['git_commit'][:12]}, {record['wall_s'] / 60:.0f} min.\n")
+        f"{p['git_commit'][:12]}, {record['wall_s'] / 60:.0f} min. Training images/s as each run logged it "
+        f"(a run that shared the cores with other work reads lower; results/bench-cpu-*.json holds step ratios "
+        f"measured in one process).\n")
 
 
 if __name__ == "__main__":
