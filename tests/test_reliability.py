@@ -284,15 +284,31 @@ def test_the_code_version_is_part_of_both_keys(monkeypatch):
     assert before[0] != after[0] and before[1] != after[1]
 
 
-def test_fill_trains_and_evaluates_in_lanes_what_the_notebook_then_reads(tmp_path):
+def test_fill_trains_and_evaluates_in_lanes_what_the_notebook_then_reads(tmp_path, capsys):
     """A real fill of the smoke headline in two lanes: afterwards nothing is left to plan, and the
-    headline trains and fits nothing (every run and evaluation is read from the cache)."""
+    headline trains and fits nothing (every run and evaluation is read from the cache). Its
+    ``--status`` counts what the cache holds of the plan, before, during and after."""
     # the least attack suite (what is filled is the subject here, not how strong the attack is)
     light = {"eval_objectives": "ensemble_ce", "eval_labels": "predicted", "uap_refine": 0}
-    study = S.setup("smoke", {"seeds": [0], "grid_div": [1.0], "grid_adv": [0.0], **light}, root=str(tmp_path),
-                    progress=False)
+    overrides = {"seeds": [0], "grid_div": [1.0], "grid_adv": [0.0], **light}
+    study = S.setup("smoke", overrides, root=str(tmp_path), progress=False)
+    planned = fill.plan(study, ["01_headline"])
+    n_runs = len({run_dir_for(c, tmp_path / "runs") for c in planned})
+    assert fill.status(study, ["01_headline"]) == {"01_headline": dict(evaluations=len(planned), cached=0, under_way=0,
+                                                                       runs=n_runs, trained=0)}
+    journal = journal_path(run_dir_for(planned[0], tmp_path / "runs"), planned[0])
+    journal.parent.mkdir(parents=True)
+    Path(f"{journal}-ensemble.pt").write_bytes(b"fits of a killed evaluation")
+    assert fill.status(study, ["01_headline"])["01_headline"]["under_way"] == 1
+    Path(f"{journal}-ensemble.pt").unlink()
     fill.fill_runs(study, ["01_headline"], lanes=2, log=lambda s: None)
     assert all(fill.cached(c, tmp_path / "runs") for c in fill.plan(study, ["01_headline"]))
+    capsys.readouterr()
+    fill.main(["--status", "--root", str(tmp_path), "--overrides", json.dumps(overrides), "smoke", "01_headline"])
+    n = len(fill.plan(study, ["01_headline"]))
+    assert capsys.readouterr().out == (f"01_headline: {n} of {n} evaluations cached, 0 under way; "
+                                       f"{n_runs} of {n_runs} runs trained\n")
+    assert not list((tmp_path / "runs").glob("*/partial-*"))
     said = []
     S.headline(study, log=said.append)
     assert said and all("loaded finished run" in s for s in said), said

@@ -1,6 +1,7 @@
 """Filling the run cache before the papermill batch, in parallel lanes.
 
     python -m dtlib.study.fill [--lanes N] [--root DIR] [--overrides JSON] PROFILE [NOTEBOOK ...]   (make fill)
+    python -m dtlib.study.fill --status PROFILE [NOTEBOOK ...]   (what the cache holds of the plan)
 
 With the attack suite and its check, a notebook is hours of UAP fitting on 2 cores, nearly all of it
 in evaluations that do not depend on each other. ``fill`` finds the runs the notebooks' experiments
@@ -30,9 +31,10 @@ from unittest import mock
 
 import torch
 
+from ..checkpoint import CHECKPOINT, CorruptFile, load_verified
 from ..config import Config
 from ..data import Split
-from ..experiment import RunResult, cached, ensure_trained, evaluate_run, metrics_path, run_dir_for
+from ..experiment import RunResult, cached, ensure_trained, evaluate_run, journal_path, metrics_path, run_dir_for
 from . import experiments, published
 from .registry import EXPERIMENTS
 from .settings import NOTEBOOKS, Study, attacker, setup
@@ -165,6 +167,34 @@ def lane(spec: str) -> None:
             evaluate_run(where, cfg, log=lambda s: print(f"[lane {os.getpid()}] {s}", flush=True))
 
 
+def _under_way(cfg: Config, runs: Path) -> bool:
+    """Whether ``cfg``'s evaluation is not cached but has saved fits (``experiment.journal_path``)."""
+    journal = journal_path(run_dir_for(cfg, runs), cfg)
+    return not cached(cfg, runs) and any(journal.parent.glob(journal.name + "*"))
+
+
+def _finished(run_dir: Path) -> bool:
+    try:
+        return bool(load_verified(run_dir / CHECKPOINT).get("finished"))
+    except (FileNotFoundError, CorruptFile):
+        return False
+
+
+def status(study: Study, notebooks: list[str]) -> dict[str, dict[str, int]]:
+    """How far the run cache is from each notebook's ``plan``, as it stands (before the selection
+    grid is evaluated, its winners are placeholders' and the rest of the plan can still change):
+    evaluations planned, cached, and under way (fits of a killed or running one saved), runs
+    planned and trained. Reads only; nothing is trained, evaluated, moved or written."""
+    runs, out = study.dir / "runs", {}
+    for nb in notebooks:
+        todo = plan(study, [nb])
+        dirs = {run_dir_for(c, runs) for c in todo}
+        out[nb] = {"evaluations": len(todo), "cached": sum(cached(c, runs) for c in todo),
+                   "under_way": sum(_under_way(c, runs) for c in todo),
+                   "runs": len(dirs), "trained": sum(_finished(d) for d in dirs)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m dtlib.study.fill", description=__doc__.split("\n\n")[0])
     ap.add_argument("profile", nargs="?", default="cpu")
@@ -172,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lanes", type=int, default=2)
     ap.add_argument("--root", default=None, help="folder of runs/ (default: the project)")
     ap.add_argument("--overrides", default=None, help="the notebooks' overrides, as JSON: '{\"seeds\": [0, 1, 2]}'")
+    ap.add_argument("--status", action="store_true", help="print how much of the plan the run cache holds; run nothing")
     ap.add_argument("--lane", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.lane:
@@ -185,6 +216,11 @@ def main(argv: list[str] | None = None) -> None:
         study = setup(args.profile, args.overrides, root=args.root, progress=False)
     except ValueError as e:
         ap.error(str(e))
+    if args.status:
+        for nb, n in status(study, args.notebooks or list(NOTEBOOKS)).items():
+            print(f"{nb}: {n['cached']} of {n['evaluations']} evaluations cached, {n['under_way']} under way; "
+                  f"{n['trained']} of {n['runs']} runs trained")
+        return
     try:
         done = fill_runs(study, args.notebooks or list(NOTEBOOKS), args.lanes)
     except RuntimeError as e:
