@@ -34,6 +34,7 @@ import torch
 from ..checkpoint import CHECKPOINT, CorruptFile, load_verified
 from ..config import Config
 from ..data import Split
+from ..evaluate import journal_file
 from ..experiment import RunResult, cached, ensure_trained, evaluate_run, journal_path, metrics_path, run_dir_for
 from . import experiments, published
 from .registry import EXPERIMENTS
@@ -168,9 +169,9 @@ def lane(spec: str) -> None:
 
 
 def _under_way(cfg: Config, runs: Path) -> bool:
-    """Whether ``cfg``'s evaluation is not cached but has saved fits (``experiment.journal_path``)."""
+    """Whether ``cfg``'s evaluation is not cached but a suite of one of its modes saved fits."""
     journal = journal_path(run_dir_for(cfg, runs), cfg)
-    return not cached(cfg, runs) and any(journal.parent.glob(journal.name + "*"))
+    return not cached(cfg, runs) and any(journal_file(journal, m).exists() for m in cfg.modes)
 
 
 def _finished(run_dir: Path) -> bool:
