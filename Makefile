@@ -13,7 +13,7 @@ PROFILE ?= cpu
 DATA := $(if $(filter imagenet,$(PROFILE)),,data)
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
-.PHONY: install test test-other-precision reproduce fill bench figures data mini readme lab clean
+.PHONY: install test test-other-precision reproduce fill pack bench figures data mini readme lab clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -45,6 +45,7 @@ data:
 # The whole study as a papermill batch: executed notebooks in notebooks/executed/, results in
 # results/<notebook>-$(PROFILE).{json,csv}, figures in figures/, claims in results/claims-$(PROFILE).md.
 reproduce: install $(DATA)
+	$(UNPACK)
 	mkdir -p notebooks/executed
 	for nb in $(NOTEBOOKS); do \
 	  $(VENV)/bin/papermill --cwd notebooks -p profile $(PROFILE) $$nb \
@@ -56,7 +57,16 @@ reproduce: install $(DATA)
 # training alone at full threads, evaluations in LANES processes (dtlib/study/fill.py); then `make reproduce`.
 LANES ?= 2
 fill: install $(DATA)
+	$(UNPACK)
 	$(PY) -m dtlib.study.fill --lanes $(LANES) $(PROFILE) $(NB)
+
+# A fill outlives the machine it ran on: `make pack` copies what the run cache holds of the plan
+# (finished weights, evaluations, the fits of evaluations under way) into $(CARRY), a folder to commit;
+# `make fill` and `make reproduce` copy it back into runs/ first (dtlib/study/carry.py). CARRY= skips that.
+CARRY ?= runcache/$(PROFILE)
+UNPACK = $(if $(CARRY),@if [ -d $(CARRY) ]; then $(PY) -m dtlib.study.carry unpack $(CARRY); fi)
+pack: install
+	$(PY) -m dtlib.study.carry pack $(CARRY) $(PROFILE) $(NB)
 
 # What each method costs, as ratios to standard training (docs/protocol.md, C3-C5): results/bench-<device>.{json,md}.
 # Settings as key=value, e.g. `make bench ARGS="steps=50 batch_size=256"`; about 2 minutes on 2 CPU cores.

@@ -4,6 +4,7 @@ it belongs to another config), and SIGTERM / SIGINT turned into "finish the batc
 checkpoint, then stop"."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
@@ -79,6 +80,10 @@ def load_verified(path: str | os.PathLike, map_location: Any = "cpu") -> dict[st
         raise
     except _DAMAGED as e:
         raise CorruptFile(f"{path} is unreadable ({type(e).__name__}: truncated or corrupt).") from None
+    except OSError as e:  # torch's zip reader on a file cut short of its end record: EINVAL, not a disk error
+        if e.errno != errno.EINVAL:
+            raise
+        raise CorruptFile(f"{path} is unreadable (OSError: truncated or corrupt).") from None
     if not isinstance(obj, dict):
         raise CorruptFile(f"{path} does not hold a saved dict (it holds a {type(obj).__name__}).")
     want = obj.pop("sha256", None)

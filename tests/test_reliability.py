@@ -16,8 +16,9 @@ from dtlib.config import BACKBONES, FIELD_TYPES, METHOD_FIELDS, METHODS
 import dtlib.suite
 from dtlib.experiment import journal_path, metrics_path, run_dir_for, without_timings
 from dtlib import study as S
-from dtlib.study import fill
+from dtlib.study import carry, fill
 from dtlib.checkpoint import CHECKPOINT, CorruptFile, load_verified, read_checkpoint, save_verified
+from dtlib.evaluate import journal_file
 
 from conftest import DATA_DIR, MINI, wait_for_mid_epoch_checkpoint
 
@@ -156,6 +157,18 @@ def test_a_truncated_checkpoint_is_reported_in_one_line_and_its_config_trained_a
     assert without_timings(again.metrics) == without_timings(first.metrics)
 
 
+@pytest.mark.parametrize("keep", [0.5, -20, 0])
+def test_a_torch_file_cut_short_anywhere_is_corrupt_not_an_os_error(tmp_path, keep):
+    """Cut in the middle torch.load fails to unpickle; cut just before the zip's end record (the
+    last bytes) its zip reader raises OSError(EINVAL), which is the file's fault too; empty."""
+    path = tmp_path / "u.pt"
+    save_verified(path, {"w": torch.arange(5000, dtype=torch.float32)})
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)] if isinstance(keep, float) else data[:keep])
+    with pytest.raises(CorruptFile, match=r"u\.pt is unreadable \(\w+: truncated or corrupt\)\.$"):
+        load_verified(path)
+
+
 def test_a_checkpoint_that_lost_its_digest_or_its_running_sums_is_not_trusted(tmp_path):
     path = tmp_path / "c.pt"
     torch.save({"model": {}, "rng": {}, "epoch": 1}, path)  # a current checkpoint without its sha256
@@ -284,10 +297,12 @@ def test_the_code_version_is_part_of_both_keys(monkeypatch):
     assert before[0] != after[0] and before[1] != after[1]
 
 
-def test_fill_trains_and_evaluates_in_lanes_what_the_notebook_then_reads(tmp_path, capsys):
+def test_fill_trains_and_evaluates_in_lanes_what_the_notebook_then_reads_here_and_after_a_pack(tmp_path, capsys):
     """A real fill of the smoke headline in two lanes: afterwards nothing is left to plan, and the
     headline trains and fits nothing (every run and evaluation is read from the cache). Its
-    ``--status`` counts what the cache holds of the plan, before, during and after."""
+    ``--status`` counts what the cache holds of the plan, before, during and after. Packed
+    (``carry``) and unpacked into another machine's empty cache, the headline there too reads
+    everything and trains nothing; a damaged pack and a run retrained there are not mixed in."""
     # the least attack suite (what is filled is the subject here, not how strong the attack is)
     light = {"eval_objectives": "ensemble_ce", "eval_labels": "predicted", "uap_refine": 0}
     overrides = {"seeds": [0], "grid_div": [1.0], "grid_adv": [0.0], **light}
@@ -312,3 +327,55 @@ def test_fill_trains_and_evaluates_in_lanes_what_the_notebook_then_reads(tmp_pat
     said = []
     S.headline(study, log=said.append)
     assert said and all("loaded finished run" in s for s in said), said
+    _pack_and_unpack(study, overrides, planned_runs=n_runs, evaluations=n, tmp_path=tmp_path)
+
+
+def _pack_and_unpack(study, overrides, planned_runs, evaluations, tmp_path):
+    quiet = lambda s: None
+    packed = tmp_path / "pack"
+    assert carry.pack(study, ["01_headline"], packed, log=quiet) == {"runs": planned_runs, "evaluations": evaluations}
+    ckpts = sorted(packed.glob(f"*/{CHECKPOINT}"))
+    assert len(ckpts) == planned_runs and not list(packed.glob("*/partial-*"))
+    ckpt = load_verified(ckpts[0])
+    here = load_verified(tmp_path / "runs" / ckpts[0].parent.name / CHECKPOINT)
+    assert ckpt["finished"] and "optimizer" not in ckpt and "optimizer" in here
+    assert all(torch.equal(ckpt["model"][k], here["model"][k]) for k in here["model"])
+
+    other = S.setup("smoke", overrides, root=str(tmp_path / "other"), progress=False)
+    runs = tmp_path / "other" / "runs"
+    copied = carry.unpack(packed, runs, log=quiet)
+    assert copied == len([f for f in packed.rglob("*") if f.is_file()])
+    assert fill.status(other, ["01_headline"])["01_headline"] == dict(evaluations=evaluations, cached=evaluations,
+                                                                       under_way=0, runs=planned_runs, trained=planned_runs)
+    said = []
+    S.headline(other, log=said.append)
+    assert said and all("loaded finished run" in s for s in said), said
+    assert carry.unpack(packed, runs, log=quiet) == 0  # what is there is never copied again
+
+    # an evaluation under way there: its saved fits travel, its metrics do not exist yet
+    cfg = fill.plan(other, ["01_headline"])[-1]  # a test-split one: the plan does not hang on it
+    where = run_dir_for(cfg, runs)
+    for f in (f"metrics-{cfg.eval_hash()}.json", f"uaps-{cfg.eval_hash()}.pt"):
+        (where / f).unlink()
+    save_verified(journal_file(journal_path(where, cfg), "single"), {"key": {}, "fits": {}})
+    again = tmp_path / "pack2"
+    assert carry.pack(other, ["01_headline"], again, log=quiet) == {"runs": planned_runs, "evaluations": evaluations - 1,
+                                                                     "under_way": 1}
+    assert (again / where.name / f"partial-{cfg.eval_hash()}-single.pt").exists()
+
+    # a run trained there with other weights keeps its own evaluations: none of the pack's is copied in
+    state = load_verified(where / CHECKPOINT)
+    state["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["model"].items()}
+    save_verified(where / CHECKPOINT, state)
+    said = []
+    carry.unpack(packed, runs, log=said.append)
+    assert not (where / f"metrics-{cfg.eval_hash()}.json").exists()
+    assert any("holds other weights" in s for s in said), said
+
+    # a damaged file stops the unpack before anything of its run is copied, naming the file
+    bad = next(packed.glob("*/uaps-*.pt"))
+    bad.write_bytes(bad.read_bytes()[:-20])
+    third = tmp_path / "third" / "runs"
+    with pytest.raises(CorruptFile, match=bad.name):
+        carry.unpack(packed, third, log=quiet)
+    assert not (third / bad.parent.name).exists()

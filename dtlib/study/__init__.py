@@ -2,8 +2,8 @@
 ``claims`` (the summary's figures and the claims rows) and ``rules`` (the verdict rules), both
 torch-free, ``selection`` (DT's settings chosen on validation, and the arms), ``experiments`` and
 ``published`` (the six experiments; ``registry`` names them) and
-``fill`` (their run cache filled in parallel lanes before the batch), ``export`` (the models as
-weights-only files). ``notebook`` holds the one-line calls of the notebooks' cells. Every name a
+``fill`` (their run cache filled in parallel lanes before the batch), ``carry`` (that cache packed
+into a folder to commit, and unpacked on another machine), ``export`` (the models as weights-only files). ``notebook`` holds the one-line calls of the notebooks' cells. Every name a
 notebook or script uses is offered by ``dtlib.study`` itself, each loaded from its module on first
 use (as ``dtlib`` does), so ``dtlib.study.claims`` alone stays torch-free."""
 from __future__ import annotations
@@ -26,6 +26,7 @@ _NAMES = {
     "published": ("ARMS", "published_method", "uap_metrics"),
     "registry": ("EXPERIMENTS",),
     "fill": ("fill_runs", "plan"),
+    "carry": ("pack", "unpack"),
     "export": ("export_models",),
 }
 # name -> the module of dtlib.study that defines it
@@ -35,6 +36,7 @@ __all__ = sorted(EXPORTS)
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from .claims import *  # noqa: F403
     from .experiments import *  # noqa: F403
+    from .carry import *  # noqa: F403
     from .fill import *  # noqa: F403
     from .published import *  # noqa: F403
     from .registry import *  # noqa: F403
