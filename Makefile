@@ -66,6 +66,7 @@ fill: install $(DATA)
 CARRY ?= runcache/$(PROFILE)
 UNPACK = $(if $(CARRY),@if [ -d $(CARRY) ]; then $(PY) -m dtlib.study.carry unpack $(CARRY); fi)
 pack: install
+	$(if $(CARRY),,$(error CARRY is empty: make pack needs the folder to pack into))
 	$(PY) -m dtlib.study.carry pack $(CARRY) $(PROFILE) $(NB)
 
 # What each method costs, as ratios to standard training (docs/protocol.md, C3-C5): results/bench-<device>.{json,md}.

@@ -65,7 +65,8 @@ def save_verified(path: str | os.PathLike, obj: dict[str, Any]) -> None:
 
 
 # What torch.load raises on a damaged file (a truncated zip, a bad pickle, a short read); not
-# OSError or MemoryError, which say nothing about the file.
+# OSError or MemoryError, which say nothing about the file, except the EINVAL of torch's zip reader
+# on a file without its end record (a file cut short), when the file is not a whole zip.
 _DAMAGED = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError, IndexError,
             TypeError, AttributeError, UnicodeDecodeError)
 
@@ -80,8 +81,8 @@ def load_verified(path: str | os.PathLike, map_location: Any = "cpu") -> dict[st
         raise
     except _DAMAGED as e:
         raise CorruptFile(f"{path} is unreadable ({type(e).__name__}: truncated or corrupt).") from None
-    except OSError as e:  # torch's zip reader on a file cut short of its end record: EINVAL, not a disk error
-        if e.errno != errno.EINVAL:
+    except OSError as e:
+        if e.errno != errno.EINVAL or zipfile.is_zipfile(path):
             raise
         raise CorruptFile(f"{path} is unreadable (OSError: truncated or corrupt).") from None
     if not isinstance(obj, dict):

@@ -23,6 +23,9 @@ from .validation import NATIVE_SIDE, validate
 
 # Bumped when a change to dtlib changes what a given config trains to; part of the cache key.
 CODE_VERSION = "1"
+# Bumped when a change to the evaluation attack changes what an evaluation setting finds; part of the
+# evaluation's cache key only, so trained runs stay valid. 2: SGD-UAP passes are whole batches only.
+ATTACK_VERSION = 2
 # Training fields added after CODE_VERSION was set, with the value that reproduces the code from
 # before they existed: at that value a field is left out of the run-cache key, so runs cached
 # earlier stay valid; any other value is part of the key.
@@ -210,7 +213,7 @@ class Config:
         # what the suite does not read in this mode is not part of the setting: the Adam attack's rate
         # when untargeted, the kinds of labels when targeted (its UAPs aim at the target)
         fields_.pop("eval_labels" if self.eval_target >= 0 else "uap_adam_lr", None)
-        blob = json.dumps({"code": CODE_VERSION, **fields_}, sort_keys=True)
+        blob = json.dumps({"code": CODE_VERSION, "attack": ATTACK_VERSION, **fields_}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
     @property

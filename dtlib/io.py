@@ -66,7 +66,7 @@ def write_record(path: str | os.PathLike, record: Any, markdown: str) -> None:
 
 # What the study writes: changes there say nothing about the code that produced them, and a batch
 # rewrites its own committed results, so they never make a commit "+dirty".
-OUTPUTS = ("results", "figures", "notebooks/executed", "README.md")
+OUTPUTS = ("results", "figures", "notebooks/executed", "README.md", "runcache")
 
 
 def git_commit() -> str:

@@ -157,7 +157,7 @@ def attack(parts_fn: PartsFn, scores_fn: ScoresFn, fit: Split, test: Split, suit
     fits: dict[str, dict[str, Any]] = {}
     settings: dict[str, tuple[str, str, float, bool]] = {}  # fit name -> (objective, labels, step, adam)
     g = torch.Generator().manual_seed(suite.seed)
-    steps = suite.max_epochs * -(-len(fit) // suite.batch_size)
+    steps = suite.max_epochs * max(len(fit) // suite.batch_size, 1)  # fit_uap's passes are whole batches
     # what the fits depend on: the settings, the images, the model (its predictions tell two models apart only
     # sometimes: a trained model is right on most training images, so the caller adds its weights' digest)
     key = {"suite": asdict(suite), "parts": k, "fit": state_digest([fit.x, fit.y, clean_fit]), "amp": str(amp_dtype),

@@ -146,7 +146,8 @@ class TrainState:
     def restore(self, ckpt: dict[str, Any]) -> None:
         """Resume from a checkpoint of the same training config (``checkpoint.read_checkpoint``)."""
         self.model.load_state_dict(ckpt["model"])
-        self.opt.load_state_dict(ckpt["optimizer"])
+        if "optimizer" in ckpt:  # a finished run unpacked from a pack (study.carry) holds none, and has no step left
+            self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
         self.step_fn.load_state_dict(ckpt["method_state"])
         self.start_epoch, self.start_batch = ckpt["epoch"], ckpt.get("batch", 0)

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dtlib.attacks import frozen_for_attack, in_layout, perturb, pgd, project, random_uap, sgd_uap
+from dtlib.attacks import fit_uap, frozen_for_attack, in_layout, perturb, pgd, project, random_uap, sgd_uap
 from dtlib.config import Config
 from dtlib.models import build_model
 from dtlib.data import to_float
@@ -155,3 +155,21 @@ def test_bad_attack_arguments_are_one_sentence_errors(standard_model, mini):
         sgd_uap(fn, mini["train"].x[:8], mini["train"].y[:8], eps=EPS, norm="l1")
     with pytest.raises(ValueError, match=r"eps=2 is outside \[0, 1\]"):
         sgd_uap(fn, mini["train"].x[:8], mini["train"].y[:8], eps=2)
+
+
+@pytest.mark.parametrize("n, batches", [(300, [128, 128] * 3), (100, [100] * 3), (256, [128, 128, 128])])
+def test_a_uap_step_is_never_taken_on_the_few_images_left_over_by_a_pass(n, batches):
+    """300 images in batches of 128 are two steps a pass, not three (the third on 44 images);
+    fewer images than a batch are one step on all of them; every image is met across passes."""
+    seen, met = [], set()
+    images = torch.rand(n, 3, 4, 4)
+
+    def loss(x, y):
+        seen.append(len(x))
+        met.update(y.tolist())
+        return x.sum()
+
+    fit_uap(loss, images, torch.arange(n), eps=EPS, step=EPS / 4, max_steps=len(batches), batch_size=128,
+            generator=torch.Generator().manual_seed(0))
+    assert seen == batches
+    assert len(met) > 256 if n == 300 else met == set(range(n))

@@ -17,7 +17,7 @@ import dtlib.suite
 from dtlib.experiment import journal_path, metrics_path, run_dir_for, without_timings
 from dtlib import study as S
 from dtlib.study import carry, fill
-from dtlib.checkpoint import CHECKPOINT, CorruptFile, load_verified, read_checkpoint, save_verified
+from dtlib.checkpoint import CHECKPOINT, CorruptFile, load_verified, read_checkpoint, save_verified, state_digest
 from dtlib.evaluate import journal_file
 
 from conftest import DATA_DIR, MINI, wait_for_mid_epoch_checkpoint
@@ -215,10 +215,15 @@ def test_an_evaluation_killed_inside_its_suite_goes_on_from_the_fits_it_saved(tm
     run_dir = run_dir_for(Config(**cfg), tmp_path / "b")
     assert sorted(p.name for p in run_dir.glob("partial-*")) == [f"{journal_path(run_dir, Config(**cfg)).name}-{m}.pt"
                                                                  for m in ("ensemble", "single")]
-    calls.clear()
-    again = dtlib.run(runs_dir=tmp_path / "b", **QUIET, **cfg)
-    assert len(calls) == 3  # the killed fit and the two after it: the other total - 3 came from the journals
-    assert without_timings(again.metrics) == without_timings(whole)
+    # packed (study.carry) as it stands and unpacked into another cache: the saved fits travel with the weights
+    quiet = lambda s: None
+    assert carry.pack_runs([Config(**cfg)], tmp_path / "b", tmp_path / "pack", log=quiet)["under_way"] == 1
+    carry.unpack(tmp_path / "pack", tmp_path / "c", log=quiet)
+    for where in ("b", "c"):
+        calls.clear()
+        again = dtlib.run(runs_dir=tmp_path / where, **QUIET, **cfg)
+        assert len(calls) == 3  # the killed fit and the two after it: the other total - 3 came from the journals
+        assert without_timings(again.metrics) == without_timings(whole)
     assert total > 6 and not list(run_dir.glob("partial-*"))  # removed once the metrics are saved
 
 
@@ -295,6 +300,8 @@ def test_the_code_version_is_part_of_both_keys(monkeypatch):
     monkeypatch.setattr(dtlib.config, "CODE_VERSION", "test-bump")
     after = Config().train_hash("bf16"), Config().eval_hash()
     assert before[0] != after[0] and before[1] != after[1]
+    monkeypatch.setattr(dtlib.config, "ATTACK_VERSION", -1)  # the attack's: evaluations again, never training
+    assert Config().train_hash("bf16") == after[0] and Config().eval_hash() != after[1]
 
 
 def test_fill_trains_and_evaluates_in_lanes_what_the_notebook_then_reads_here_and_after_a_pack(tmp_path, capsys):
@@ -333,7 +340,8 @@ def test_fill_trains_and_evaluates_in_lanes_what_the_notebook_then_reads_here_an
 def _pack_and_unpack(study, overrides, planned_runs, evaluations, tmp_path):
     quiet = lambda s: None
     packed = tmp_path / "pack"
-    assert carry.pack(study, ["01_headline"], packed, log=quiet) == {"runs": planned_runs, "evaluations": evaluations}
+    assert carry.pack(study, ["01_headline"], packed, log=quiet) == {"runs": planned_runs, "evaluations": evaluations,
+                                                                      "under_way": 0, "skipped": 0}
     ckpts = sorted(packed.glob(f"*/{CHECKPOINT}"))
     assert len(ckpts) == planned_runs and not list(packed.glob("*/partial-*"))
     ckpt = load_verified(ckpts[0])
@@ -360,7 +368,7 @@ def _pack_and_unpack(study, overrides, planned_runs, evaluations, tmp_path):
     save_verified(journal_file(journal_path(where, cfg), "single"), {"key": {}, "fits": {}})
     again = tmp_path / "pack2"
     assert carry.pack(other, ["01_headline"], again, log=quiet) == {"runs": planned_runs, "evaluations": evaluations - 1,
-                                                                     "under_way": 1}
+                                                                     "under_way": 1, "skipped": 0}
     assert (again / where.name / f"partial-{cfg.eval_hash()}-single.pt").exists()
 
     # a run trained there with other weights keeps its own evaluations: none of the pack's is copied in
@@ -371,6 +379,17 @@ def _pack_and_unpack(study, overrides, planned_runs, evaluations, tmp_path):
     carry.unpack(packed, runs, log=said.append)
     assert not (where / f"metrics-{cfg.eval_hash()}.json").exists()
     assert any("holds other weights" in s for s in said), said
+    said = []  # nor is such a run packed beside the weights the pack holds
+    assert carry.pack(other, ["01_headline"], again, log=said.append)["skipped"] == 1
+    assert any("holds other weights" in s for s in said), said
+
+    # an unfinished run there (a fill started before the pack came) is set aside for the pack's finished one
+    fourth = tmp_path / "fourth" / "runs"
+    name = ckpts[0].parent.name
+    save_verified(fourth / name / CHECKPOINT, {**load_verified(ckpts[0]), "finished": False})
+    carry.unpack(again, fourth, log=quiet)
+    assert not load_verified(fourth / name / (CHECKPOINT + ".unfinished"))["finished"]
+    assert state_digest(load_verified(fourth / name / CHECKPOINT)) == state_digest(load_verified(again / name / CHECKPOINT))
 
     # a damaged file stops the unpack before anything of its run is copied, naming the file
     bad = next(packed.glob("*/uaps-*.pt"))

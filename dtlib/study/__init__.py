@@ -1,11 +1,12 @@
 """The study behind the notebooks: ``settings`` (the Study record, its profiles and ``setup``),
 ``claims`` (the summary's figures and the claims rows) and ``rules`` (the verdict rules), both
 torch-free, ``selection`` (DT's settings chosen on validation, and the arms), ``experiments`` and
-``published`` (the six experiments; ``registry`` names them) and
-``fill`` (their run cache filled in parallel lanes before the batch), ``carry`` (that cache packed
-into a folder to commit, and unpacked on another machine), ``export`` (the models as weights-only files). ``notebook`` holds the one-line calls of the notebooks' cells. Every name a
-notebook or script uses is offered by ``dtlib.study`` itself, each loaded from its module on first
-use (as ``dtlib`` does), so ``dtlib.study.claims`` alone stays torch-free."""
+``published`` (the six experiments; ``registry`` names them) and ``fill`` (their run cache filled in
+parallel lanes before the batch), ``carry`` (that cache packed into a folder to commit, and unpacked
+on another machine), ``export`` (the models as weights-only files). ``notebook`` holds the one-line
+calls of the notebooks' cells. Every name a notebook or script uses is offered by ``dtlib.study``
+itself, each loaded from its module on first use (as ``dtlib`` does), so ``dtlib.study.claims``
+alone stays torch-free."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -26,7 +27,7 @@ _NAMES = {
     "published": ("ARMS", "published_method", "uap_metrics"),
     "registry": ("EXPERIMENTS",),
     "fill": ("fill_runs", "plan"),
-    "carry": ("pack", "unpack"),
+    "carry": ("pack", "pack_runs", "unpack"),
     "export": ("export_models",),
 }
 # name -> the module of dtlib.study that defines it
