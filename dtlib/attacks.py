@@ -94,6 +94,11 @@ def in_layout(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (perturbed images, labels) -> scalar to ascend
 
 
+def steps_per_pass(n: int, batch_size: int) -> int:
+    """SGD-UAP steps in one pass of ``fit_uap`` over ``n`` images: whole batches only (at least one)."""
+    return max(n // batch_size, 1)
+
+
 def fit_uap(loss_fn: LossFn, images: torch.Tensor, labels: torch.Tensor, *, eps: float, norm: str = "linf",
             step: float, max_steps: int, batch_size: int = 128, decay: float = 1.0,
             monitor: Callable[[torch.Tensor], float] | None = None, window: int = 0, tol: float = 0.0,
@@ -129,7 +134,7 @@ def fit_uap(loss_fn: LossFn, images: torch.Tensor, labels: torch.Tensor, *, eps:
     opt = torch.optim.Adam([param], lr=step) if adam else None
     while steps < max_steps and not converged:
         order = torch.randperm(len(images), generator=generator).to(device)
-        for b in range(0, max(len(images) - batch_size, 0) + 1, batch_size):
+        for b in range(0, steps_per_pass(len(images), batch_size) * batch_size, batch_size):
             idx = order[b:b + batch_size]
             delta.requires_grad_(True)
             with _autocast(device, amp_dtype):
@@ -190,7 +195,7 @@ def sgd_uap(scores_fn: ScoresFn, images: torch.Tensor, labels: torch.Tensor, *, 
         loss_fn = lambda x, y: F.cross_entropy(scores_fn(x).float(), y, reduction="none").clamp(max=beta).mean()
     else:
         loss_fn = lambda x, y: -F.cross_entropy(scores_fn(x).float(), torch.full_like(y, target))
-    steps = epochs * max(len(images) // batch_size, 1)  # fit_uap's passes are whole batches
+    steps = epochs * steps_per_pass(len(images), batch_size)
     for lr_, r in ((lr_, r) for lr_ in lrs for r in range(restarts)):
         start = restart_point(r, tuple(images.shape[1:]), eps, norm, g)
         delta, _ = fit_uap(loss_fn, images, labels, eps=eps, norm=norm, step=lr_ * eps, max_steps=steps,

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attacks import _check, _l2, fit_uap, frozen_for_attack, in_layout, random_uap, restart_point
+from .attacks import _check, _l2, fit_uap, frozen_for_attack, in_layout, random_uap, restart_point, steps_per_pass
 from .checkpoint import CorruptFile, load_verified, save_verified, state_digest
 from .config import ATTACK_LABELS, ATTACK_OBJECTIVES, Config
 from .data import Split, to_float
@@ -157,7 +157,7 @@ def attack(parts_fn: PartsFn, scores_fn: ScoresFn, fit: Split, test: Split, suit
     fits: dict[str, dict[str, Any]] = {}
     settings: dict[str, tuple[str, str, float, bool]] = {}  # fit name -> (objective, labels, step, adam)
     g = torch.Generator().manual_seed(suite.seed)
-    steps = suite.max_epochs * max(len(fit) // suite.batch_size, 1)  # fit_uap's passes are whole batches
+    steps = suite.max_epochs * steps_per_pass(len(fit), suite.batch_size)
     # what the fits depend on: the settings, the images, the model (its predictions tell two models apart only
     # sometimes: a trained model is right on most training images, so the caller adds its weights' digest)
     key = {"suite": asdict(suite), "parts": k, "fit": state_digest([fit.x, fit.y, clean_fit]), "amp": str(amp_dtype),
