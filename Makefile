@@ -7,7 +7,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 # Where this workplace keeps the full CIFAR-10; `make data` links it when data/ has none.
 SHARED_DATA ?= ../shared/data/cifar10.npz
 
-# The study's profile for `make reproduce`: smoke | cpu | gpu | imagenet (dtlib/study/settings.py PROFILES).
+# The study's profile for `make reproduce`: smoke | cpu | study | gpu | imagenet (dtlib/study/settings.py PROFILES).
 PROFILE ?= cpu
 # CIFAR-10 in data/, which every profile but imagenet (an ImageFolder in data/imagenet) trains on
 DATA := $(if $(filter imagenet,$(PROFILE)),,data)

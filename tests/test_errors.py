@@ -87,7 +87,7 @@ BAD_INPUTS = [
      r"^Unknown method 'fgsm_at'; choose one of standard, dt, pgd_at, uat, entropy_dt\.$"),
     ("unknown backbone", lambda t: Config(backbone="resnet34"),
      r"^Unknown backbone 'resnet34'; choose one of cnn, vgg, resnet18, resnet50\.$"),
-    ("unknown profile", lambda t: setup("huge"), r"^Unknown profile 'huge'; choose one of smoke, cpu, gpu, imagenet\.$"),
+    ("unknown profile", lambda t: setup("huge"), r"^Unknown profile 'huge'; choose one of smoke, cpu, study, gpu, imagenet\.$"),
     ("unknown inference mode", lambda t: Config(eval_modes="ensemble,vote"),
      r"^Unknown inference mode 'vote' in eval_modes; choose from ensemble, single\.$"),
     ("unknown inference mode (model)", lambda t: _model().scores(torch.rand(1, 3, 32, 32), "vote"),

@@ -52,6 +52,7 @@ def test_every_field_set_per_run_has_its_controller_named():
     ("smoke", {"epochz": 3}, "'epochz'"),
     ("smoke", {"ks": [1, 0]}, "ks holds 0: heads (K)"),
     ("smoke", {"ablation_seeds": 2}, "ablation_seeds=2"),
+    ("smoke", {"k_seeds": 2}, "k_seeds=2 must be between 1 and the 1 seeds"),
     ("smoke", {"grid_div": [0.0]}, "grid_div=[0.0] needs a value above 0"),
     ("smoke", {"backbone": "resnet18"}, "must include the study's backbone 'resnet18'"),
     ("smoke", {"seeds": [0, 0]}, "seeds=[0, 0] holds a value twice"),
@@ -303,6 +304,25 @@ def test_the_fill_plan_is_what_the_experiments_ask_for(monkeypatch, tmp_path):
         experiment(study, log=lambda s: None)
     assert {(c.train_hash(), c.eval_hash()) for c in planned} == asked
     assert len(planned) == len(asked)  # each once
+
+
+def test_the_study_profile_trains_every_headline_arm_and_each_k_over_three_seeds(tmp_path):
+    """`study`: the full training set less a 5,000-image validation split, the whole test set scored;
+    the selection grid on the first seed, every headline arm and every K of the ablation on all three."""
+    st = S.setup("study", root=str(tmp_path))
+    c = st.config
+    assert (c.data, c.train_size, c.val_size, c.eval_size, c.device) == ("full", 0, 5000, 10000, "cpu")
+    planned = fill.plan(st, ["01_headline", "02_k_ablation"])
+    assert not any(tmp_path.iterdir())
+    seeds = lambda **f: {p.seed for p in planned if all(getattr(p, k) == v for k, v in f.items())}
+    assert seeds(eval_split="val") == {0}
+    for method in ("standard", "uat", "pgd_at"):
+        assert seeds(method=method, eval_split="test") == {0, 1, 2}
+    for k in st.ks:
+        assert seeds(method="dt", heads=k, eval_split="test") == {0, 1, 2}
+    # the cpu quick look keeps its one seed for the K ablation
+    quick = fill.plan(S.setup("cpu", root=str(tmp_path)), ["02_k_ablation"])
+    assert {p.seed for p in quick if p.method == "dt" and p.heads == 10} == {0}
 
 
 @pytest.mark.parametrize("argv, needle", [(["smoke", "09_nope"], "unknown notebook '09_nope'"),

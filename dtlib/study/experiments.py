@@ -121,7 +121,7 @@ def k_ablation(study: Study, log: Callable[[str], None] = print) -> dict[str, An
     selection = select_dt(study, log)
     best = {**selection["best_div"], **selection["attacker"]}
     rows, results = [], []
-    for seed in study.seeds[:study.ablation_seeds]:
+    for seed in study.seeds[:study.k_seeds]:
         for k in study.ks:
             res = study.run(log, method="dt", heads=k, seed=seed, **best)
             results.append(res)
