@@ -311,7 +311,7 @@ def test_the_study_profile_trains_every_headline_arm_and_each_k_over_three_seeds
     the selection grid on the first seed, every headline arm and every K of the ablation on all three."""
     st = S.setup("study", root=str(tmp_path))
     c = st.config
-    assert (c.data, c.train_size, c.val_size, c.eval_size, c.device) == ("full", 0, 5000, 10000, "cpu")
+    assert (c.data, c.train_size, c.val_size, c.eval_size, c.precision, c.device) == ("full", 0, 5000, 10000, "fp32", "cpu")
     planned = fill.plan(st, ["01_headline", "02_k_ablation"])
     assert not any(tmp_path.iterdir())
     seeds = lambda **f: {p.seed for p in planned if all(getattr(p, k) == v for k, v in f.items())}

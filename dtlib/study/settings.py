@@ -78,7 +78,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     "cpu": dict(ks=(1, 2, 5, 10), linf_radii=(10 / 255,), l2_radii=(1.0, 2.0),
                 config=dict(train_size=8000, val_size=1000, epochs=4, eval_size=5000, device="cpu")),
     "study": dict(seeds=(0, 1, 2), ablation_seeds=1, k_seeds=3, ks=(1, 2, 5, 10), linf_radii=(10 / 255,),
-                  config=dict(val_size=5000, epochs=8, eval_size=10000, device="cpu")),
+                  # fp32 everywhere: a fill that spans sessions meets CPUs with and without bf16 instructions,
+                  # and only fp32 runs at full speed on all of them (the run cache keys on the precision)
+                  config=dict(val_size=5000, epochs=8, eval_size=10000, precision="fp32", device="cpu")),
     "gpu": dict(seeds=(0, 1, 2), ablation_seeds=3, k_seeds=3, grid_div=(0.0, 0.3, 1.0, 3.0), grid_adv=(0.0, 0.5, 1.0),
                 backbone="resnet18", linf_radii=(4 / 255, 8 / 255, 10 / 255, 16 / 255), l2_radii=(0.25, 0.5, 1.0, 2.0),
                 transfer_backbones=("resnet18", "vgg"), bench_steps=50, bench_warmup=10,
