@@ -52,7 +52,8 @@ def test_every_field_set_per_run_has_its_controller_named():
     ("smoke", {"epochz": 3}, "'epochz'"),
     ("smoke", {"ks": [1, 0]}, "ks holds 0: heads (K)"),
     ("smoke", {"ablation_seeds": 2}, "ablation_seeds=2"),
-    ("smoke", {"k_seeds": 2}, "k_seeds=2 must be between 1 and the 1 seeds"),
+    ("smoke", {"k_seeds": 2}, "k_seeds=2 must be between 1 and the number of seeds, 1 ([0])"),
+    ("study", {"seeds": [0]}, "k_seeds=3 must be between 1 and the number of seeds, 1 ([0]); with fewer seeds, set k_seeds too."),
     ("smoke", {"grid_div": [0.0]}, "grid_div=[0.0] needs a value above 0"),
     ("smoke", {"backbone": "resnet18"}, "must include the study's backbone 'resnet18'"),
     ("smoke", {"seeds": [0, 0]}, "seeds=[0, 0] holds a value twice"),
@@ -312,14 +313,19 @@ def test_the_study_profile_trains_every_headline_arm_and_each_k_over_three_seeds
     st = S.setup("study", root=str(tmp_path))
     c = st.config
     assert (c.data, c.train_size, c.val_size, c.eval_size, c.precision, c.device) == ("full", 0, 5000, 10000, "fp32", "cpu")
-    planned = fill.plan(st, ["01_headline", "02_k_ablation"])
+    planned = fill.plan(st, ["01_headline", "02_k_ablation", "06_published_method"])
     assert not any(tmp_path.iterdir())
-    seeds = lambda **f: {p.seed for p in planned if all(getattr(p, k) == v for k, v in f.items())}
-    assert seeds(eval_split="val") == {0}
+    seeds = lambda pick: {p.seed for p in planned if p.eval_split == "test" and pick(p)}
+    assert {p.seed for p in planned if p.eval_split == "val"} == {0}
     for method in ("standard", "uat", "pgd_at"):
-        assert seeds(method=method, eval_split="test") == {0, 1, 2}
+        assert seeds(lambda p: p.method == method) == {0, 1, 2}
     for k in st.ks:
-        assert seeds(method="dt", heads=k, eval_split="test") == {0, 1, 2}
+        assert seeds(lambda p: p.method == "dt" and p.heads == k) == {0, 1, 2}
+    # DT with and without the diversity term (the grid's choices stand in for each other before it is scored)
+    assert seeds(lambda p: p.method == "dt" and p.heads == 5 and p.lambda_div > 0) == {0, 1, 2}
+    assert seeds(lambda p: p.method == "dt" and p.heads == 5 and p.lambda_div == 0) == {0, 1, 2}
+    for clamp in (True, False):  # entropy-DT careful, and as published
+        assert seeds(lambda p: p.method == "entropy_dt" and p.ent_clamp == clamp) == {0, 1, 2}
     # the cpu quick look keeps its one seed for the K ablation
     quick = fill.plan(S.setup("cpu", root=str(tmp_path)), ["02_k_ablation"])
     assert {p.seed for p in quick if p.method == "dt" and p.heads == 10} == {0}

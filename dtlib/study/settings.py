@@ -175,7 +175,8 @@ def setup(profile: str = "cpu", overrides: dict[str, Any] | None = None, root: s
     for name in ("ablation_seeds", "k_seeds"):
         n = getattr(study, name)
         if not 1 <= n <= len(study.seeds):
-            raise ValueError(f"{name}={n} must be between 1 and the {len(study.seeds)} seeds.")
+            raise ValueError(f"{name}={n} must be between 1 and the number of seeds, {len(study.seeds)} "
+                             f"({list(study.seeds)}); with fewer seeds, set {name} too.")
     return study
 
 
