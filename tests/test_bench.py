@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dtlib import figures
-from dtlib.bench import run, setup
+from dtlib.bench import main, run, setup
 from dtlib.bench_report import report
 from dtlib.measure import device_slug
 
@@ -21,8 +21,9 @@ pytestmark = pytest.mark.precision  # times real training steps: run under both 
 def test_the_benchmark_writes_every_ratio_target_and_memory_per_k(tmp_path):
     lines = []
     rec = run(setup({"steps": "2", "warmup": "0", "infer_steps": "2", "profile_steps": "1", "batch_size": "16",
-                     "infer_batch": "16", "out": str(tmp_path), "train_size": "320", "uap_fit_size": "128",
-                     "uap_epochs": "1", "uap_lr": "0.25", "eval_size": "100", **MINI}), log=lines.append)
+                     "infer_batch": "16", "out": str(tmp_path), "train_size": "320", "uap_fit_size": "64",
+                     "uap_epochs": "1", "uap_lr": "0.25", "uap_refine": "1", "eval_size": "50", **MINI}),
+              log=lines.append)
     name = device_slug(torch.device("cpu"))  # cpu-<kind>: one record per kind of CPU
     saved = json.loads((tmp_path / f"bench-{name}.json").read_text())
     assert saved["ratios"] == pytest.approx(rec["ratios"]) and saved["device"] == name
@@ -51,12 +52,12 @@ def test_the_benchmark_writes_every_ratio_target_and_memory_per_k(tmp_path):
     assert t["standard_2b"]["flops"] == pytest.approx(2 * t["standard"]["flops"], rel=0.01)
     assert t["dt_k5_every4"]["flops"] < t["dt_k5_every2"]["flops"] < t["dt_k5"]["flops"]
     assert "GFLOP/s | of GEMM | of nominal" in (tmp_path / f"bench-{name}.md").read_text()
-    # one full evaluation per model: one head -> 1 objective x 2 labels x 1 step size, then 3 random
-    # starts of the best per label kind (uap_refine)
-    ev, refine = saved["evaluation"], 2 * 3
+    # one full evaluation per model: one head -> 1 objective x 2 labels x 1 step size, then one random
+    # start of the best per label kind (uap_refine=1)
+    ev, refine = saved["evaluation"], 2 * 1
     assert (ev["standard"]["modes"], ev["standard"]["sgd_fits"]) == (["head0"], 2 + refine)
     assert (ev["dt_k5"]["modes"], ev["dt_k5"]["sgd_fits"]) == (["ensemble", "head0"], 3 * 2 + refine + 2 + refine)
-    assert all(e["seconds"] > 0 and e["sgd_steps"] >= e["sgd_fits"] and (e["n_fit"], e["n_test"]) == (128, 100)
+    assert all(e["seconds"] > 0 and e["sgd_steps"] >= e["sgd_fits"] and (e["n_fit"], e["n_test"]) == (64, 50)
                for e in ev.values())
     md = (tmp_path / f"bench-{name}.md").read_text()
     (tmp_path / f"bench-{name}.md").unlink()
@@ -73,10 +74,15 @@ def test_the_benchmark_writes_every_ratio_target_and_memory_per_k(tmp_path):
     (["compile=true", "checkpointing=true"], "compile=true cannot be combined with checkpointing=true"),
     (["heads"], "Argument 'heads' is not of the form key=value"),
 ])
-def test_benchmark_settings_errors_are_one_sentence(args, message):
-    out = subprocess.run([sys.executable, "-m", "dtlib.bench", *args], capture_output=True, text=True)
-    assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr.startswith("error: ") and message in out.stderr and len(out.stderr.splitlines()) == 1
+def test_benchmark_settings_errors_are_one_sentence(args, message, capsys):
+    assert main(args) == 2  # in this process: a subprocess per case is seconds of imports each
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.startswith("error: ") and message in out.err and len(out.err.splitlines()) == 1
+
+
+def test_the_benchmark_command_exits_2_on_a_bad_setting():
+    out = subprocess.run([sys.executable, "-m", "dtlib.bench", "steps=0"], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == "" and out.stderr == "error: steps must be at least 1, got 0.\n"
 
 
 def test_setup_keeps_the_cpu_defaults_on_a_cpu():

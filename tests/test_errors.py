@@ -3,6 +3,7 @@ the bad value. The table below is the list (``python tests/test_errors.py`` prin
 the message it gets); a property test then walks the whole config space.
 """
 import math
+import os
 import re
 from pathlib import Path
 
@@ -253,6 +254,9 @@ ANY = {
     "workers": st.sampled_from([-1, 0, 2.5]),
     "bogus_field": st.just(1),
 }
+# Configs tried per run: 25 by default (each trains and evaluates: ~2 s); DTLIB_CONFIG_EXAMPLES=200 for a
+# thorough pass. Hypothesis keeps what failed in .hypothesis/ and tries it first the next time.
+EXAMPLES = int(os.environ.get("DTLIB_CONFIG_EXAMPLES", "25"))
 # A run's config with, half the time, one or two fields replaced by anything at all.
 REQUIRED = ("method", "heads")  # always drawn, so every method is tried, with K > 1 too
 CONFIGS = st.tuples(st.fixed_dictionaries({k: VALID[k] for k in REQUIRED},
@@ -261,7 +265,7 @@ CONFIGS = st.tuples(st.fixed_dictionaries({k: VALID[k] for k in REQUIRED},
                     ).map(lambda t: {**t[0], **dict(t[1])})
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(CONFIGS)
 def test_any_config_is_accepted_and_trains_and_evaluates_or_is_refused_in_one_sentence(fields):
     """Through the library's own entry points: the data a run loads, ``train`` (a small split,
@@ -285,7 +289,7 @@ def test_any_config_is_accepted_and_trains_and_evaluates_or_is_refused_in_one_se
         return
     assert math.isfinite(stats["final_loss"])
     scored = (val if cfg.eval_split == "val" else test).subset(torch.arange(20))
-    rows, uaps = dtlib.evaluate.evaluate_model(model, cfg.replace(uap_fit_size=16, uap_epochs=1, eval_size=0),
+    rows, uaps = dtlib.evaluate.evaluate_model(model, cfg.replace(uap_fit_size=16, uap_epochs=1, uap_refine=1, eval_size=0),
                                                small, scored, amp_dtype(cfg.precision, torch.device("cpu")))
     assert {k.split("/")[0] for k in uaps} == set(rows) and all(0 <= r["clean_acc"] <= 1 for r in rows.values())
     assert all(r["fooling_rate"] == max(e["fooling_rate"] for e in r["attack"].values()) for r in rows.values())

@@ -105,7 +105,8 @@ def test_sigint_inside_an_epoch_checkpoints_raises_keyboard_interrupt_and_resume
     """Ctrl-C (as Jupyter's interrupt sends it) in the middle of PGD-AT's second epoch: the batch
     finishes, the checkpoint holds the epoch's running sums and the attack generator's state, and
     the resumed run ends as one never interrupted."""
-    cfg = Config(**{**KILLED, "method": "pgd_at", "heads": 1, "epochs": 2, "checkpoint_minutes": 10.0})
+    # one PGD step, not seven: the attack's generator state is what must come back, at a quarter of the time
+    cfg = Config(**{**KILLED, "method": "pgd_at", "heads": 1, "epochs": 2, "pgd_steps": 1, "checkpoint_minutes": 10.0})
     train_split, _, _ = dtlib.data.load_data(cfg)
     real, calls = dtlib.train.train_step, []
 

@@ -149,7 +149,7 @@ def test_dts_training_time_attackers_are_scored_beside_the_one_it_trains_with(mo
 # A value other than the smoke profile's for every Config field a study accepts in overrides.
 ACCEPTED = {"lambda_cons": 0.5, "norm": "l2", "eps": 0.5, "uap_step": 0.05, "pgd_eps": 4 / 255,
             "pgd_steps": 3, "pgd_alpha": 1 / 255, "epochs": 2, "batch_size": 32, "lr": 0.05, "weight_decay": 1e-4,
-            "warmup": 0.1, "data": "full", "train_size": 300, "val_size": 50, "precision": "fp32", "eval_size": 150,
+            "warmup": 0.1, "data": "full", "train_size": 300, "val_size": 80, "precision": "fp32", "eval_size": 150,
             "uap_fit_size": 96, "uap_epochs": 2, "uap_lr": "0.3", "uap_decay": 0.9, "uap_restarts": 2, "uap_refine": 2,
             "uap_window": 5, "uap_tol": 0.01, "uap_patience": 2, "eval_objectives": "heads_ce", "eval_labels": "true",
             "device": "auto", "checkpointing": True, "compile": True, "deterministic": True,

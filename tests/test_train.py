@@ -192,8 +192,8 @@ def test_a_finished_run_is_loaded_not_retrained(standard_run, runs_dir, monkeypa
 
 @pytest.mark.heavy
 def test_dt_run_evaluates_ensemble_and_single_head(runs_dir):
-    res = dtlib.run(method="dt", heads=3, epochs=1, uap_fit_size=200, uap_epochs=1, uap_lr="0.25", uap_refine=0,
-                    eval_head=2, runs_dir=runs_dir, **MINI, **QUIET)
+    res = dtlib.run(method="dt", heads=3, epochs=1, train_size=400, uap_fit_size=100, uap_epochs=1, uap_lr="0.25",
+                    uap_refine=0, eval_size=200, eval_head=2, runs_dir=runs_dir, **MINI, **QUIET)
     assert set(res.metrics["eval"]) == {"ensemble", "head2"}
     for row in res.metrics["eval"].values():
         for k in ("clean_acc", "fooling_rate", "uap_acc", "random_fooling_rate"):
@@ -208,8 +208,8 @@ def cli(*args, cwd):
 
 @pytest.mark.heavy
 def test_command_line_train_and_evaluate(tmp_path):
-    out = cli("train", "data=mini", f"data_dir={DATA_DIR}", "epochs=1", "eps=8/255", "uap_fit_size=200",
-              "uap_epochs=1", "uap_lr=0.25", "uap_refine=0", cwd=tmp_path)
+    out = cli("train", "data=mini", f"data_dir={DATA_DIR}", "epochs=1", "train_size=400", "eps=8/255", "uap_fit_size=100",
+              "uap_epochs=1", "uap_lr=0.25", "uap_refine=0", "eval_size=200", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "| standard | 1 | head0 |" in out.stdout
     (run_dir,) = (tmp_path / "runs").iterdir()
