@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .bench_report import write_report  # noqa: E402
+from .config import ATTACK_VERSION  # noqa: E402
 from .io import atomic_path  # noqa: E402
 from .study.claims import SEED  # noqa: E402
 from .study.rules import MIN_NOISE  # noqa: E402
@@ -203,14 +204,14 @@ PLOTS: dict[str, Callable[[dict[str, Any], Path], list[str]]] = {
 
 def claims_table(results: list[dict[str, Any]]) -> str:
     """The claims rows of every notebook of one profile, as a Markdown table, with where and from
-    which commit each notebook's results came; a notebook whose results were made before the
-    evaluation's attack suite (no stopping rule in its config) is marked so in every row."""
+    which commit each notebook's results came; a notebook whose UAP numbers were made by an earlier
+    evaluation attack than this code's (``attack_version``) is marked so in every row."""
     lines = ["| claim | what | seed (ImageNet) | measured (CIFAR-10) | setting | verdict | notebook |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for res in results:
         for c in res["claims"]:
             lines.append(f"| {c['claim']} | {c['what']} | {c['seed']} | {c['measured']} | {c['setting']} | "
-                         f"**{c['verdict']}** | {res['notebook']}{'' if with_suite(res) else PRE_SUITE} |")
+                         f"**{c['verdict']}** | {res['notebook']}{STALE.get(attack_version(res), ('',))[0]} |")
     short = lambda c: c[:12] + ("+dirty" if c.endswith("+dirty") else "")
     made: dict[str, list[str]] = {}
     for r in results:
@@ -219,18 +220,28 @@ def claims_table(results: list[dict[str, Any]]) -> str:
                  f"{short(r['provenance']['git_commit'])}" + (f"; models trained at {', '.join(trained)}" if trained else ""))
         made.setdefault(where, []).append(r["notebook"])
     return ("\n".join(lines) + "\n\n" + " ".join(f"{', '.join(nbs)}: {where}." for where, nbs in made.items())
-            + ("" if all(map(with_suite, results)) else f" Rows marked \"{PRE_SUITE.strip()}\": {PRE_SUITE_WHY}") + "\n")
+            + "".join(f" Rows marked \"{STALE[v][0].strip()}\": {STALE[v][1]}"
+                      for v in sorted({attack_version(r) for r in results} & set(STALE))) + "\n")
 
 
+# The marks of results made by an earlier evaluation attack (config.ATTACK_VERSION), and why.
 PRE_SUITE = " (before the attack suite)"
-PRE_SUITE_WHY = ("results made with the earlier evaluation attack (one SGD-UAP fitted for a fixed number of epochs), "
-                 "whose fooling rates are lower bounds; not yet regenerated.")
+EARLIER_SUITE = " (attack suite v1)"
+STALE = {0: (PRE_SUITE, "results made with the earlier evaluation attack (one SGD-UAP fitted for a fixed number "
+                        "of epochs), whose fooling rates are lower bounds; not yet regenerated."),
+         1: (EARLIER_SUITE, "the attack suite before its version 2, whose SGD-UAP also stepped on each pass's "
+                            "leftover partial batch (8 images of 5,000 in batches of 128), setting each fit back "
+                            "once per pass; not yet regenerated.")}
+assert max(STALE) < ATTACK_VERSION
 
 
-def with_suite(res: dict[str, Any]) -> bool:
-    """Whether a results record's UAP numbers come from the attack suite (its config has the
-    stopping rule); a record without evaluated runs (05_cost: timings) has none to qualify."""
-    return "uap_patience" in res["study"]["config"] or not res.get("runs")
+def attack_version(res: dict[str, Any]) -> int:
+    """The evaluation attack's version a results record's UAP numbers come from: as recorded (since
+    version 2), else 1 if its config has the suite's stopping rule, else 0 (one fixed-epoch SGD-UAP).
+    A record without evaluated runs (05_cost: timings) has no UAP numbers: the current version."""
+    if not res.get("runs"):
+        return ATTACK_VERSION
+    return res.get("attack_version", 1 if "uap_patience" in res["study"]["config"] else 0)
 
 
 def headline_table(res: dict[str, Any]) -> str:

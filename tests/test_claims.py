@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dtlib import study as S
-from dtlib.figures import PRE_SUITE, check_table, claims_table
+from dtlib.config import ATTACK_VERSION
+from dtlib.figures import EARLIER_SUITE, PRE_SUITE, attack_version, check_table, claims_table
 from dtlib.study import claims as C
 
 VERDICTS = ("holds", "partly", "does not hold", "not measured")
@@ -288,23 +289,30 @@ def test_k_cross_and_transfer_claims_are_inconclusive_where_their_attack_did_not
     assert C.transfer_claims(t_rows, STUDY, t_check)[0]["verdict"] == "holds (one seed)"
 
 
-def test_claims_table_says_which_notebooks_predate_the_attack_suite():
+def test_claims_table_says_which_notebooks_an_earlier_attack_made():
     """The claims table names, per notebook, where and from which commit its results came, and marks
-    every row of a notebook whose UAP numbers were made before the attack suite (a reader mixing
-    regenerated and older results sees which is which); a timings-only notebook is never marked."""
+    every row of a notebook whose UAP numbers an earlier evaluation attack made (before the suite, or
+    an earlier version of it), so a reader mixing regenerated and older results sees which is which;
+    a timings-only notebook is never marked."""
     row = {"claim": "C1", "what": "w", "seed": "s", "measured": "m", "setting": "x", "verdict": "holds"}
     prov = lambda commit: {"device": "cpu (test)", "torch": "2.x", "git_commit": commit}
     run = {"r": {"train": {"provenance": prov("aaaa")}}}
-    new = {"notebook": "01_headline", "claims": [row], "study": {"config": {"uap_patience": 3}}, "runs": run,
-           "provenance": prov("bbbb")}
+    suite = {"config": {"uap_patience": 3}}
+    new = {"notebook": "01_headline", "claims": [row], "study": suite, "runs": run, "provenance": prov("bbbb"),
+           "attack_version": ATTACK_VERSION}
+    v1 = {"notebook": "03_cross_norm", "claims": [row], "study": suite, "runs": run, "provenance": prov("dddd")}
     old = {"notebook": "02_k_ablation", "claims": [row], "study": {"config": {}}, "runs": run, "provenance": prov("cccc")}
     cost = {"notebook": "05_cost", "claims": [row], "study": {"config": {}}, "provenance": prov("bbbb")}
-    table = claims_table([new, old, cost])
+    assert [attack_version(r) for r in (new, v1, old, cost)] == [ATTACK_VERSION, 1, 0, ATTACK_VERSION]
+    table = claims_table([new, old, v1, cost])
     assert "| 01_headline |" in table and f"| 02_k_ablation{PRE_SUITE} |" in table and "| 05_cost |" in table
+    assert f"| 03_cross_norm{EARLIER_SUITE} |" in table
     assert "01_headline: run on cpu (test), torch 2.x, commit bbbb; models trained at aaaa." in table
     assert "02_k_ablation: run on cpu (test), torch 2.x, commit cccc; models trained at aaaa." in table
-    assert PRE_SUITE.strip() in table.splitlines()[-1]
-    assert PRE_SUITE.strip() not in claims_table([new, cost])
+    last = table.splitlines()[-1]
+    assert PRE_SUITE.strip() in last and EARLIER_SUITE.strip() in last
+    assert last.index(PRE_SUITE.strip()) < last.index(EARLIER_SUITE.strip())
+    assert PRE_SUITE.strip() not in claims_table([new, cost]) and "Rows marked" not in claims_table([new, cost])
 
 
 def test_headline_markdown_shows_the_attack_check_with_its_verdict_per_model():

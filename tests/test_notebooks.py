@@ -16,6 +16,7 @@ import pytest
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
+from dtlib.config import ATTACK_VERSION
 from dtlib.study import ARMS, CROSS_ARMS, NOTEBOOK_PARAMETERS, NOTEBOOKS, PER_RUN, SHARED_FIELDS, arms
 
 pytestmark = pytest.mark.precision  # trains or evaluates: run under both precisions (make test-other-precision)
@@ -87,7 +88,7 @@ def test_notebook_runs_under_nbval_and_writes_its_results(name, root, tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
     res = json.loads((root / "results" / f"{name}-smoke.json").read_text())
-    assert res["notebook"] == name and res["profile"] == "smoke"
+    assert res["notebook"] == name and res["profile"] == "smoke" and res["attack_version"] == ATTACK_VERSION
     assert res["provenance"]["git_commit"] and res["provenance"]["torch"]
     assert res["claims"], "no claims rows"
     for c in res["claims"]:

@@ -15,7 +15,7 @@ import math
 import time
 from typing import Any, Callable
 
-from ..config import Config
+from ..config import ATTACK_VERSION, Config
 from ..data import load_data
 from ..evaluate import scored_subset
 from ..experiment import load_model, load_uaps
@@ -31,7 +31,8 @@ from .settings import Study
 def save(study: Study, notebook: str, payload: dict[str, Any], t0: float) -> dict[str, Any]:
     """Write ``results/<notebook>-<profile>.json`` and its table as ``.csv``, atomically."""
     device = resolve_device(study.config.device)
-    payload = {"notebook": notebook, "profile": study.profile, "study": study.to_dict(), **payload,
+    payload = {"notebook": notebook, "profile": study.profile, "attack_version": ATTACK_VERSION,
+               "study": study.to_dict(), **payload,
                "wall_s": time.perf_counter() - t0, "provenance": provenance(device)}
     out = study.dir / "results" / f"{notebook}-{study.profile}.json"
     write_json(out, payload)
