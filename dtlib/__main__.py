@@ -5,7 +5,7 @@
                             (torchrun --standalone --nproc-per-node=N -m dtlib train ...) N processes train it
                             together (DDP) and rank 0 evaluates; nproc=N launches torchrun itself
   evaluate RUN_DIR [k=v]    re-evaluate a finished run (evaluation fields may be overridden)
-  study [PROFILE] [k=v]     the five study experiments without Jupyter (make reproduce runs the notebooks);
+  study [PROFILE] [k=v]     the six study experiments without Jupyter (make reproduce runs the notebooks);
                             k=v: Study or Config fields, as the notebooks' overrides (seeds=0,1,2)
   attack MODULE:FACTORY WEIGHTS [k=v]
                             the evaluation attack suite on your own model (FACTORY() maps images in [0, 1] to
