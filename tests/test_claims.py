@@ -259,7 +259,8 @@ def test_a_claim_whose_arms_attack_did_not_converge_is_inconclusive():
     assert C.headline_claims(rows, STUDY, check=head_only)[0]["verdict"] == "holds"
     # a check that left an arm out cannot vouch for it
     no_std = [r for r in check if r["arm"] != "standard"]
-    assert C.headline_claims(rows, STUDY, check=no_std)[0]["verdict"] == "inconclusive: attack not checked on standard"
+    assert C.headline_claims(rows, STUDY, check=no_std)[0]["verdict"] == \
+        "inconclusive: attack not converged on dt_best and not checked on standard"
 
 
 def test_k_cross_and_transfer_claims_are_inconclusive_where_their_attack_did_not_converge():
@@ -287,6 +288,31 @@ def test_k_cross_and_transfer_claims_are_inconclusive_where_their_attack_did_not
     assert C.transfer_claims(t_rows, STUDY, t_check)[0]["verdict"] == "inconclusive: attack not converged on vgg/standard"
     t_check[2]["converged"], t_check[3]["converged"] = True, False  # a target only: its own attack is not used
     assert C.transfer_claims(t_rows, STUDY, t_check)[0]["verdict"] == "holds (one seed)"
+
+
+def test_an_unconverged_defended_arm_cannot_rescue_a_claim_that_does_not_hold():
+    """A fooling rate is a lower bound on the strongest UAP's, so where only the defended side's attack
+    did not converge and the defense already does worse, a stronger attack could only fool it more:
+    "does not hold" stands, marked. Where the reference's attack failed, or the verdict is not "does
+    not hold", the row stays inconclusive (a stronger attack on the reference could widen the gap)."""
+    k_rows = lambda lo, hi: [{"heads": k, "eval": "ensemble", "seed": 0, "fooling_rate": fr}
+                             for k, fr in ((2, lo), (10, hi))]
+    k_check = lambda failed: [{"arm": f"K={k}", "eval": "ensemble", "converged": k != failed} for k in (2, 10)]
+    verdict = lambda lo, hi, failed: C.k_claims({2: {}, 10: {}}, k_rows(lo, hi), STUDY, k_check(failed))[0]["verdict"]
+    assert verdict(0.36, 0.49, 10) == \
+        "does not hold (one seed); attack not converged on K=10, which a stronger attack could only fool more"
+    assert verdict(0.36, 0.49, 2) == "inconclusive: attack not converged on K=2"
+    assert verdict(0.50, 0.20, 10) == "inconclusive: attack not converged on K=10"  # would hold: not vouched for
+    assert verdict(0.36, 0.49, None) == "does not hold (one seed)"
+    # the same rule on the headline: DT (chosen) fooled more than the standard model
+    rows = _rows(0.3, 0.6)
+    check = [{"arm": a, "eval": e, "converged": a != "dt_best"} for a in ARMS for e in ("head0", "ensemble")]
+    assert C.headline_claims(rows, STUDY, check=check)[0]["verdict"] == \
+        "does not hold; attack not converged on dt_best, which a stronger attack could only fool more"
+    no_std = [r for r in check if r["arm"] != "standard"]  # the reference unchecked: nothing vouches for the gap
+    assert C.headline_claims(rows, STUDY, check=no_std)[0]["verdict"] == \
+        "inconclusive: attack not converged on dt_best and not checked on standard"
+    assert S.gate(None, "holds", {"a": {}}, {"b": {}}) == "holds"  # no check run: the verdict as computed
 
 
 def test_claims_table_says_which_notebooks_an_earlier_attack_made():
@@ -360,6 +386,12 @@ def test_published_claims_read_the_targeted_white_box_rows_at_every_radius():
     assert C.published_claims(rows(0.5, 0.78), study)[0]["verdict"] == "does not hold"
     assert C.published_claims(rows(0.5, 0.5, pub_t=0.69), study)[2]["verdict"] == "does not hold"
     # a failed attack check on the arms P1 reads makes it inconclusive; a missing arm is named
-    check = [{"arm": "entropy_dt", "target": STUDY.published_target, "eval": "head0", "converged": False}]
+    check = [{"arm": arm, "target": STUDY.published_target, "eval": "head0", "converged": arm == "standard"}
+             for arm in ("standard", "entropy_dt")]
     assert C.published_claims(rows(0.5, 0.5), study, check)[0]["verdict"] == "inconclusive: attack not converged on entropy_dt"
+    # ... unless it already does not hold: a stronger attack on entropy-DT could only raise its ASR
+    assert C.published_claims(rows(0.5, 0.78), study, check)[0]["verdict"].startswith(
+        "does not hold; attack not converged on entropy_dt")
+    assert C.published_claims(rows(0.5, 0.78), study, check[1:])[0]["verdict"] == \
+        "inconclusive: attack not converged on entropy_dt and not checked on standard"
     assert "entropy-DT" in C.published_claims([r for r in rows(0.5, 0.5) if r["arm"] != "entropy_dt"], study)[0]["verdict"]

@@ -19,7 +19,7 @@ _NAMES = {
     "claims": ("SEED", "claim", "cost_claims", "cross_claims", "headline_claims", "k_claims", "not_measured",
                "published_claims", "summarise", "transfer_claims"),
     "rules": ("INCONCLUSIVE", "MIN_NOISE", "ORDER", "accuracy_cost_verdict", "cost_verdict", "figure_verdict", "finite",
-              "fmt", "inconclusive", "mean_spread", "missing", "noise", "overhead_verdict", "ratio", "unconverged",
+              "fmt", "gate", "inconclusive", "mean_spread", "missing", "noise", "overhead_verdict", "ratio", "unconverged",
               "verdict"),
     "experiments": ("CROSS_ARMS", "METRICS", "attack_check", "cost", "cross_norm", "headline",
                     "k_ablation", "save", "transfer"),

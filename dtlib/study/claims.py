@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from .rules import (INCONCLUSIVE, MIN_NOISE, ORDER, accuracy_cost_verdict, cost_verdict, direction_verdict,  # noqa: F401
-                    figure_verdict, finite, fmt, inconclusive, mean_spread, missing, noise, overhead_verdict, ratio, unconverged,
-                    verdict)
+                    figure_verdict, finite, fmt, gate, inconclusive, mean_spread, missing, noise, overhead_verdict, ratio,
+                    unconverged, verdict)
 
 if TYPE_CHECKING:  # for annotations only: the settings module brings the run cache with it
     from .settings import Study
@@ -23,15 +23,22 @@ if TYPE_CHECKING:  # for annotations only: the settings module brings the run ca
 SEED = {"C1": {"standard": 0.934, "dt": 0.187}, "C2": {"standard": 0.766, "dt": 0.762},
         "C3": {"fooling": 0.345, "cost": 8.0}, "C4": {"cost": 2.3}, "C5": {"overhead": 0.0},
         "C6": {2: 0.41, 5: 0.187, 10: 0.169}, "C7": {"dt": 0.713, "defenses": 0.124}, "C8": {"change": -0.64}}
+HEAD0, ENSEMBLE = {"eval": "head0"}, {"eval": "ensemble"}  # the inference mode an attack-check row must be of
 
 
 def claim(cid: str, what: str, seed: str, measured: str, setting: str, result: str, n: int | None = None,
           **numbers: Any) -> dict[str, Any]:
     """One claims row; a verdict resting on a single seed says so."""
-    if n is not None and n < 2 and result in ("holds", "partly", "does not hold"):
-        result += " (one seed)"
+    base, sep, note = result.partition(";")  # a gated verdict keeps its note after the seed count
+    if n is not None and n < 2 and base in ORDER:
+        result = f"{base} (one seed){sep}{note}"
     return {"claim": cid, "what": what, "seed": seed, "measured": measured, "setting": setting,
             "verdict": result, **numbers}
+
+
+def _base(result: str) -> str:
+    """A verdict without the note a gate adds after ";" (``rules.gate``)."""
+    return result.partition(";")[0]
 
 
 def not_measured(cid: str, what: str, seed: str, why: str) -> dict[str, Any]:
@@ -89,8 +96,8 @@ def headline_claims(rows: list[dict[str, Any]], study: Study, selection: dict[st
     s1 = SEED["C1"]
     seed_rel = (s1["standard"] - s1["dt"]) / s1["standard"]
     rel = ratio(std_fr["mean"] - dt_fr["mean"], std_fr["mean"])
-    result = weak or unconverged(check, "standard", eval="head0") or unconverged(check, "dt_best", eval="ensemble") or missing(**{"DT (chosen, ensemble)": dt_fr}) or verdict(
-        rel, seed_rel, ratio(noise(std_fr, dt_fr), std_fr["mean"]))
+    result = weak or gate(check, missing(**{"DT (chosen, ensemble)": dt_fr}) or verdict(
+        rel, seed_rel, ratio(noise(std_fr, dt_fr), std_fr["mean"])), {"standard": HEAD0}, {"dt_best": ENSEMBLE})
     out = [claim("C1", "UAP fooling rate, standard -> DT (K=5, ensemble)", "93.4% -> 18.7%",
                  f"{fmt(std_fr)} -> {fmt(dt_fr)}; single head {fmt(dt_single)}; best with diversity {fmt(div_fr)};"
                  f" literal loss {fmt(lit_fr)}", f"{eps}; {chosen}", result, n=n, effect=rel, seed_effect=seed_rel)]
@@ -106,9 +113,9 @@ def headline_claims(rows: list[dict[str, Any]], study: Study, selection: dict[st
     else:
         best_ctrl = min(measured, key=lambda a: measured[a]["mean"])
         diff = measured[best_ctrl]["mean"] - div_fr["mean"]
-        result = weak or unconverged(check, "dt_div", eval="ensemble") or unconverged(
-            check, best_ctrl, eval="ensemble" if best_ctrl == "dt_nodiv" else "head0") or missing(**{"DT with diversity": div_fr}) or (
-            "holds" if diff > noise(div_fr, measured[best_ctrl]) else "does not hold")
+        result = weak or gate(check, missing(**{"DT with diversity": div_fr}) or (
+            "holds" if diff > noise(div_fr, measured[best_ctrl]) else "does not hold"),
+            {best_ctrl: ENSEMBLE if best_ctrl == "dt_nodiv" else HEAD0}, {"dt_div": ENSEMBLE})
         out.append(claim("C1-ctl", what, "(implied: all of C1)",
                          f"DT with diversity {fmt(div_fr)} vs {best_ctrl} {fmt(measured[best_ctrl])}", setting, result,
                          n=min(div_fr["n"], measured[best_ctrl]["n"]), effect=diff))
@@ -131,8 +138,8 @@ def headline_claims(rows: list[dict[str, Any]], study: Study, selection: dict[st
     result = missing(**{"PGD-AT's accuracy": pgd_acc, "the standard model's accuracy": std_acc})
     if not result and std_acc["mean"] - pgd_acc["mean"] > 0.10:
         result = inconclusive(f"PGD-AT is undertrained (clean {fmt(pgd_acc)} vs standard {fmt(std_acc)})")
-    result = result or weak or unconverged(check, "standard", "pgd_at", eval="head0") or missing(**{"PGD-AT's fooling rate": pgd_fr}) or verdict(
-        rel3, seed_rel3, ratio(noise(std_fr, pgd_fr), std_fr["mean"]))
+    result = result or weak or gate(check, missing(**{"PGD-AT's fooling rate": pgd_fr}) or verdict(
+        rel3, seed_rel3, ratio(noise(std_fr, pgd_fr), std_fr["mean"])), {"standard": HEAD0}, {"pgd_at": HEAD0})
     out.append(claim("C3", "PGD-AT: fooling rate, training cost", "34.5% at 8x",
                      f"{fmt(pgd_fr)} at {fmt(pgd_cost, pct=False)} (wall time); clean {fmt(pgd_acc)}",
                      f"{eps}; {pgd_setting(study.config)}; cost judged in 05_cost", result, n=min(pgd_fr["n"], std_fr["n"]),
@@ -160,9 +167,9 @@ def k_claims(ens: dict[int, dict[str, Any]], rows: list[dict[str, Any]], study: 
     a, b = (_pick(rows, "fooling_rate", heads=k, eval="ensemble") for k in (lo, hi))
     rel = ratio(a["mean"] - b["mean"], a["mean"])
     seed_rel = (s6[lo] - s6[hi]) / s6[lo]
-    result = unconverged(check, f"K={lo}", f"K={hi}", eval="ensemble") or missing(**{f"K={lo}": a, f"K={hi}": b}) or (
+    result = gate(check, missing(**{f"K={lo}": a, f"K={hi}": b}) or (
         inconclusive(f"K={lo} is never fooled, so no relative fall can be formed") if a["mean"] == 0 else
-        verdict(rel, seed_rel, ratio(noise(a, b), a["mean"])))
+        verdict(rel, seed_rel, ratio(noise(a, b), a["mean"]))), {f"K={lo}": ENSEMBLE}, {f"K={hi}": ENSEMBLE})
     return [claim("C6", f"{what} (K={lo} -> K={hi}, ensemble)", seed, measured,
                   "DT at the best validated weights with lambda_div > 0", result,
                   n=min(a["n"], b["n"]), effect=rel, seed_effect=seed_rel)]
@@ -190,12 +197,13 @@ def cross_claims(rows: list[dict[str, Any]], study: Study,
         gap = dt["mean"] - defenses[strongest]["mean"]
         gaps.append(gap)
         n = min(n if n is not None else dt["n"], dt["n"], defenses[strongest]["n"])
-        verdicts.append(unconverged(check, "dt_div", strongest, norm="l2", radius=r) or
-                        verdict(gap, s7["dt"] - s7["defenses"], noise(dt, defenses[strongest])))
+        at_r = {"norm": "l2", "radius": r}
+        verdicts.append(gate(check, verdict(gap, s7["dt"] - s7["defenses"], noise(dt, defenses[strongest])),
+                             {strongest: at_r}, {"dt_div": at_r}))
         parts.append(f"r={r:g}: DT {fmt(dt)} vs {strongest} {fmt(defenses[strongest])}"
                      f" (fooling {fmt(at('dt_div', 'fooling_rate'))} vs {fmt(at(strongest, 'fooling_rate'))})")
-    unsure = [v for v in verdicts if v not in ORDER]
-    worst = unsure[0] if unsure else min(verdicts, key=ORDER.index)
+    unsure = [v for v in verdicts if _base(v) not in ORDER]
+    worst = unsure[0] if unsure else min(verdicts, key=lambda v: ORDER.index(_base(v)))
     return [claim("C7", what, seed, "; ".join(parts),
                   f"{training_threat(study.config)}; white-box L2 SGD-UAP; verdict = weakest radius",
                   worst, n=n, effect=min(gaps) if gaps else float("nan"), seed_effect=s7["dt"] - s7["defenses"])]
@@ -279,8 +287,8 @@ def published_claims(rows: list[dict[str, Any]], study: Study,
                         or direction_verdict(effects[-1], noise(std, care)))
         n.append(min(std["n"], care["n"]))
     unsure = [v for v in verdicts if v not in ORDER]
-    result = (unconverged(check, "standard", "entropy_dt", target=t)
-              or (unsure[0] if unsure else min(verdicts, key=ORDER.index)))
+    result = gate(check, unsure[0] if unsure else min(verdicts, key=ORDER.index),
+                  {"standard": {"target": t}}, {"entropy_dt": {"target": t}})
     out = [claim("P1", "the published defense lowers the targeted attack success rate (white-box, adaptive)",
                  "lowers it (paper); a reviewer: about 10 points at 8/255, VGG-16", "; ".join(parts),
                  f"{setting}; verdict = weakest radius", result, n=min(n), effect=min(effects))]

@@ -114,6 +114,18 @@ def overhead_verdict(ratio_: float) -> str:
     return "holds" if ratio_ <= 1.05 else "partly" if ratio_ <= 1.2 else "does not hold"
 
 
+def _check_status(check: list[dict[str, Any]], arms: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """The arms (each with the fields its check rows must equal) whose check failed, and those without a row."""
+    failed, unchecked = [], []
+    for arm, where in arms.items():
+        rows = [r for r in check if r.get("arm") == arm and all(r.get(k) == v for k, v in where.items())]
+        if not rows:
+            unchecked.append(arm)
+        elif not all(r.get("converged") for r in rows):
+            failed.append(arm)
+    return sorted(failed), sorted(unchecked)
+
+
 def unconverged(check: list[dict[str, Any]] | None, *arms: str, **where: Any) -> str | None:
     """``inconclusive: attack not converged on ...`` when the attack check (``attack_check`` rows)
     failed for any of ``arms`` (among the rows whose fields equal ``where``, e.g. ``eval="ensemble"``
@@ -121,9 +133,29 @@ def unconverged(check: list[dict[str, Any]] | None, *arms: str, **where: Any) ->
     such row for one of them; None when it passed for all of them, or no check was run (None)."""
     if check is None:
         return None
-    rows = [r for r in check if r.get("arm") in arms and all(r.get(k) == v for k, v in where.items())]
-    failed = sorted({r["arm"] for r in rows if not r.get("converged")})
-    unchecked = sorted(set(arms) - {r["arm"] for r in rows})
+    failed, unchecked = _check_status(check, {arm: where for arm in arms})
     if failed:
         return inconclusive(f"attack not converged on {', '.join(failed)}")
     return inconclusive(f"attack not checked on {', '.join(unchecked)}") if unchecked else None
+
+
+def gate(check: list[dict[str, Any]] | None, result: str, reference: dict[str, dict[str, Any]],
+         defended: dict[str, dict[str, Any]]) -> str:
+    """The attack check's gate on a claim that the ``defended`` arms are fooled less than the
+    ``reference`` arms (each arm mapped to the fields its check rows must equal, e.g.
+    ``{"eval": "ensemble"}``): ``result`` where every arm's attack converged (or no check was run);
+    otherwise ``inconclusive: attack not converged on ...`` (``not checked`` for an arm without a
+    row), with one exception. A fooling rate is a lower bound on what the strongest UAP achieves,
+    so where only defended arms failed and ``result`` is already "does not hold", a stronger attack
+    could only raise their fooling rates and widen the gap the claim lacks: the verdict stands,
+    marked (``does not hold; attack not converged on ..., which a stronger attack could only fool more``)."""
+    if check is None:
+        return result
+    ref_failed, ref_unchecked = _check_status(check, reference)
+    def_failed, def_unchecked = _check_status(check, defended)
+    if def_failed and not (ref_failed or ref_unchecked or def_unchecked) and result == "does not hold":
+        return f"{result}; attack not converged on {', '.join(def_failed)}, which a stronger attack could only fool more"
+    failed, unchecked = sorted(ref_failed + def_failed), sorted(ref_unchecked + def_unchecked)
+    why = " and not ".join(([f"converged on {', '.join(failed)}"] if failed else [])
+                           + ([f"checked on {', '.join(unchecked)}"] if unchecked else []))
+    return inconclusive(f"attack not {why}") if why else result
