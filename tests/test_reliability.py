@@ -219,6 +219,9 @@ def test_an_evaluation_killed_inside_its_suite_goes_on_from_the_fits_it_saved(tm
     # packed (study.carry) as it stands and unpacked into another cache: the saved fits travel with the weights
     quiet = lambda s: None
     assert carry.pack_runs([Config(**cfg)], tmp_path / "b", tmp_path / "pack", log=quiet)["under_way"] == 1
+    said = []  # a cache without the plan's runs (e.g. filled at another precision) says how to find them
+    assert carry.pack_runs([Config(**cfg)], tmp_path / "empty", tmp_path / "pack0", log=said.append)["runs"] == 0
+    assert "DTLIB_AUTO_PRECISION" in said[-1]
     carry.unpack(tmp_path / "pack", tmp_path / "c", log=quiet)
     for where in ("b", "c"):
         calls.clear()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -33,6 +34,7 @@ from ..config import MODES, Config
 from ..evaluate import journal_file
 from ..experiment import cached, journal_path, metrics_path, run_dir_for, uaps_path
 from ..io import atomic_path, project_dir
+from ..runtime import PRECISION_ENV
 from .fill import plan
 from .settings import NOTEBOOKS, Study, setup
 
@@ -144,6 +146,11 @@ def pack_runs(configs: list[Config], runs: str | Path, folder: str | Path,
             skip(str(e))
     log(f"packed {n['runs']} runs, {n['evaluations']} evaluations and {n['under_way']} under way into {folder}"
         + (f"; {n['skipped']} left out (above)" if n["skipped"] else ""))
+    if configs and not n["runs"] and not n["skipped"]:
+        # the commonest cause: a run's key holds its resolved precision, so a fill pinned with the
+        # variable is invisible to a pack without it on a CPU whose auto differs
+        log(f"none of the plan's runs is trained in {runs}: a fill made with {PRECISION_ENV} set "
+            f"(here {os.environ.get(PRECISION_ENV) or 'unset'}) is packed with the same setting")
     return n
 
 
