@@ -29,9 +29,9 @@ HEAD0, ENSEMBLE = {"eval": "head0"}, {"eval": "ensemble"}  # the inference mode 
 def claim(cid: str, what: str, seed: str, measured: str, setting: str, result: str, n: int | None = None,
           **numbers: Any) -> dict[str, Any]:
     """One claims row; a verdict resting on a single seed says so."""
-    base, sep, note = result.partition(";")  # a gated verdict keeps its note after the seed count
+    base = _base(result)  # a gated verdict keeps its note after the seed count
     if n is not None and n < 2 and base in ORDER:
-        result = f"{base} (one seed){sep}{note}"
+        result = f"{base} (one seed){result[len(base):]}"
     return {"claim": cid, "what": what, "seed": seed, "measured": measured, "setting": setting,
             "verdict": result, **numbers}
 
