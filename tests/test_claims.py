@@ -288,6 +288,10 @@ def test_k_cross_and_transfer_claims_are_inconclusive_where_their_attack_did_not
     assert C.transfer_claims(t_rows, STUDY, t_check)[0]["verdict"] == "inconclusive: attack not converged on vgg/standard"
     t_check[2]["converged"], t_check[3]["converged"] = True, False  # a target only: its own attack is not used
     assert C.transfer_claims(t_rows, STUDY, t_check)[0]["verdict"] == "holds (one seed)"
+    t_check[0]["converged"] = False
+    del t_check[2]  # a source with no check row: named beside the one that failed, as the gate names them
+    assert C.transfer_claims(t_rows, STUDY, t_check)[0]["verdict"] == \
+        "inconclusive: attack not converged on cnn/standard and not checked on vgg/standard"
 
 
 def test_an_unconverged_defended_arm_cannot_rescue_a_claim_that_does_not_hold():

@@ -126,17 +126,19 @@ def _check_status(check: list[dict[str, Any]], arms: dict[str, dict[str, Any]]) 
     return sorted(failed), sorted(unchecked)
 
 
+def _not_converged(failed: list[str], unchecked: list[str]) -> str | None:
+    """The inconclusive verdict naming the arms whose check failed and those it has no row for; None if neither."""
+    why = " and not ".join(([f"converged on {', '.join(failed)}"] if failed else [])
+                           + ([f"checked on {', '.join(unchecked)}"] if unchecked else []))
+    return inconclusive(f"attack not {why}") if why else None
+
+
 def unconverged(check: list[dict[str, Any]] | None, *arms: str, **where: Any) -> str | None:
     """``inconclusive: attack not converged on ...`` when the attack check (``attack_check`` rows)
     failed for any of ``arms`` (among the rows whose fields equal ``where``, e.g. ``eval="ensemble"``
-    or ``norm="l2"``), ``inconclusive: attack not checked on ...`` when a check was run but has no
-    such row for one of them; None when it passed for all of them, or no check was run (None)."""
-    if check is None:
-        return None
-    failed, unchecked = _check_status(check, {arm: where for arm in arms})
-    if failed:
-        return inconclusive(f"attack not converged on {', '.join(failed)}")
-    return inconclusive(f"attack not checked on {', '.join(unchecked)}") if unchecked else None
+    or ``norm="l2"``), ``... not checked on ...`` when a check was run but has no such row for one of
+    them; None when it passed for all of them, or no check was run (None)."""
+    return None if check is None else _not_converged(*_check_status(check, {arm: where for arm in arms}))
 
 
 def gate(check: list[dict[str, Any]] | None, result: str, reference: dict[str, dict[str, Any]],
@@ -155,7 +157,4 @@ def gate(check: list[dict[str, Any]] | None, result: str, reference: dict[str, d
     def_failed, def_unchecked = _check_status(check, defended)
     if def_failed and not (ref_failed or ref_unchecked or def_unchecked) and result == "does not hold":
         return f"{result}; attack not converged on {', '.join(def_failed)}, which a stronger attack could only fool more"
-    failed, unchecked = sorted(ref_failed + def_failed), sorted(ref_unchecked + def_unchecked)
-    why = " and not ".join(([f"converged on {', '.join(failed)}"] if failed else [])
-                           + ([f"checked on {', '.join(unchecked)}"] if unchecked else []))
-    return inconclusive(f"attack not {why}") if why else result
+    return _not_converged(sorted(ref_failed + def_failed), sorted(ref_unchecked + def_unchecked)) or result
