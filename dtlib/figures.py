@@ -54,13 +54,13 @@ def _err(row: dict[str, Any], m: str) -> float:
 def headline(res: dict[str, Any], out: Path) -> list[str]:
     table = res["table"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    labels = [f"{ARM_LABELS.get(r['arm'], r['arm'])}\n[{r['eval']}]" for r in table]
+    labels = [f"{ARM_LABELS.get(r['arm'], r['arm'])} [{r['eval']}]" for r in table]
     for ax, (m, title) in zip(axes, (("clean_acc", "clean accuracy"), ("fooling_rate", "UAP fooling rate"),
                                      ("uap_acc", "accuracy under UAP"))):
         ys = [100 * r[m] for r in table]
         es = [100 * _err(r, m) for r in table]
         ax.bar(range(len(table)), ys, yerr=es, color=sns.color_palette("deep", len(table)), capsize=3)
-        ax.set_xticks(range(len(table)), labels, rotation=60, ha="right", fontsize=8)
+        ax.set_xticks(range(len(table)), labels, rotation=50, ha="right", rotation_mode="anchor", fontsize=8)
         ax.set_ylabel(f"{title} (%)")
         ax.set_ylim(0, 100)
         if m == "fooling_rate":
@@ -72,10 +72,11 @@ def headline(res: dict[str, Any], out: Path) -> list[str]:
     for ax, m in zip(axes, ("clean_acc", "fooling_rate")):
         xs = [(i, seed_pts[(r["arm"], m)]) for i, r in enumerate(table) if (r["arm"], m) in seed_pts]
         ax.scatter([x for x, _ in xs], [100 * y for _, y in xs], **SEED_STYLE)
-        ax.legend(fontsize=8, loc="upper right")
+        # above the axes: the bars reach 90% and the seed's markers sit in both upper corners
+        ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False)
     eps = res["study"]["config"]["eval_eps"] * 255
     fig.suptitle(f"Headline ({res['profile']} profile): white-box L-inf {eps:.0f}/255 SGD-UAP, "
-                 f"mean ± std over {len(res['study']['seeds'])} seed(s)")
+                 f"mean ± std over {len(res['study']['seeds'])} seed(s)", y=1.04)
     return _save(fig, out)
 
 
