@@ -7,6 +7,7 @@ results and figures go to one shared temporary root, so later notebooks reuse ea
 the batch does."""
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -132,7 +133,6 @@ def test_notebook_runs_under_nbval_and_writes_its_results(name, root, tmp_path):
 @pytest.mark.heavy  # reads what the notebook runs above wrote
 def test_figures_and_claims_table_regenerate_from_results_alone(root):
     """`make figures`: every figure is redrawn from results/ without training (runs/ removed)."""
-    import shutil
     shutil.rmtree(root / "runs", ignore_errors=True)
     shutil.rmtree(root / "figures", ignore_errors=True)
     proc = subprocess.run([sys.executable, "-m", "dtlib.figures", str(root / "results"), str(root / "figures")],
