@@ -253,6 +253,9 @@ def headline_table(res: dict[str, Any]) -> str:
             "pgd_at": (None, SEED["C3"]["fooling"], SEED["C3"]["cost"]),
             "dt_best": (SEED["C2"]["dt"], SEED["C1"]["dt"], SEED["C4"]["cost"])}
     sp = lambda v, unit="%": "" if v is None else (f"{100 * v:.1f}" if unit == "%" else f"{v:g}x")
+    # a seed whose run and standard run were trained on different machines has no cost ratio
+    cost = lambda r: (f"{r['cost_ratio']:.2f}x" if math.isfinite(r["cost_ratio"]) else "n/a") + (
+        f" (n={r['cost_ratio_n']})" if "cost_ratio_n" in r else "")
     lines = ["| method | eval | clean acc (%) | seed clean | UAP fooling (%) | seed fooling | acc under UAP (%) "
              "| random fooling (%) | train cost | seed cost | seeds |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -260,7 +263,7 @@ def headline_table(res: dict[str, Any]) -> str:
         sc, sf, scost = seed.get(r["arm"], (None, None, None)) if r["eval"] == "ensemble" or r["arm"] in ("standard", "pgd_at") else (None,) * 3
         lines.append(f"| {ARM_LABELS.get(r['arm'], r['arm'])} | {r['eval']} | {pct(r, 'clean_acc')} | {sp(sc)} | "
                      f"{pct(r, 'fooling_rate')} | {sp(sf)} | {pct(r, 'uap_acc')} | {pct(r, 'random_fooling_rate')} | "
-                     f"{r['cost_ratio']:.2f}x | {sp(scost, 'x')} | {r['n']} |")
+                     f"{cost(r)} | {sp(scost, 'x')} | {r['n']} |")
     sel = res["selection"]
     best, div = sel["best"], sel.get("best_div", sel["best"])
     return ("\n".join(lines) + f"\n\nChosen on the validation split: DT (chosen) λ_div = {best['lambda_div']:g}, "

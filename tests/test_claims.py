@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from dtlib import study as S
 from dtlib.config import ATTACK_VERSION
-from dtlib.figures import EARLIER_SUITE, PRE_SUITE, attack_version, check_table, claims_table
+from dtlib.figures import EARLIER_SUITE, PRE_SUITE, attack_version, check_table, claims_table, headline_table
 from dtlib.study import claims as C
 
 VERDICTS = ("holds", "partly", "does not hold", "not measured")
@@ -178,6 +178,25 @@ def test_noise_is_twice_the_combined_spread_with_a_floor():
     assert C.noise(a, b) == pytest.approx(2 * math.sqrt(0.02))
     assert C.noise(C.mean_spread([0.3]), C.mean_spread([0.4])) == C.MIN_NOISE
     assert C.fmt(C.mean_spread([0.5])) == "50.0% (n=1)"
+
+
+def test_a_cost_ratio_is_formed_only_between_runs_timed_on_the_same_kind_of_machine():
+    amd, intel = "cpu (AMD EPYC; avx512_bf16, x86_64, 2 threads)", "cpu (Intel Xeon; amx_bf16, x86_64, 2 threads)"
+    assert C.machine_ratio(300.0, 100.0, amd, amd) == pytest.approx(3.0)
+    assert math.isnan(C.machine_ratio(300.0, 100.0, amd, intel)) and math.isnan(C.machine_ratio(300.0, 100.0, None, None))
+    # summarised over seeds: the ratio's own n where it has fewer values than the rates, and the table says so
+    rows = [{"arm": "dt_k1", "eval": "head0", "fooling_rate": f, "cost_ratio": c}
+            for f, c in ((0.4, C.machine_ratio(300.0, 100.0, amd, intel)), (0.5, C.machine_ratio(280.0, 100.0, amd, amd)))]
+    (row,) = C.summarise(rows, ("arm", "eval"), ("fooling_rate", "cost_ratio"))
+    assert row["n"] == 2 and row["cost_ratio"] == pytest.approx(2.8) and row["cost_ratio_n"] == 1
+    (same,) = C.summarise(rows[1:], ("arm", "eval"), ("fooling_rate", "cost_ratio"))
+    assert same["n"] == 1 and "cost_ratio_n" not in same
+    metrics = dict(clean_acc=0.5, clean_acc_std=None, fooling_rate=0.45, fooling_rate_std=None, uap_acc=0.4,
+                   uap_acc_std=None, random_fooling_rate=0.1, random_fooling_rate_std=None)
+    res = {"table": [{**row, **metrics}, {**row, **metrics, "arm": "uat", "cost_ratio": float("nan"), "cost_ratio_n": 0}],
+           "selection": {"best": {"lambda_div": 0.0, "lambda_adv": 1.0}}}
+    table = headline_table(res)
+    assert "| 2.80x (n=1) |  | 2 |" in table and "| n/a (n=0) |  | 2 |" in table
 
 
 # ---------------------------------------------------------------------------------------------

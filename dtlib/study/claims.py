@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from .rules import (INCONCLUSIVE, MIN_NOISE, ORDER, accuracy_cost_verdict, cost_verdict, direction_verdict,  # noqa: F401
-                    figure_verdict, finite, fmt, gate, inconclusive, mean_spread, missing, noise, overhead_verdict, ratio,
-                    unconverged, verdict)
+                    figure_verdict, finite, fmt, gate, inconclusive, machine_ratio, mean_spread, missing, noise,
+                    overhead_verdict, ratio, unconverged, verdict)
 
 if TYPE_CHECKING:  # for annotations only: the settings module brings the run cache with it
     from .settings import Study
@@ -46,16 +46,22 @@ def not_measured(cid: str, what: str, seed: str, why: str) -> dict[str, Any]:
 
 
 def summarise(rows: list[dict[str, Any]], by: tuple[str, ...], metrics: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Mean, std and n over seeds of ``metrics`` for each group of ``by`` (first-seen order)."""
+    """Mean, std and n over seeds of ``metrics`` for each group of ``by`` (first-seen order). ``n``
+    counts the first metric's finite values; a later metric with fewer (e.g. a cost ratio not formed
+    across machines) has its own ``<metric>_n``."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(tuple(r[k] for k in by), []).append(r)
     out = []
     for key, rs in groups.items():
         row = dict(zip(by, key))
-        for m in metrics:
+        for i, m in enumerate(metrics):
             ms = mean_spread([r[m] for r in rs])
-            row[m], row[f"{m}_std"], row["n"] = ms["mean"], ms["std"], ms["n"]
+            row[m], row[f"{m}_std"] = ms["mean"], ms["std"]
+            if i == 0:
+                row["n"] = ms["n"]
+            elif ms["n"] != row["n"]:
+                row[f"{m}_n"] = ms["n"]
         out.append(row)
     return out
 

@@ -24,6 +24,7 @@ from ..measure import bench_split, inference_latency, training_steps
 from ..metrics import accuracy, fooling_rate, predict
 from ..runtime import amp_dtype, provenance, resolve_device
 from .claims import MIN_NOISE, cost_claims, cross_claims, headline_claims, k_claims, ratio, summarise, transfer_claims
+from .rules import machine_ratio
 from .selection import _runs, arms, select_dt
 from .settings import Study
 
@@ -55,22 +56,26 @@ METRICS = ("clean_acc", "fooling_rate", "uap_acc", "random_fooling_rate")
 def headline(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Standard vs PGD-AT vs UAT vs DT (K = 5: the setting chosen on validation, and the seed's
     literal loss) and the controls, over ``study.seeds``; white-box L-inf UAP at the config's
-    eval_eps against each inference mode; training cost as wall-time ratio to standard."""
+    eval_eps against each inference mode; training cost as wall-time ratio to the standard run of
+    the same seed, formed only where both were trained on the same kind of machine (a run cache
+    filled across sessions can mix them)."""
     t0 = time.perf_counter()
     selection = select_dt(study, log)
     rows, results = [], []
     for seed in study.seeds:
-        base_wall = None
+        base_wall = base_machine = None
         for arm, o in arms(selection).items():
             res = study.run(log, seed=seed, **o)
             results.append(res)
-            wall = res.metrics["train"]["wall_s"]
-            base_wall = wall if arm == "standard" else base_wall
+            wall, machine = res.metrics["train"]["wall_s"], res.metrics["train"].get("provenance", {}).get("device")
+            if arm == "standard":
+                base_wall, base_machine = wall, machine
             for key, m in res.metrics["eval"].items():
                 rows.append({"arm": arm, "eval": key, "seed": seed, "heads": res.config.heads,
                              "lambda_div": res.config.lambda_div, "lambda_adv": res.config.lambda_adv,
-                             **{k: m[k] for k in METRICS}, "train_s": wall, "cost_ratio": ratio(wall, base_wall),
-                             "run": res.run_dir.name})
+                             **{k: m[k] for k in METRICS}, "train_s": wall,
+                             "cost_ratio": machine_ratio(wall, base_wall, machine, base_machine),
+                             "train_machine": machine, "run": res.run_dir.name})
     table = summarise(rows, ("arm", "eval"), (*METRICS, "cost_ratio"))
     check = attack_check(study, [({"arm": arm}, {**o, "seed": study.seeds[0]}) for arm, o in arms(selection).items()], log)
     payload = {"selection": selection, "rows": rows, "table": table, "attack_check": check,

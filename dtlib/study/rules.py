@@ -33,6 +33,13 @@ def ratio(num: float | None, den: float | None) -> float:
     return num / den if finite(num, den) and den != 0 else float("nan")
 
 
+def machine_ratio(num: float | None, den: float | None, machine: str | None, den_machine: str | None) -> float:
+    """A wall-time ratio ``num / den`` of two runs, NaN unless both were timed on the same kind of
+    machine (``machine``: the CPU or GPU the run names in its provenance): across machines it would
+    measure the hardware, not the method."""
+    return ratio(num, den) if machine is not None and machine == den_machine else float("nan")
+
+
 def finite(*values: float | None) -> bool:
     return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
 
