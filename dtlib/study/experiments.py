@@ -23,7 +23,7 @@ from ..io import atomic_path, write_json
 from ..measure import bench_split, inference_latency, training_steps
 from ..metrics import accuracy, fooling_rate, predict
 from ..runtime import amp_dtype, provenance, resolve_device
-from .claims import MIN_NOISE, cost_claims, cross_claims, headline_claims, k_claims, ratio, summarise, transfer_claims
+from .claims import MIN_NOISE, cost_claims, cross_claims, headline_claims, k_claims, summarise, transfer_claims
 from .rules import machine_ratio
 from .selection import _runs, arms, select_dt
 from .settings import Study
