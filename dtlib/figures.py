@@ -22,15 +22,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .bench_report import write_report  # noqa: E402
-from .config import ATTACK_VERSION  # noqa: E402
 from .io import atomic_path  # noqa: E402
 from .study.claims import SEED  # noqa: E402
-from .study.rules import MIN_NOISE  # noqa: E402
+from .tables import ARM_LABELS, TABLES, claims_table  # noqa: E402
 
 SEED_STYLE = dict(marker="X", color="black", s=90, zorder=5, label="seed (ImageNet)")
-ARM_LABELS = {"standard": "standard", "pgd_at": "PGD-AT", "uat": "UAT", "dt_k1": "DT K=1 (ctl)",
-              "dt_nodiv": "DT λdiv=0 (ctl)", "dt_literal": "DT literal", "dt_div": "DT λdiv>0",
-              "dt_best": "DT (chosen)", "entropy_dt": "entropy-DT", "entropy_dt_published": "entropy-DT (as published)"}
 
 
 def _save(fig: plt.Figure, out: Path) -> list[str]:
@@ -70,7 +66,9 @@ def headline(res: dict[str, Any], out: Path) -> list[str]:
                 ("pgd_at", "fooling_rate"): SEED["C3"]["fooling"], ("standard", "clean_acc"): SEED["C2"]["standard"],
                 ("dt_best", "clean_acc"): SEED["C2"]["dt"]}
     for ax, m in zip(axes, ("clean_acc", "fooling_rate")):
-        xs = [(i, seed_pts[(r["arm"], m)]) for i, r in enumerate(table) if (r["arm"], m) in seed_pts]
+        # the seed's DT figures sit beside the ensemble row only, as in the headline table
+        xs = [(i, seed_pts[(r["arm"], m)]) for i, r in enumerate(table)
+              if (r["arm"], m) in seed_pts and (r["arm"] != "dt_best" or r["eval"] == "ensemble")]
         ax.scatter([x for x, _ in xs], [100 * y for _, y in xs], **SEED_STYLE)
         # above the axes: the bars reach 90% and the seed's markers sit in both upper corners
         ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False)
@@ -139,7 +137,8 @@ def cross_norm(res: dict[str, Any], out: Path) -> list[str]:
     axes[1].axhline(100 * SEED["C7"]["dt"], ls="--", color="black", lw=1, label="seed: DT (radius not given)")
     axes[1].axhline(100 * SEED["C7"]["defenses"], ls=":", color="black", lw=1, label="seed: standard defenses")
     axes[0].legend(fontsize=8)
-    axes[1].legend(fontsize=7)
+    # outside the axes: inside, it hid part of the seed's DT level and of the lines under it
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle(f"Cross-norm ({res['profile']} profile): models trained against L-inf 10/255, white-box UAPs")
     return _save(fig, out)
 
@@ -203,106 +202,19 @@ PLOTS: dict[str, Callable[[dict[str, Any], Path], list[str]]] = {
     "04_transfer": transfer, "05_cost": cost, "06_published_method": published}
 
 
-def claims_table(results: list[dict[str, Any]]) -> str:
-    """The claims rows of every notebook of one profile, as a Markdown table, with where and from
-    which commit each notebook's results came; a notebook whose UAP numbers were made by an earlier
-    evaluation attack than this code's (``attack_version``) is marked so in every row."""
-    lines = ["| claim | what | seed (ImageNet) | measured (CIFAR-10) | setting | verdict | notebook |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for res in results:
-        for c in res["claims"]:
-            lines.append(f"| {c['claim']} | {c['what']} | {c['seed']} | {c['measured']} | {c['setting']} | "
-                         f"**{c['verdict']}** | {res['notebook']}{STALE.get(attack_version(res), ('',))[0]} |")
-    short = lambda c: c[:12] + ("+dirty" if c.endswith("+dirty") else "")
-    made: dict[str, list[str]] = {}
-    for r in results:
-        trained = sorted({short(run["train"]["provenance"]["git_commit"]) for run in r.get("runs", {}).values()})
-        where = (f"run on {r['provenance']['device']}, torch {r['provenance']['torch']}, commit "
-                 f"{short(r['provenance']['git_commit'])}" + (f"; models trained at {', '.join(trained)}" if trained else ""))
-        made.setdefault(where, []).append(r["notebook"])
-    return ("\n".join(lines) + "\n\n" + " ".join(f"{', '.join(nbs)}: {where}." for where, nbs in made.items())
-            + "".join(f" Rows marked \"{STALE[v][0].strip()}\": {STALE[v][1]}"
-                      for v in sorted({attack_version(r) for r in results} & set(STALE))) + "\n")
-
-
-# The marks of results made by an earlier evaluation attack (config.ATTACK_VERSION), and why.
-PRE_SUITE = " (before the attack suite)"
-EARLIER_SUITE = " (attack suite v1)"
-STALE = {0: (PRE_SUITE, "results made with the earlier evaluation attack (one SGD-UAP fitted for a fixed number "
-                        "of epochs), whose fooling rates are lower bounds; not yet regenerated."),
-         1: (EARLIER_SUITE, "the attack suite before its version 2, whose SGD-UAP also stepped on each pass's "
-                            "leftover partial batch (8 images of 5,000 in batches of 128), setting each fit back "
-                            "once per pass; not yet regenerated.")}
-assert max(STALE) < ATTACK_VERSION
-
-
-def attack_version(res: dict[str, Any]) -> int:
-    """The evaluation attack's version a results record's UAP numbers come from: as recorded (since
-    version 2), else 1 if its config has the suite's stopping rule, else 0 (one fixed-epoch SGD-UAP).
-    A record without evaluated runs (05_cost: timings) has no UAP numbers: the current version."""
-    if not res.get("runs"):
-        return ATTACK_VERSION
-    return res.get("attack_version", 1 if "uap_patience" in res["study"]["config"] else 0)
-
-
-def headline_table(res: dict[str, Any]) -> str:
-    """The headline table (mean ± std over seeds) as Markdown."""
-    pct = lambda r, m: f"{100 * r[m]:.1f}" + (f" ± {100 * r[m + '_std']:.1f}" if r.get(m + "_std") is not None else "")
-    # the seed's figures beside ours (ImageNet, ResNet-50): clean, fooling, training cost
-    seed = {"standard": (SEED["C2"]["standard"], SEED["C1"]["standard"], 1.0),
-            "pgd_at": (None, SEED["C3"]["fooling"], SEED["C3"]["cost"]),
-            "dt_best": (SEED["C2"]["dt"], SEED["C1"]["dt"], SEED["C4"]["cost"])}
-    sp = lambda v, unit="%": "" if v is None else (f"{100 * v:.1f}" if unit == "%" else f"{v:g}x")
-    # a seed whose run and standard run were trained on different machines has no cost ratio
-    cost = lambda r: (f"{r['cost_ratio']:.2f}x" if math.isfinite(r["cost_ratio"]) else "n/a") + (
-        f" (n={r['cost_ratio_n']})" if "cost_ratio_n" in r else "")
-    lines = ["| method | eval | clean acc (%) | seed clean | UAP fooling (%) | seed fooling | acc under UAP (%) "
-             "| random fooling (%) | train cost | seed cost | seeds |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in res["table"]:
-        sc, sf, scost = seed.get(r["arm"], (None, None, None)) if r["eval"] == "ensemble" or r["arm"] in ("standard", "pgd_at") else (None,) * 3
-        lines.append(f"| {ARM_LABELS.get(r['arm'], r['arm'])} | {r['eval']} | {pct(r, 'clean_acc')} | {sp(sc)} | "
-                     f"{pct(r, 'fooling_rate')} | {sp(sf)} | {pct(r, 'uap_acc')} | {pct(r, 'random_fooling_rate')} | "
-                     f"{cost(r)} | {sp(scost, 'x')} | {r['n']} |")
-    sel = res["selection"]
-    best, div = sel["best"], sel.get("best_div", sel["best"])
-    return ("\n".join(lines) + f"\n\nChosen on the validation split: DT (chosen) λ_div = {best['lambda_div']:g}, "
-            f"λ_adv = {best['lambda_adv']:g}; best cell with the diversity term (DT λdiv>0, and its controls' "
-            f"λ_adv): λ_div = {div['lambda_div']:g}, λ_adv = {div['lambda_adv']:g}; DT literal: λ_div = 1, λ_adv = 0. "
-            "Seed figures: ImageNet, ResNet-50 (C1-C4); single-head inference has no overhead (C5, `05_cost`).\n"
-            + check_table(res.get("attack_check") or []))
-
-
-def check_table(check: list[dict[str, Any]]) -> str:
-    """The attack check (``attack_check`` rows: each model's suite against the stronger suite) as
-    Markdown; empty for results made before the suite, whose check rows lack the accuracy columns."""
-    if not check or "stronger_uap_acc" not in check[0]:
-        return ""
-    pct = lambda v: f"{100 * v:.1f}"
-    lines = ["| method | eval | UAP fooling (%) | stronger suite | acc under UAP (%) | stronger suite | "
-             "fitting images | converged |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for c in check:
-        lines.append(f"| {ARM_LABELS.get(c['arm'], c['arm'])} | {c['eval']} | {pct(c['fooling_rate'])} | "
-                     f"{pct(c['stronger_fooling_rate'])} | {pct(c['uap_acc'])} | {pct(c['stronger_uap_acc'])} | "
-                     f"{c['n_fit']} / {c['stronger_n_fit']} | {'yes' if c['converged'] else '**no**'} |")
-    more = check[0]["stronger"]
-    return ("\nAttack check (first seed): each model attacked again by a larger suite (" +
-            ", ".join(f"{k}={v:g}" for k, v in more.items()) + f"); converged = the fooling rate rises by at most "
-            f"{100 * MIN_NOISE:g} points and the accuracy under UAP falls by at most as much.\n\n" + "\n".join(lines) + "\n")
-
-
 def regenerate(results_dir: str | Path = "results", figures_dir: str | Path = "figures") -> list[str]:
-    """Redraw every figure from the results files and rewrite each profile's claims table."""
+    """Redraw every figure from the results files and rewrite the tables: each profile's claims table
+    and the notebooks' own (``tables.TABLES``)."""
     results_dir, figures_dir = Path(results_dir), Path(figures_dir)
     written, by_profile = [], {}
     for nb in PLOTS:  # in notebook order
         for path in sorted(results_dir.glob(f"{nb}-*.json")):
             res = json.loads(path.read_text())
             written += PLOTS[nb](res, figures_dir / path.stem)
-            if nb == "01_headline":
+            if nb in TABLES:
                 md = results_dir / f"{path.stem}.md"
                 with atomic_path(md) as tmp:
-                    tmp.write_text(f"<!-- written by `python -m dtlib.figures` from {path.name} -->\n" + headline_table(res))
+                    tmp.write_text(f"<!-- written by `python -m dtlib.figures` from {path.name} -->\n" + TABLES[nb](res))
                 written.append(str(md))
             by_profile.setdefault(res["profile"], []).append(res)
     for profile, results in by_profile.items():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from dtlib.figures import check_table
+from dtlib.tables import check_table
 from dtlib.io import write_record
 from dtlib.runtime import provenance
 from dtlib.study import setup

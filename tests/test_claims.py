@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from dtlib import study as S
 from dtlib.config import ATTACK_VERSION
-from dtlib.figures import EARLIER_SUITE, PRE_SUITE, attack_version, check_table, claims_table, headline_table
+from dtlib.tables import EARLIER_SUITE, PRE_SUITE, attack_version, check_table, claims_table, headline_table, published_table
 from dtlib.study import claims as C
 
 VERDICTS = ("holds", "partly", "does not hold", "not measured")
@@ -197,6 +197,28 @@ def test_a_cost_ratio_is_formed_only_between_runs_timed_on_the_same_kind_of_mach
            "selection": {"best": {"lambda_div": 0.0, "lambda_adv": 1.0}}}
     table = headline_table(res)
     assert "| 2.80x (n=1) |  | 2 |" in table and "| n/a (n=0) |  | 2 |" in table
+
+
+def test_the_published_table_reads_each_arm_in_its_deployed_mode_per_radius():
+    """06's table: one line per (arm, radius), the ensemble where the arm has heads, the white-box and
+    transferred columns from their rows, the standard model's transferred cells empty."""
+    def row(arm, ev, eps, target, attack, asr, ts=None):
+        return {"arm": arm, "eval": ev, "eps": eps, "target": target, "attack": attack, "clean_acc": 0.6,
+                "clean_acc_std": 0.01, "fooling_rate": asr - 0.1, "fooling_rate_std": None, "asr": asr, "asr_std": None,
+                "targeted_success": ts, "targeted_success_std": None, "n": 2}
+    table = [row("standard", "head0", 8 / 255, -1, "white-box", 0.5), row("standard", "head0", 8 / 255, 9, "white-box", 0.4, 0.3),
+             row("dt_best", "head0", 8 / 255, -1, "white-box", 0.9)]
+    table += [row("dt_best", "ensemble", 8 / 255, t, a, x, None if t < 0 else x / 2)
+              for t in (-1, 9) for a, x in (("white-box", 0.3), ("standard's UAP", 0.2))]
+    check = [{"arm": "dt_best", "eval": "ensemble", "target": 9, "fooling_rate": 0.3, "stronger_fooling_rate": 0.31,
+              "uap_acc": 0.4, "stronger_uap_acc": 0.4, "n_fit": 100, "stronger_n_fit": 200, "converged": True,
+              "stronger": {"uap_refine": 2}}]
+    lines = published_table({"table": table, "attack_check": check}).splitlines()
+    assert "to class 9 (%)" in lines[0]
+    assert lines[2] == "| standard | head0 | 8/255 | 60.0 ± 1.0 | 50.0 | 40.0 |  | 40.0 | 30.0 |  |  | 2 |"
+    assert lines[3] == "| DT (chosen) | ensemble | 8/255 | 60.0 ± 1.0 | 30.0 | 20.0 | 20.0 | 30.0 | 15.0 | 20.0 | 10.0 | 2 |"
+    assert len([x for x in lines if x.startswith("| DT (chosen) |")]) == 1  # its head0 rows are not deployed
+    assert "| DT (chosen), to class 9 | ensemble | 30.0 | 31.0 |" in "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -140,6 +140,8 @@ def test_figures_and_claims_table_regenerate_from_results_alone(root):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in NOTEBOOKS:
         assert (root / "figures" / f"{name}-smoke.png").exists()
+    published = (root / "results" / "06_published_method-smoke.md").read_text().splitlines()
+    assert [x for x in published if x.startswith("| entropy-DT (as published) | head0 |")]
     table = (root / "results" / "claims-smoke.md").read_text()
     for cid in ("C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "P1", "P2", "P3"):
         assert f"| {cid} |" in table, cid

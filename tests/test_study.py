@@ -174,7 +174,7 @@ def _fake_runs(monkeypatch):
         keys = dict.fromkeys("ensemble" if m == "ensemble" and cfg.heads > 1 else f"head{cfg.eval_head}" for m in cfg.modes)
         m = {k: {"clean_acc": 0.8, "fooling_rate": 0.5, "uap_acc": 0.4, "random_fooling_rate": 0.1,
                  "fooling_by": "sgd:ce/predicted/lr0.1", "uap_acc_by": "sgd:ce/true/lr0.1",
-                 "n_fit": cfg.uap_fit_size} for k in keys}
+                 "n_fit": cfg.uap_fit_size, **({"targeted_success": 0.3} if cfg.eval_target >= 0 else {})} for k in keys}
         return RunResult(cfg, Path("runs") / cfg.train_hash(), {"eval": m, "train": {"wall_s": 1.0}, "provenance": {}})
 
     def timings(study, cases, **kw):
@@ -284,6 +284,18 @@ def test_cross_norm_reads_the_headlines_evaluation_at_its_radius(monkeypatch, tm
     assert len(check) == len({(c["arm"], c["norm"], c["radius"]) for c in check})
     assert {c["eval"] for c in check if c["arm"] == "dt_div"} == {"ensemble"}
     assert {c["eval"] for c in check if c["arm"] == "standard"} == {"head0"}
+
+
+def test_the_published_table_counts_every_seed_in_each_row(monkeypatch, tmp_path):
+    """06's table: n is the number of seeds in every row, untargeted rows included (their targeted
+    success is None, not a metric with fewer values), and no other metric has a count of its own."""
+    _fake_runs(monkeypatch)
+    study = S.setup("smoke", {"seeds": [0, 1]}, root=str(tmp_path))
+    table = published.published_method(study, log=lambda s: None)["table"]
+    assert {r["target"] < 0 for r in table} == {True, False}
+    for r in table:
+        assert r["n"] == 2 and not [k for k in r if k.endswith("_n")], r
+        assert (r["targeted_success"] is None) == (r["target"] < 0)
 
 
 def test_the_fill_plan_is_what_the_experiments_ask_for(monkeypatch, tmp_path):

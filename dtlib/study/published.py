@@ -103,11 +103,12 @@ def published_method(study: Study, log: Callable[[str], None] = print) -> dict[s
     top = max(study.published_radii)
     check = attack_check(study, [({"arm": arm, "target": t}, {**o, "seed": study.seeds[0], "eval_eps": top, "eval_target": t})
                                  for arm, o in models.items() for t in (-1, study.published_target)], log)
-    # targeted success first: summarise's n is the last metric's, and untargeted rows have none
-    table = summarise(rows, ("arm", "eval", "eps", "target", "attack"), (METRICS[-1], *METRICS[:-1]))
+    # n counts clean accuracy, which every row has; untargeted rows have no targeted success
+    table = summarise(rows, ("arm", "eval", "eps", "target", "attack"), METRICS)
     for row in table:
-        if row["target"] < 0:  # untargeted: no targeted success to average
+        if row["target"] < 0:
             row["targeted_success"] = row["targeted_success_std"] = None
+            row.pop("targeted_success_n", None)
     payload = {"selection": selection, "rows": rows, "table": table, "attack_check": check,
                "claims": published_claims(rows, study, check), "runs": _runs(results)}
     return save(study, "06_published_method", payload, t0)
