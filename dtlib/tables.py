@@ -90,17 +90,22 @@ def check_table(check: list[dict[str, Any]]) -> str:
     Markdown; empty for results made before the suite, whose check rows lack the accuracy columns."""
     if not check or "stronger_uap_acc" not in check[0]:
         return ""
-    pct = lambda v: f"{100 * v:.1f}"
-    lines = ["| method | eval | UAP fooling (%) | stronger suite | acc under UAP (%) | stronger suite | "
-             "fitting images | converged |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    pct = lambda v: "" if v is None else f"{100 * v:.1f}"
+    # targeted rows (06) also show the targeted success rate, which the check requires not to rise
+    targeted = any("stronger_targeted_success" in c for c in check)
+    extra = " to target (%) | stronger suite |" if targeted else ""
+    lines = ["| method | eval | UAP fooling (%) | stronger suite | acc under UAP (%) | stronger suite |" + extra +
+             " fitting images | converged |", "| --- " * (10 if targeted else 8) + "|"]
     for c in check:
         lines.append(f"| {ARM_LABELS.get(c['arm'], c['arm'])} | {c['eval']} | {pct(c['fooling_rate'])} | "
                      f"{pct(c['stronger_fooling_rate'])} | {pct(c['uap_acc'])} | {pct(c['stronger_uap_acc'])} | "
-                     f"{c['n_fit']} / {c['stronger_n_fit']} | {'yes' if c['converged'] else '**no**'} |")
+                     + (f"{pct(c.get('targeted_success'))} | {pct(c.get('stronger_targeted_success'))} | " if targeted else "")
+                     + f"{c['n_fit']} / {c['stronger_n_fit']} | {'yes' if c['converged'] else '**no**'} |")
     more = check[0]["stronger"]
     return ("\nAttack check (first seed): each model attacked again by a larger suite (" +
             ", ".join(f"{k}={v:g}" for k, v in more.items()) + f"); converged = the fooling rate rises by at most "
-            f"{100 * MIN_NOISE:g} points and the accuracy under UAP falls by at most as much.\n\n" + "\n".join(lines) + "\n")
+            f"{100 * MIN_NOISE:g} points and the accuracy under UAP falls by at most as much"
+            + (", and a targeted UAP's success rate rises by at most as much" if targeted else "") + ".\n\n" + "\n".join(lines) + "\n")
 
 
 def published_table(res: dict[str, Any]) -> str:

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from dtlib.tables import check_table
 from dtlib.io import write_record
 from dtlib.runtime import provenance
 from dtlib.study import setup
 from dtlib.study.experiments import arms, attack_check, stronger
+from dtlib.tables import check_table
 
 ROOT = Path(__file__).resolve().parent.parent
 

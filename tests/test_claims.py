@@ -212,13 +212,14 @@ def test_the_published_table_reads_each_arm_in_its_deployed_mode_per_radius():
               for t in (-1, 9) for a, x in (("white-box", 0.3), ("standard's UAP", 0.2))]
     check = [{"arm": "dt_best", "eval": "ensemble", "target": 9, "fooling_rate": 0.3, "stronger_fooling_rate": 0.31,
               "uap_acc": 0.4, "stronger_uap_acc": 0.4, "n_fit": 100, "stronger_n_fit": 200, "converged": True,
-              "stronger": {"uap_refine": 2}}]
+              "stronger": {"uap_refine": 2}, "targeted_success": 0.2, "stronger_targeted_success": 0.21}]
     lines = published_table({"table": table, "attack_check": check}).splitlines()
     assert "to class 9 (%)" in lines[0]
     assert lines[2] == "| standard | head0 | 8/255 | 60.0 ± 1.0 | 50.0 | 40.0 |  | 40.0 | 30.0 |  |  | 2 |"
     assert lines[3] == "| DT (chosen) | ensemble | 8/255 | 60.0 ± 1.0 | 30.0 | 20.0 | 20.0 | 30.0 | 15.0 | 20.0 | 10.0 | 2 |"
     assert len([x for x in lines if x.startswith("| DT (chosen) |")]) == 1  # its head0 rows are not deployed
-    assert "| DT (chosen), to class 9 | ensemble | 30.0 | 31.0 |" in "\n".join(lines)
+    assert "| DT (chosen), to class 9 | ensemble | 30.0 | 31.0 | 40.0 | 40.0 | 20.0 | 21.0 | 100 / 200 | yes |" in lines
+    assert "targeted UAP's success rate rises by at most" in lines[-5]
 
 
 # ---------------------------------------------------------------------------------------------
