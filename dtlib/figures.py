@@ -188,7 +188,7 @@ def published(res: dict[str, Any], out: Path) -> list[str]:
             for j, attack in enumerate(("white-box", "standard's UAP")):
                 pick = {r["arm"]: r for r in rows if r["eps"] == eps and r["attack"] == attack and (r["target"] >= 0) == targeted}
                 xs = [k + (2 * i + j) * width - 0.4 + width / 2 for k in range(len(arms))]
-                ax.bar(xs, [100 * pick[a][metric] if a in pick else 0 for a in arms], width,
+                ax.bar(xs, [100 * pick[a][metric] if a in pick else math.nan for a in arms], width,  # none: no bar
                        yerr=[100 * _err(pick[a], metric) if a in pick else 0 for a in arms],
                        hatch="//" if j else None, alpha=0.9, label=f"{eps * 255:.0f}/255, {attack}")
         ax.set_xticks(range(len(arms)), [ARM_LABELS.get(a, a) for a in arms], rotation=25, ha="right")

@@ -12,7 +12,8 @@ from .study.rules import MIN_NOISE
 
 ARM_LABELS = {"standard": "standard", "pgd_at": "PGD-AT", "uat": "UAT", "dt_k1": "DT K=1 (ctl)",
               "dt_nodiv": "DT λdiv=0 (ctl)", "dt_literal": "DT literal", "dt_div": "DT λdiv>0",
-              "dt_best": "DT (chosen)", "entropy_dt": "entropy-DT", "entropy_dt_published": "entropy-DT (as published)"}
+              "dt_best": "DT (chosen)", "entropy_dt": "entropy-DT", "entropy_dt_published": "entropy-DT (as published)",
+              "finetune_ctl": "clean fine-tune (ctl)"}
 
 
 def claims_table(results: list[dict[str, Any]]) -> str:

@@ -74,6 +74,8 @@ def validate(cfg: Any) -> None:
             raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}.")
     if not 0 <= cfg.ent_alpha <= 1:
         raise ValueError(f"ent_alpha must be a weight in [0, 1], got {cfg.ent_alpha}.")
+    if cfg.ent_alpha == 0 and cfg.ent_leak and cfg.method == "entropy_dt":
+        raise ValueError("ent_leak=True has no effect with ent_alpha=0 (the clean fine-tune control makes no sample and leaks nothing); drop one.")
     if not 0 <= cfg.repair_rotation <= 180:
         raise ValueError(f"repair_rotation must be in [0, 180] degrees, got {cfg.repair_rotation}.")
     if cfg.repair_batch_size < 2:

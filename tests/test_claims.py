@@ -413,28 +413,37 @@ def _published_rows(asr, clean=None, seeds=(0, 1)):
 
 def test_published_claims_read_the_targeted_white_box_rows_at_every_radius():
     study = dataclasses.replace(STUDY, published_radii=(8 / 255, 10 / 255))
-    arms = ("standard", "entropy_dt", "entropy_dt_published")
+    arms = ("standard", "entropy_dt", "entropy_dt_published", "finetune_ctl")
 
-    def rows(care8, care10, pub_t=0.5):
+    def rows(care8, care10, pub_t=0.5, pub=0.6, ctl=0.8):
         asr = {}
         for eps, care in ((8 / 255, care8), (10 / 255, care10)):
             asr |= {("standard", "white-box", eps): 0.8, ("entropy_dt", "white-box", eps): care,
-                    ("entropy_dt_published", "white-box", eps): 0.6, ("entropy_dt", "standard's UAP", eps): 0.7,
-                    ("entropy_dt_published", "standard's UAP", eps): pub_t}
-        return _published_rows(asr, dict(zip(arms, (0.60, 0.595, 0.55))))
+                    ("entropy_dt_published", "white-box", eps): pub, ("entropy_dt", "standard's UAP", eps): 0.7,
+                    ("entropy_dt_published", "standard's UAP", eps): pub_t, ("finetune_ctl", "white-box", eps): ctl}
+        return _published_rows(asr, dict(zip(arms, (0.60, 0.595, 0.55, 0.62))))
 
     p = {c["claim"]: c for c in C.published_claims(rows(0.5, 0.5), study)}
-    assert p["P1"]["verdict"] == "holds" and p["P1"]["effect"] == pytest.approx(0.3)
+    # P1 reads both implementations: its effect is the smaller fall, the one as published
+    assert p["P1"]["verdict"] == "holds" and p["P1"]["effect"] == pytest.approx(0.2)
     assert "8/255: standard 80.0%" in p["P1"]["measured"] and "10/255" in p["P1"]["measured"]
+    assert "as published 60.0%" in p["P1"]["measured"]
     assert p["P2"]["verdict"] == "holds" and p["P2"]["effect"] == pytest.approx(-0.005)  # a half-point drop
     assert p["P3"]["verdict"] == "holds" and p["P3"]["effect"] == pytest.approx(0.2)
+    assert p["P4"]["verdict"] == "holds" and p["P4"]["effect"] == pytest.approx(0.3)
+    assert "8/255: clean fine-tune 80.0%" in p["P4"]["measured"]
     # a radius where it does not lower the rate beyond noise (2 * sqrt(2) * 0.014 < 0.05 > 0.02) decides P1
     assert C.published_claims(rows(0.5, 0.78), study)[0]["verdict"] == "does not hold"
+    assert C.published_claims(rows(0.5, 0.5, pub=0.79), study)[0]["verdict"] == "does not hold"  # as published alone
     assert C.published_claims(rows(0.5, 0.5, pub_t=0.69), study)[2]["verdict"] == "does not hold"
+    # the same fine-tune on clean images lowers it as much: the samples do not, whatever P1 says
+    p = {c["claim"]: c for c in C.published_claims(rows(0.5, 0.5, ctl=0.51), study)}
+    assert p["P1"]["verdict"] == "holds" and p["P4"]["verdict"] == "does not hold"
     # a failed attack check on the arms P1 reads makes it inconclusive; a missing arm is named
-    check = [{"arm": arm, "target": STUDY.published_target, "eval": "head0", "converged": arm == "standard"}
-             for arm in ("standard", "entropy_dt")]
+    check = [{"arm": arm, "target": STUDY.published_target, "eval": "head0", "converged": arm != "entropy_dt"}
+             for arm in ("standard", "entropy_dt", "entropy_dt_published", "finetune_ctl")]
     assert C.published_claims(rows(0.5, 0.5), study, check)[0]["verdict"] == "inconclusive: attack not converged on entropy_dt"
+    assert C.published_claims(rows(0.5, 0.5), study, check)[3]["verdict"] == "inconclusive: attack not converged on entropy_dt"
     # ... unless it already does not hold: a stronger attack on entropy-DT could only raise its ASR
     assert C.published_claims(rows(0.5, 0.78), study, check)[0]["verdict"].startswith(
         "does not hold; attack not converged on entropy_dt")

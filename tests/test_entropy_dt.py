@@ -136,7 +136,26 @@ def test_the_loss_mixes_clean_and_low_entropy_cross_entropy(images, alpha):
     clean_ce = heads_cross_entropy(model(images), y)
     low_ce = heads_cross_entropy(model(low), y)
     torch.testing.assert_close(loss, (1 - alpha) * clean_ce + alpha * low_ce, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(step.parts["ce_low"], low_ce.detach(), rtol=1e-5, atol=1e-5)
+    if alpha:
+        torch.testing.assert_close(step.parts["ce_low"], low_ce.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_the_control_fine_tunes_on_clean_images_alone_and_makes_no_sample(images, monkeypatch):
+    """``ent_alpha=0`` (06's ``finetune_ctl``): the same schedule and repair set, one clean forward
+    per batch, no low-entropy sample made; with the leak it is refused, as the leak would do nothing."""
+    def refuse(*a, **k):
+        raise AssertionError("a low-entropy sample was made for the control")
+
+    monkeypatch.setattr("dtlib.methods.entropy_dt.low_entropy_samples", refuse)
+    y = torch.randint(0, 10, (len(images),), generator=torch.Generator().manual_seed(1))
+    model, step, cfg = _step(alpha=0.0)
+    before = _bn_updates(model)
+    loss, logits = step.loss(images, y)
+    assert _bn_updates(model) == before + 1 and step.parts == {}
+    torch.testing.assert_close(loss, heads_cross_entropy(logits, y))
+    assert STEPS["entropy_dt"].base(cfg)[0] == STEPS["entropy_dt"].base(cfg.replace(ent_alpha=0.9))[0]  # same start
+    with pytest.raises(ValueError, match="ent_leak=True has no effect with ent_alpha=0"):
+        Config(method="entropy_dt", ent_alpha=0.0, ent_leak=True)
 
 
 def test_the_schedule_fine_tunes_then_passes_clean_with_a_new_optimizer(images):

@@ -36,7 +36,7 @@ def test_setup_applies_profile_and_overrides():
 
 PER_RUN_CONTROLS = {"method": "arms", "heads": "ks", "lambda_div": "grid_div", "lambda_adv": "grid_adv", "seed": "seeds",
                     "eval_norm": "l2_radii", "eval_modes": "experiment", "eval_split": "experiment", "eval_head": "head 0",
-                    "eval_target": "published_target", "ent_clamp": "06", "ent_bn": "06", "ent_leak": "06",
+                    "eval_target": "published_target", "ent_clamp": "06", "ent_bn": "06", "ent_leak": "06", "ent_alpha": "06",
                     "uap_objective": "grid_attacker", "uap_every": "grid_attacker", "uap_fraction": "grid_attacker",
                     "pretrained": "random weights"}
 
@@ -155,7 +155,7 @@ ACCEPTED = {"lambda_cons": 0.5, "norm": "l2", "eps": 0.5, "uap_step": 0.05, "pgd
             "device": "auto", "checkpointing": True, "compile": True, "deterministic": True,
             "checkpoint_minutes": 5.0, "data_dir": "elsewhere", "download": True, "repair_size": 50,
             "repair_epochs": 2, "repair_clean_epochs": 2, "repair_batch_size": 16, "repair_lr": 0.01,
-            "repair_clean_lr": 1e-4, "repair_rotation": 5.0, "ent_alpha": 0.5, "ent_steps": 3, "ent_step": 0.5,
+            "repair_clean_lr": 1e-4, "repair_rotation": 5.0, "ent_steps": 3, "ent_step": 0.5,
             "uap_adam_lr": 0.01, "nproc": 2, "sync_bn": True, "image_size": 64, "workers": 2}
 
 
@@ -296,6 +296,25 @@ def test_the_published_table_counts_every_seed_in_each_row(monkeypatch, tmp_path
     for r in table:
         assert r["n"] == 2 and not [k for k in r if k.endswith("_n")], r
         assert (r["targeted_success"] is None) == (r["target"] < 0)
+
+
+def test_the_fill_plan_reads_a_half_done_targeted_attack_check(monkeypatch, tmp_path):
+    """06's check of a targeted evaluation that is cached while its stronger suite is not: the plan's
+    stand-in carries a targeted rate to compare with the cached one (it stopped `make fill` before)."""
+    study = S.setup("smoke", root=str(tmp_path))
+
+    def done(where, cfg):  # the metrics of a finished evaluation, one entry per inference mode
+        path = tmp_path / f"{where.name}-{cfg.eval_hash()}.json"
+        keys = {"ensemble" if m == "ensemble" and cfg.heads > 1 else "head0" for m in cfg.modes}
+        path.write_text(json.dumps({"eval": {k: {**fill.PLACEHOLDER, "n_fit": 1, "targeted_success": 0.2} for k in keys},
+                                    "train": {"wall_s": 1.0}, "provenance": {}}))
+        return path
+
+    refine = study.config.uap_refine
+    monkeypatch.setattr(fill, "cached", lambda cfg, runs: cfg.eval_target >= 0 and cfg.uap_refine == refine)
+    monkeypatch.setattr(fill, "metrics_path", done)
+    planned = fill.plan(study, ["06_published_method"])
+    assert [c for c in planned if c.eval_target >= 0 and c.uap_refine > refine]
 
 
 def test_the_fill_plan_is_what_the_experiments_ask_for(monkeypatch, tmp_path):

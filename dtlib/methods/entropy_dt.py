@@ -6,7 +6,8 @@ gets "low-entropy samples": from a random point of the eps ball, ``ent_steps`` s
 steps that lower the Shannon entropy of the softmax taken over the model's pooled penultimate
 features (the vector before the classifier), projected to the ball after each step. The loss is
 (1 - alpha) CE(clean) + alpha CE(low-entropy sample); then clean passes at a small learning rate
-with a new optimizer (the published "repaired" model). docs/protocol.md section 1 has the details,
+with a new optimizer (the published "repaired" model). ``ent_alpha=0`` is the control: the same
+fine-tune on clean images alone, no sample made (the leak, a repair-phase setting, is refused with it). docs/protocol.md section 1 has the details,
 and where the defaults differ from the published code: ``ent_clamp``, ``ent_bn``, ``ent_leak``.
 """
 from __future__ import annotations
@@ -99,7 +100,7 @@ class EntropyDT(Step):
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.cfg
-        if self.epoch >= c.repair_epochs:
+        if self.epoch >= c.repair_epochs or c.ent_alpha == 0:  # the clean passes, or the control's whole fine-tune
             logits = self.model(x)
             self.parts = {}
             return heads_cross_entropy(logits, y), logits

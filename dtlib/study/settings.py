@@ -124,7 +124,8 @@ PER_RUN: dict[str, str] = {
     "eval_target": "published_target in 06_published_method (every other attack is untargeted)",
     "ent_clamp": "06_published_method's two entropy-DT arms (careful, and as published: ent_clamp=false)",
     "ent_bn": "06_published_method's two entropy-DT arms (careful, and as published: ent_bn=train)",
-    "ent_leak": "06_published_method's two entropy-DT arms (careful, and as published: ent_leak=true)",
+    "ent_leak": "06_published_method, which runs both entropy-DT arms without it (README: it leaves no trace)",
+    "ent_alpha": "06_published_method's arms (entropy-DT at the paper's 0.9, its clean fine-tune control at 0)",
     "pretrained": "nothing: every study run starts from random weights (pretrained=PATH is for single runs: "
                   "python -m dtlib train backbone=resnet50 pretrained=PATH)",
 }
