@@ -298,6 +298,14 @@ def test_the_published_table_counts_every_seed_in_each_row(monkeypatch, tmp_path
         assert (r["targeted_success"] is None) == (r["target"] < 0)
 
 
+def test_the_standard_models_uaps_moved_to_an_arm_count_at_the_attackers_best_metric_by_metric():
+    fool = {"clean_acc": 0.6, "fooling_rate": 0.5, "uap_acc": 0.35, "asr": 0.45, "targeted_success": None}
+    acc = {"clean_acc": 0.6, "fooling_rate": 0.4, "uap_acc": 0.3, "asr": 0.5, "targeted_success": None}
+    assert published.best_of([fool, acc]) == {"clean_acc": 0.6, "fooling_rate": 0.5, "uap_acc": 0.3, "asr": 0.5,
+                                              "targeted_success": None}
+    assert published.best_of([{**fool, "targeted_success": 0.2}])["targeted_success"] == 0.2
+
+
 def test_the_fill_plan_reads_a_half_done_targeted_attack_check(monkeypatch, tmp_path):
     """06's check of a targeted evaluation that is cached while its stronger suite is not: the plan's
     stand-in carries a targeted rate to compare with the cached one (it stopped `make fill` before)."""
