@@ -119,7 +119,7 @@ def test_there_is_no_import_cycle():
 def test_figures_are_redrawn_without_the_training_stack():
     deps = closure("dtlib.figures")
     assert deps == {"dtlib.bench_report", "dtlib.choices", "dtlib.config", "dtlib.io", "dtlib.parsing", "dtlib.phases",
-                    "dtlib.study.claims", "dtlib.study.rules", "dtlib.validation"}, deps
+                    "dtlib.study.claims", "dtlib.study.rules", "dtlib.tables", "dtlib.validation"}, deps
     assert not deps & TRAINING_STACK
 
 
@@ -128,7 +128,7 @@ def test_the_claims_need_no_torch():
                                              "dtlib.validation"}
     for name in ("dtlib.study.claims", "dtlib.study.rules", "dtlib.choices", "dtlib.config", "dtlib.validation",
                  "dtlib.parsing", "dtlib.phases", "dtlib.io",
-                 "dtlib.bench_report"):
+                 "dtlib.bench_report", "dtlib.tables"):
         assert not imports(name)[1] & {"torch", "torchvision", "numpy"}, name
 
 
@@ -137,7 +137,8 @@ def test_a_fresh_interpreter_redraws_figures_without_torch():
             "print(any(m == 'torch' or m.startswith('torch.') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
     assert ast.literal_eval(out[0]) == ["dtlib", "dtlib.bench_report", "dtlib.choices", "dtlib.config", "dtlib.figures", "dtlib.io", "dtlib.lazy", "dtlib.parsing",
-                            "dtlib.phases", "dtlib.study", "dtlib.study.claims", "dtlib.study.rules", "dtlib.validation"]
+                            "dtlib.phases", "dtlib.study", "dtlib.study.claims", "dtlib.study.rules", "dtlib.tables",
+                            "dtlib.validation"]
     assert out[1] == "False"
 
 
