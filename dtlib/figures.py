@@ -24,7 +24,7 @@ import seaborn as sns  # noqa: E402
 from .bench_report import write_report  # noqa: E402
 from .io import atomic_path  # noqa: E402
 from .study.claims import SEED  # noqa: E402
-from .tables import ARM_LABELS, TABLES, claims_table  # noqa: E402
+from .tables import ARM_LABELS, TABLES, claims_table, deployed  # noqa: E402
 
 SEED_STYLE = dict(marker="X", color="black", s=90, zorder=5, label="seed (ImageNet)")
 
@@ -177,8 +177,7 @@ def published(res: dict[str, Any], out: Path) -> list[str]:
     """06: per arm, the attack success rate of targeted UAPs (left) and the fooling rate of untargeted
     ones (right) at each radius, white-box (filled) and the standard model's UAP (hatched); each arm
     in the inference mode it is deployed in (the ensemble where it has heads, as C1 reads DT)."""
-    ensembles = {r["arm"] for r in res["table"] if r["eval"] == "ensemble"}
-    rows = [r for r in res["table"] if r["eval"] == ("ensemble" if r["arm"] in ensembles else "head0")]
+    rows = deployed(res["table"])
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     radii = sorted({r["eps"] for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)

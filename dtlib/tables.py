@@ -109,14 +109,20 @@ def check_table(check: list[dict[str, Any]]) -> str:
             + (", and a targeted UAP's success rate rises by at most as much" if targeted else "") + ".\n\n" + "\n".join(lines) + "\n")
 
 
+def deployed(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of each arm in the inference mode it is deployed in: the ensemble where it has heads
+    (as C1 reads DT), else head 0."""
+    ensembles = {r["arm"] for r in table if r["eval"] == "ensemble"}
+    return [r for r in table if r["eval"] == ("ensemble" if r["arm"] in ensembles else "head0")]
+
+
 def published_table(res: dict[str, Any]) -> str:
     """06's table: per arm (in the inference mode it is deployed in, as its figure) and radius, clean
     accuracy and, for untargeted and targeted UAPs, white-box and the standard model's UAP moved to
     it: the published attack success rate, the fooling rate, and the targeted success rate."""
     pct = lambda r, m: "" if r is None or r.get(m) is None else (
         f"{100 * r[m]:.1f}" + (f" ± {100 * r[m + '_std']:.1f}" if r.get(m + "_std") is not None else ""))
-    ensembles = {r["arm"] for r in res["table"] if r["eval"] == "ensemble"}
-    rows = [r for r in res["table"] if r["eval"] == ("ensemble" if r["arm"] in ensembles else "head0")]
+    rows = deployed(res["table"])
     target = next((r["target"] for r in rows if r["target"] >= 0), None)
     at = {(r["arm"], r["eps"], r["target"] >= 0, r["attack"]): r for r in rows}
     lines = ["| method | eval | L-inf radius | clean acc (%) | untargeted ASR (%) | fooling (%) | ASR, standard's "
