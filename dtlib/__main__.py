@@ -102,4 +102,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if launched():
+        # A torchrun worker, its work done and saved: gloo's threads can still abort the interpreter's
+        # shutdown (SIGABRT, "terminate called without an active exception"), failing a finished run.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

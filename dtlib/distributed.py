@@ -17,6 +17,7 @@ hours. PGD-AT's and entropy_dt's random starts are drawn by one generator seeded
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -91,6 +92,7 @@ def process_group(cfg: Config) -> Iterator[torch.device]:
     finally:
         if ok:  # an error on one rank: the others fail in their next collective, so no barrier
             dist.barrier()
+        gc.collect()  # DDP's reducer in a reference cycle would keep the group alive past its destruction
         dist.destroy_process_group()
 
 
