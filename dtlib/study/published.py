@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..attacks import in_layout
 from ..data import load_data
 from ..evaluate import scored_subset
 from ..experiment import RunResult, load_model, load_uaps
@@ -54,21 +55,24 @@ def best_of(scores: list[dict[str, float | None]]) -> dict[str, float | None]:
 def uap_metrics(res: RunResult, sets: list[dict[str, torch.Tensor]], target: int) -> list[dict[str, dict[str, float]]]:
     """For each UAP set of ``sets`` (``set[mode]``, pixel units), every metric of ``METRICS`` for each
     inference mode of ``res``'s evaluation, on the images that evaluation scored; the model, the
-    images and the clean predictions are read once for all of them."""
+    images and the clean predictions are read once for all of them. Model and images are
+    channels_last, as in the suite's own scoring (on 2 CPU cores in fp32 about 2x faster)."""
     cfg = res.config
     device = resolve_device(cfg.device)
     model, _ = load_model(res.run_dir, device)
+    model = model.to(memory_format=torch.channels_last)
     _, val, test = load_data(cfg)
     images = scored_subset(val if cfg.eval_split == "val" else test, cfg.eval_size).to(device)
+    inputs = in_layout(images.x, model)
     dtype = amp_dtype(cfg.precision, device)
     y = images.y.cpu()
     out: list[dict[str, dict[str, float]]] = [{} for _ in sets]
     for key in res.metrics["eval"]:
         mode = "ensemble" if key == "ensemble" else "single"
         fn = lambda x, mode=mode: model.scores(x, mode, cfg.eval_head)
-        clean = predict(fn, images.x, amp_dtype=dtype)
+        clean = predict(fn, inputs, amp_dtype=dtype)
         for uaps, metrics in zip(sets, out):
-            adv = predict(fn, images.x, delta=uaps[key].to(device), amp_dtype=dtype)
+            adv = predict(fn, inputs, delta=uaps[key].to(device), amp_dtype=dtype)
             metrics[key] = {"clean_acc": accuracy(clean, y), "fooling_rate": fooling_rate(clean, adv),
                             "uap_acc": accuracy(adv, y), "asr": attack_success_rate(clean, adv, y),
                             "targeted_success": targeted_success(adv, y, target) if target >= 0 else None}
