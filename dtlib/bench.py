@@ -84,6 +84,7 @@ def train_cases(b: Bench) -> dict[str, dict[str, Any]]:
     """standard; standard at twice the batch (DT's forward/backward work without DT); DT per K with
     and without checkpointing; DT K=5 with the UAP ascending the loss (no second pass) and with its
     gradient pass on every 2nd / 4th batch (``uap_every``) or over a quarter of the batch (``uap_fraction``);
+    DT K=5 with half the batch perturbed (``perturbed_fraction``), ascending the loss or the ensemble CE;
     PGD-AT; UAT."""
     cases: dict[str, dict[str, Any]] = {"standard": dict(method="standard", heads=1),
                                         "standard_2b": dict(method="standard", heads=1,
@@ -96,6 +97,9 @@ def train_cases(b: Bench) -> dict[str, dict[str, Any]]:
     for n in (2, 4):  # the UAP's gradient pass on every n-th batch only
         cases[f"dt_k5_every{n}"] = dict(method="dt", heads=5, uap_every=n)
     cases["dt_k5_frac4"] = dict(method="dt", heads=5, uap_fraction=0.25)  # ... or from a quarter of the batch
+    # a step of 1.5B images: the only DT step that can go under standard_2b's 2x
+    cases["dt_k5_loss_half"] = dict(method="dt", heads=5, uap_objective="loss", perturbed_fraction=0.5)
+    cases["dt_k5_half"] = dict(method="dt", heads=5, perturbed_fraction=0.5)
     cases["pgd_at"] = dict(method="pgd_at", heads=1)
     cases["uat"] = dict(method="uat", heads=1)
     return cases

@@ -30,13 +30,14 @@ ATTACK_VERSION = 2
 # before they existed: at that value a field is left out of the run-cache key, so runs cached
 # earlier stay valid; any other value is part of the key.
 ADDED_TRAIN_FIELDS: dict[str, Any] = {"uap_objective": "ensemble_ce", "uap_every": 1, "nproc": 1, "sync_bn": False,
-                                      "pretrained": "", "image_size": 0, "uap_fraction": 1.0}
+                                      "pretrained": "", "image_size": 0, "uap_fraction": 1.0,
+                                      "perturbed_fraction": 1.0}
 # The same for evaluation fields: at these values an evaluation cached before they existed stays valid.
 ADDED_EVAL_FIELDS: dict[str, Any] = {"eval_target": -1, "uap_adam_lr": 0.005}
 # Training fields that only one method reads: they join the run key of that method's runs alone, so
 # a setting meant for one method (a profile's shorter repair) never retrains another's runs.
 METHOD_FIELDS: dict[str, tuple[str, ...]] = {
-    "dt": ("uap_every", "uap_fraction"),
+    "dt": ("uap_every", "uap_fraction", "perturbed_fraction"),
     "entropy_dt": ("repair_size", "repair_epochs", "repair_clean_epochs", "repair_batch_size", "repair_lr",
                    "repair_clean_lr", "repair_rotation", "ent_alpha", "ent_steps", "ent_step", "ent_clamp",
                    "ent_bn", "ent_leak"),
@@ -74,6 +75,9 @@ class Config:
                              "fraction of the perturbed half (at least 2 images), in a forward and input-gradient "
                              "pass of its own on those images alone (BatchNorm on their batch statistics, running "
                              "ones untouched); 1 = the whole half, through the training step's own graph")
+    perturbed_fraction: float = _f(1.0, "train", "dt: the perturbed half holds the batch's first ceil(f B) images "
+                                   "(at least 2) plus the UAP, not all B, so a step runs (1 + f) B images; the clean "
+                                   "terms still see all B (1 = the summary's step: every image clean and perturbed)")
     pgd_eps: float = _f(8 / 255, "train", "L-inf radius of PGD adversarial training, pixel units")
     pgd_steps: int = _f(7, "train", "PGD steps per batch in pgd_at")
     pgd_alpha: float = _f(2 / 255, "train", "PGD step size, pixel units")

@@ -40,14 +40,15 @@ def ensemble_cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str
 
 
 def dt_loss(clean_logits: torch.Tensor, uap_logits: torch.Tensor, y: torch.Tensor, *,
-            lambda_cons: float = 1.0, lambda_div: float = 1.0, lambda_adv: float = 0.0
-            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            lambda_cons: float = 1.0, lambda_div: float = 1.0, lambda_adv: float = 0.0,
+            uap_y: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Democratic Training loss on per-head logits (K, B, C) of clean and UAP-perturbed images:
 
         mean_k CE(head k, clean) + lambda_cons * JSD(clean) - lambda_div * JSD(uap)
         + lambda_adv * CE(ensemble, uap)
 
-    Returns the scalar loss and its parts (detached) for logging."""
+    ``uap_y``: the perturbed images' labels where they are not ``y`` (fewer perturbed than clean
+    images, ``perturbed_fraction``). Returns the scalar loss and its parts (detached) for logging."""
     for name, w in (("lambda_cons", lambda_cons), ("lambda_div", lambda_div), ("lambda_adv", lambda_adv)):
         if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
             raise ValueError(f"{name} must be a finite non-negative number, got {w!r}.")
@@ -56,6 +57,6 @@ def dt_loss(clean_logits: torch.Tensor, uap_logits: torch.Tensor, y: torch.Tenso
              "jsd_uap": jsd(uap_logits).mean()}
     loss = parts["ce"] + lambda_cons * parts["jsd_clean"] - lambda_div * parts["jsd_uap"]
     if lambda_adv:
-        parts["ce_uap"] = ensemble_cross_entropy(uap_logits, y)
+        parts["ce_uap"] = ensemble_cross_entropy(uap_logits, y if uap_y is None else uap_y)
         loss = loss + lambda_adv * parts["ce_uap"]
     return loss, {k: v.detach() for k, v in parts.items()}

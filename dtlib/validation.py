@@ -35,6 +35,10 @@ def validate(cfg: Any) -> None:
     if cfg.method != "dt" and (cfg.uap_every, cfg.uap_objective, cfg.uap_fraction) != (1, "ensemble_ce", 1.0):
         raise ValueError(f"uap_every={cfg.uap_every}, uap_objective={cfg.uap_objective!r}, uap_fraction={cfg.uap_fraction}: "
                          f"dt's, not read by method={cfg.method!r}.")
+    if cfg.method != "dt" and cfg.perturbed_fraction != 1.0:
+        raise ValueError(f"perturbed_fraction={cfg.perturbed_fraction}: dt's, not read by method={cfg.method!r}.")
+    if not 0 < cfg.perturbed_fraction <= 1:
+        raise ValueError(f"perturbed_fraction must be a fraction in (0, 1], got {cfg.perturbed_fraction}.")
     if not 0 < cfg.uap_fraction <= 1:
         raise ValueError(f"uap_fraction must be a fraction in (0, 1], got {cfg.uap_fraction}.")
     if cfg.uap_fraction < 1 and cfg.uap_objective != "ensemble_ce":

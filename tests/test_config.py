@@ -53,6 +53,8 @@ def test_a_training_field_added_later_keeps_earlier_runs_keys_at_its_legacy_valu
     ({"method": "uat", "uap_every": 2}, "uap_every=2, uap_objective='ensemble_ce', uap_fraction=1.0: dt's, not read by method='uat'"),
     ({"uap_objective": "loss"}, "uap_every=1, uap_objective='loss', uap_fraction=1.0: dt's, not read by method='standard'"),
     ({"uap_fraction": 0.5}, "uap_every=1, uap_objective='ensemble_ce', uap_fraction=0.5: dt's, not read by method='standard'"),
+    ({"method": "uat", "perturbed_fraction": 0.5}, "perturbed_fraction=0.5: dt's, not read by method='uat'"),
+    ({"method": "dt", "perturbed_fraction": 0.0}, "perturbed_fraction must be a fraction in \\(0, 1\\], got 0.0"),
     ({"heads": "two"}, "heads='two' is not an integer"),
     ({"heads": 2.5}, "heads=2.5 must be an integer"),
     ({"eps": -0.1}, "eps=-0.1 is outside \\[0, 1\\]"),

@@ -137,6 +137,35 @@ def test_dt_with_uap_fraction_takes_the_gradient_from_a_pass_over_part_of_the_ba
 
 
 @pytest.mark.parametrize("objective", ["ensemble_ce", "loss"])
+def test_dt_with_perturbed_fraction_perturbs_the_first_part_of_the_batch_only(objective):
+    """perturbed_fraction=0.25: one forward of the 32 clean images and the first 8 of them plus
+    delta; the loss is dt_loss on those logits (the clean terms over all 32, the perturbed ones over
+    the 8 with their labels), and delta ascends that loss or the ensemble CE of the 8."""
+    cfg = Config(method="dt", heads=3, lambda_adv=1.0, perturbed_fraction=0.25, uap_objective=objective, **MINI)
+    model, step, x, y, d0, _ = _dt_step_and_twin_logits(cfg)
+    twin = copy.deepcopy(model)
+    logits = twin(torch.cat([x, perturb(x[:8], d0)]))
+    want, _ = dt_loss(logits[:, :32], logits[:, 32:], y, lambda_div=cfg.lambda_div, lambda_adv=1.0, uap_y=y[:8])
+    ascend = want if objective == "loss" else ensemble_cross_entropy(logits[:, 32:], y[:8])
+    g, = torch.autograd.grad(ascend, d0)
+    rows = []
+    hook = model.backbone.register_forward_hook(lambda m, i, o: rows.append(len(i[0])))
+    loss, clean = step.loss(x, y)
+    hook.remove()
+    loss.backward()
+    step.after_backward()
+    assert rows == [40] and clean.shape[1] == 32
+    assert torch.allclose(loss, want, atol=1e-6)
+    assert torch.allclose(step.delta, project(d0.detach() + cfg.uap_step * ascent(g, "linf"), cfg.eps, "linf"), atol=1e-7)
+    # at 1, the summary's step: every image clean and perturbed, the loss of the whole batch twice over
+    full = DT(copy.deepcopy(twin), cfg.replace(perturbed_fraction=1.0), torch.device("cpu"))
+    full.delta = d0.detach().clone()
+    both = twin(torch.cat([x, perturb(x, d0.detach())]))
+    assert torch.allclose(full.loss(x, y)[0], dt_loss(both[:, :32], both[:, 32:], y, lambda_div=cfg.lambda_div,
+                                                      lambda_adv=1.0)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["ensemble_ce", "loss"])
 def test_dt_with_uap_every_moves_the_uap_on_every_nth_batch_only_and_skips_the_pass_between(objective):
     """uap_every=3: batches 0 and 3 move the UAP one step up its gradient, as uap_every=1 would;
     batches 1, 2 and 4 train against it unchanged, with no second pass through the graph and no

@@ -38,6 +38,7 @@ PER_RUN_CONTROLS = {"method": "arms", "heads": "ks", "lambda_div": "grid_div", "
                     "eval_norm": "l2_radii", "eval_modes": "experiment", "eval_split": "experiment", "eval_head": "head 0",
                     "eval_target": "published_target", "ent_clamp": "06", "ent_bn": "06", "ent_leak": "06", "ent_alpha": "06",
                     "uap_objective": "grid_attacker", "uap_every": "grid_attacker", "uap_fraction": "grid_attacker",
+                    "perturbed_fraction": "grid_attacker",
                     "pretrained": "random weights"}
 
 
@@ -71,6 +72,9 @@ def test_every_field_set_per_run_has_its_controller_named():
     ("smoke", {"grid_attacker": ["ensemble_ce@1.5"]}, "uap_fraction must be a fraction in (0, 1]"),
     ("smoke", {"grid_attacker": ["loss@0.5"]}, "uap_fraction=0.5 sets ensemble_ce's gradient pass"),
     ("smoke", {"grid_attacker": ["ensemble_ce@1.2.3"]}, "whose @1.2.3 is not a number"),
+    ("smoke", {"grid_attacker": ["loss+1.5"]}, "perturbed_fraction must be a fraction in (0, 1]"),
+    ("smoke", {"grid_attacker": ["loss+0..5"]}, "whose +0..5 is not a number"),
+    ("smoke", {"grid_attacker": ["loss", "loss+1"]}, "names one setting twice"),
     *[("smoke", {name: getattr(Config(), name)}, f"Config field {name!r} is set run by run by the study")
       for name in S.PER_RUN],
 ])
@@ -137,7 +141,7 @@ def test_dts_training_time_attackers_are_scored_beside_the_one_it_trains_with(mo
     # no worse: within twice the combined seed spread (sd 0.028 and 0.014: 0.063) of the first's 0.42
     assert [rows[n]["no_worse"] for n in ("ensemble_ce", "loss", "ensemble_ce/4")] == [True, False, True]
     assert rows["loss"]["val_uap_acc"] < 0.42 - 0.063 < rows["ensemble_ce/4"]["val_uap_acc"]
-    assert sel["attacker"] == {"uap_objective": "ensemble_ce", "uap_every": 1, "uap_fraction": 1.0}
+    assert sel["attacker"] == {"uap_objective": "ensemble_ce", "uap_every": 1, "uap_fraction": 1.0, "perturbed_fraction": 1.0}
     grid = [c for c in calls if c.get("uap_every") == 4 or c.get("uap_objective") == "loss"]
     assert len(grid) == 4 and all(c["heads"] == 5 and c["lambda_div"] == 1.0 and c["eval_split"] == "val" for c in grid)
     # the first setting is what every DT arm trains with

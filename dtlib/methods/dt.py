@@ -17,7 +17,8 @@ from .base import RunningUAP
 
 class DT(RunningUAP):
     """The Democratic Training loss (``losses.dt_loss``) on clean images and on the same images
-    plus the running UAP, both in one forward pass (one batch of 2B images).
+    plus the running UAP, both in one forward pass (one batch of 2B images; with
+    ``perturbed_fraction`` f < 1, B clean images and the first ceil(f B) of them perturbed).
 
     What the UAP ascends is ``cfg.uap_objective``: ``ensemble_ce``, the ensemble's cross-entropy on
     the perturbed half, whose gradient is not the loss's and so takes one input-gradient pass of its
@@ -43,20 +44,23 @@ class DT(RunningUAP):
         c = self.cfg
         self.moves = self.batch % c.uap_every == 0
         delta = self._leaf(x) if self.moves else self._held()
-        logits = self.model(torch.cat([x, perturb(x, delta)]))
-        clean, uap = logits.chunk(2, dim=1)
+        # the batch is shuffled, so its first images are as good a sample as any
+        m = len(x) if c.perturbed_fraction == 1 else min(len(x), max(2, math.ceil(c.perturbed_fraction * len(x))))
+        xp, yp = x[:m], y[:m]
+        logits = self.model(torch.cat([x, perturb(xp, delta)]))
+        clean, uap = logits[:, :len(x)], logits[:, len(x):]
         loss, self.parts = dt_loss(clean, uap, y, lambda_cons=c.lambda_cons, lambda_div=c.lambda_div,
-                                   lambda_adv=c.lambda_adv)
+                                   lambda_adv=c.lambda_adv, uap_y=yp)
         if c.uap_objective == "ensemble_ce" and self.moves:
             with self.clock.phase("uap_gradient"):
                 if c.uap_fraction < 1:
-                    self._grad = self._fraction_grad(x, y, delta)
+                    self._grad = self._fraction_grad(xp, yp, delta)
                 else:
-                    self._grad, = torch.autograd.grad(ensemble_cross_entropy(uap, y), delta, retain_graph=True)
+                    self._grad, = torch.autograd.grad(ensemble_cross_entropy(uap, yp), delta, retain_graph=True)
         return loss, clean
 
     def _fraction_grad(self, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """The ensemble CE's gradient in delta over the batch's first ceil(uap_fraction B) images (at least 2)."""
+        """The ensemble CE's gradient in delta over the first ceil(uap_fraction m) of the m perturbed images (at least 2)."""
         m = min(len(x), max(2, math.ceil(self.cfg.uap_fraction * len(x))))
         net = attack_module(self.model)
         with FrozenBNStats(net):

@@ -102,7 +102,8 @@ def plan(study: Study, notebooks: list[str]) -> list[Config]:
 
 def attacker_of(cfg: Config) -> dict[str, Any]:
     """The training-time attacker fields of a DT config, as ``settings.attacker`` gives them."""
-    return {"uap_objective": cfg.uap_objective, "uap_every": cfg.uap_every, "uap_fraction": cfg.uap_fraction}
+    return {"uap_objective": cfg.uap_objective, "uap_every": cfg.uap_every, "uap_fraction": cfg.uap_fraction,
+            "perturbed_fraction": cfg.perturbed_fraction}
 
 
 def fill_runs(study: Study, notebooks: list[str], lanes: int = 2, log: Callable[[str], None] = print) -> list[Config]:

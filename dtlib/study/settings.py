@@ -33,7 +33,7 @@ class Study:
     ks: tuple[int, ...] = (1, 2, 3, 5, 10)     # K ablation
     grid_div: tuple[float, ...] = (0.0, 1.0, 3.0)   # sensitivity grid at K = 5: lambda_div ...
     grid_adv: tuple[float, ...] = (0.0, 1.0)        # ... x lambda_adv (0 = the seed's literal loss)
-    # DT's training-time attacker, uap_objective[/uap_every][@uap_fraction]: the first is every DT run's; the others
+    # DT's training-time attacker, uap_objective[/uap_every][@uap_fraction][+perturbed_fraction]: the first is every DT run's; the others
     # are scored beside it on validation at the chosen cell with the diversity term (cheaper steps)
     grid_attacker: tuple[str, ...] = ("ensemble_ce", "loss", "ensemble_ce/4", "ensemble_ce@0.25")
     backbone: str = "cnn"                      # the headline's, K ablation's, cross-norm's and cost's model
@@ -117,6 +117,8 @@ PER_RUN: dict[str, str] = {
     "uap_every": "grid_attacker (its first entry is every DT run's: grid_attacker: [ensemble_ce/4] trains with uap_every=4)",
     "uap_fraction": "grid_attacker (its first entry is every DT run's: grid_attacker: [ensemble_ce@0.25] trains with "
                     "uap_fraction=0.25)",
+    "perturbed_fraction": "grid_attacker (its first entry is every DT run's: grid_attacker: [loss+0.5] trains with "
+                          "uap_objective=loss, perturbed_fraction=0.5)",
     "eval_norm": "linf_radii and l2_radii in 03_cross_norm (every other attack is L-inf at eval_eps)",
     "eval_modes": "each experiment, which scores the inference modes it reports",
     "eval_split": "each experiment (the selection grid scores on the validation split, the rest on test)",
@@ -257,16 +259,21 @@ def check_study(study: Study) -> None:
 
 def attacker(setting: str) -> dict[str, Any]:
     """The Config fields of a ``grid_attacker`` entry: ``objective``, then optionally ``/n`` (uap_every,
-    1 if absent) and ``@f`` (uap_fraction, 1 if absent), such as ``ensemble_ce/4`` or ``ensemble_ce@0.25``."""
-    m = re.fullmatch(r"([a-z_]+)(?:/([0-9]+))?(?:@([0-9.]+))?", setting)
+    1 if absent), ``@f`` (uap_fraction, 1 if absent) and ``+p`` (perturbed_fraction, 1 if absent), such
+    as ``ensemble_ce/4``, ``ensemble_ce@0.25`` or ``loss+0.5``."""
+    m = re.fullmatch(r"([a-z_]+)(?:/([0-9]+))?(?:@([0-9.]+))?(?:\+([0-9.]+))?", setting)
     if not m:
-        raise ValueError(f"grid_attacker holds {setting!r}: write uap_objective[/n][@f], such as ensemble_ce/4 (the UAP "
-                         "moves on every 4th batch) or ensemble_ce@0.25 (its gradient from a quarter of the batch).")
-    try:
-        fraction = float(m.group(3) or 1)
-    except ValueError:
-        raise ValueError(f"grid_attacker holds {setting!r}, whose @{m.group(3)} is not a number.") from None
-    return {"uap_objective": m.group(1), "uap_every": int(m.group(2) or 1), "uap_fraction": fraction}
+        raise ValueError(f"grid_attacker holds {setting!r}: write uap_objective[/n][@f][+p], such as ensemble_ce/4 (the "
+                         "UAP moves on every 4th batch), ensemble_ce@0.25 (its gradient from a quarter of the batch) or "
+                         "loss+0.5 (half the batch perturbed).")
+    fractions = []
+    for mark, text in (("@", m.group(3)), ("+", m.group(4))):
+        try:
+            fractions.append(float(text or 1))
+        except ValueError:
+            raise ValueError(f"grid_attacker holds {setting!r}, whose {mark}{text} is not a number.") from None
+    return {"uap_objective": m.group(1), "uap_every": int(m.group(2) or 1), "uap_fraction": fractions[0],
+            "perturbed_fraction": fractions[1]}
 
 
 # The names a study notebook's `parameters` cell declares (papermill's -p / -y names).
