@@ -33,8 +33,8 @@ class Study:
     ks: tuple[int, ...] = (1, 2, 3, 5, 10)     # K ablation
     grid_div: tuple[float, ...] = (0.0, 1.0, 3.0)   # sensitivity grid at K = 5: lambda_div ...
     grid_adv: tuple[float, ...] = (0.0, 1.0)        # ... x lambda_adv (0 = the seed's literal loss)
-    # DT's training-time attacker, uap_objective[/uap_every][@uap_fraction][+perturbed_fraction]: the first is every DT run's; the others
-    # are scored beside it on validation at the chosen cell with the diversity term (cheaper steps)
+    # DT's training-time attacker, uap_objective[/uap_every][@uap_fraction][+perturbed_fraction]: the first is
+    # every DT run's; the others are scored beside it on validation at the chosen cell with the diversity term
     grid_attacker: tuple[str, ...] = ("ensemble_ce", "loss", "ensemble_ce/4", "ensemble_ce@0.25")
     backbone: str = "cnn"                      # the headline's, K ablation's, cross-norm's and cost's model
     eval_eps: float = 10 / 255                 # L-inf radius of every evaluation UAP outside 03_cross_norm
