@@ -48,7 +48,8 @@ CUDA_DEFAULTS: dict[str, Any] = dict(steps=50, warmup=10, epoch=True, infer_batc
                                      batch_size=512)
 # The project's engineering targets for its own implementation (stricter than the summary's C4 and C5 in
 # docs/protocol.md; the claims rows use the summary's figures): a ratio key and its bound.
-TARGETS = {"dt_k5_train": 2.0, "single_head_infer": 1.02, "ensemble_k5_infer": 1.10, "memory_k10_over_k1": 1.10,
+# dt_k5_loss_half_train is the `study` profile's DT step (its grid_attacker's first entry, loss+0.5).
+TARGETS = {"dt_k5_train": 2.0, "dt_k5_loss_half_train": 2.0, "single_head_infer": 1.02, "ensemble_k5_infer": 1.10, "memory_k10_over_k1": 1.10,
            "standard_epoch_s": 5.0}
 
 
@@ -152,7 +153,8 @@ def run(bench: Bench | None = None, *, root: str | Path = ".", log: Callable[[st
                   **{f"{key}_checkpointing": steps[f"dt_k{k}_ckpt"]["memory"][key] for key in keys
                      if f"dt_k{k}_ckpt" in steps}} for k in b.ks}
     mem_key = keys[-1]  # the allocator's peak on CUDA
-    measured = {"dt_k5_train": ratios["dt_k5_train"], "single_head_infer": ratios["single_head_infer"],
+    measured = {"dt_k5_train": ratios["dt_k5_train"], "dt_k5_loss_half_train": ratios["dt_k5_loss_half_train"],
+                "single_head_infer": ratios["single_head_infer"],
                 "ensemble_k5_infer": ratios["ensemble_k5_infer"],
                 "memory_k10_over_k1": memory[10][mem_key] / memory[1][mem_key]}
     if epoch:
