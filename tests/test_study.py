@@ -144,10 +144,17 @@ def test_dts_training_time_attackers_are_scored_beside_the_one_it_trains_with(mo
     assert sel["attacker"] == {"uap_objective": "ensemble_ce", "uap_every": 1, "uap_fraction": 1.0, "perturbed_fraction": 1.0}
     grid = [c for c in calls if c.get("uap_every") == 4 or c.get("uap_objective") == "loss"]
     assert len(grid) == 4 and all(c["heads"] == 5 and c["lambda_div"] == 1.0 and c["eval_split"] == "val" for c in grid)
-    # the first setting is what every DT arm trains with
+    # the first setting is what every DT arm trains with, where the summary's step is not better by
+    # more than the noise (one seed: 2 points) ...
     st = S.setup("smoke", {"grid_attacker": ["ensemble_ce/4", "ensemble_ce"]})
+    acc[("ensemble_ce", 4)] = [0.385]
     sel = S.select_dt(st, log=lambda s: None)
     assert all(o["uap_every"] == 4 for name, o in S.arms(sel).items() if o["method"] == "dt")
+    # ... and the summary's step where it is (0.40 against 0.36)
+    acc[("ensemble_ce", 4)] = [0.36]
+    sel = S.select_dt(st, log=lambda s: None)
+    assert sel["step"] == "ensemble_ce"
+    assert all(o["uap_every"] == 1 for name, o in S.arms(sel).items() if o["method"] == "dt")
 
 
 # A value other than the smoke profile's for every Config field a study accepts in overrides.
@@ -302,6 +309,44 @@ def test_the_published_table_counts_every_seed_in_each_row(monkeypatch, tmp_path
         assert (r["targeted_success"] is None) == (r["target"] < 0)
 
 
+def test_a_cheaper_step_trains_the_arms_unless_the_summarys_step_beats_it_beyond_the_noise(monkeypatch):
+    """chosen_step: loss+0.5 (first) stands unless ensemble_ce, the summary's step, is better by more
+    than twice the combined seed spread (at least 2 points); attacker_seeds widens the comparison
+    (not the grid) to the first n seeds, and the arms take the chosen step."""
+    row = lambda name, acc, sd: {"attacker": name, "val_uap_acc": acc, "val_uap_acc_sd": sd}
+    assert S.chosen_step([row("loss+0.5", 0.40, 0.0), row("ensemble_ce", 0.419, 0.0)]) == "loss+0.5"
+    assert S.chosen_step([row("loss+0.5", 0.40, 0.0), row("ensemble_ce", 0.421, 0.0)]) == "ensemble_ce"
+    # spreads of 0.03 and 0.04: noise 2 * 0.05 = 0.10
+    assert S.chosen_step([row("loss+0.5", 0.40, 0.03), row("ensemble_ce", 0.49, 0.04)]) == "loss+0.5"
+    assert S.chosen_step([row("loss+0.5", 0.40, 0.03), row("ensemble_ce", 0.51, 0.04)]) == "ensemble_ce"
+    # only the summary's step can displace the first: a better cheaper one is reported, not taken
+    assert S.chosen_step([row("ensemble_ce", 0.30, 0.0), row("ensemble_ce/4", 0.50, 0.0)]) == "ensemble_ce"
+    calls = []
+
+    def fake_run(self, log=print, **o):
+        calls.append(o)
+        cfg = self.config.replace(**o)
+        a = {("ensemble_ce", 1.0): [0.45, 0.47], ("loss", 0.5): [0.40, 0.41]}.get(
+            (cfg.uap_objective, cfg.perturbed_fraction), [0.1, 0.1])[cfg.seed] if cfg.method == "dt" and cfg.lambda_div else 0.1
+        key = "ensemble" if cfg.heads > 1 else "head0"
+        return RunResult(cfg, Path("runs") / "x", {"eval": {key: {"clean_acc": 0.8, "fooling_rate": 0.5, "uap_acc": a}},
+                                                   "train": {}, "provenance": {}})
+
+    monkeypatch.setattr(S.Study, "run", fake_run)
+    said = []
+    st = S.setup("smoke", {"seeds": [0, 1], "attacker_seeds": 2, "grid_attacker": ["loss+0.5", "ensemble_ce"]})
+    sel = S.select_dt(st, log=said.append)
+    assert [r["seeds"] for r in sel["attackers"]] == [2, 2]
+    assert {c["seed"] for c in calls if c.get("lambda_div") == 0.0} == {0}  # the grid stays at ablation_seeds
+    # 0.405 (sd 0.007) against 0.46 (sd 0.014): below it by 0.055 > the noise 0.031
+    assert sel["step"] == "ensemble_ce" and sel["attacker"]["perturbed_fraction"] == 1.0
+    assert any("DT trains with ensemble_ce" in s for s in said)
+    assert all(o["uap_objective"] == "ensemble_ce" and o["perturbed_fraction"] == 1.0
+               for o in S.arms(sel).values() if o["method"] == "dt")
+    with pytest.raises(ValueError, match="attacker_seeds=3"):
+        S.setup("smoke", {"seeds": [0, 1], "attacker_seeds": 3})
+
+
 def test_the_standard_models_uaps_moved_to_an_arm_count_at_the_attackers_best_metric_by_metric():
     fool = {"clean_acc": 0.6, "fooling_rate": 0.5, "uap_acc": 0.35, "asr": 0.45, "targeted_success": None}
     acc = {"clean_acc": 0.6, "fooling_rate": 0.4, "uap_acc": 0.3, "asr": 0.5, "targeted_success": None}
@@ -352,14 +397,19 @@ def test_the_fill_plan_is_what_the_experiments_ask_for(monkeypatch, tmp_path):
 
 def test_the_study_profile_trains_every_headline_arm_and_each_k_over_three_seeds(tmp_path):
     """`study`: the full training set less a 5,000-image validation split, the whole test set scored;
-    the selection grid on the first seed, every headline arm and every K of the ablation on all three."""
+    the selection grid on the first seed, the attackers' comparison on two, every headline arm and
+    every K of the ablation on all three."""
     st = S.setup("study", root=str(tmp_path))
     c = st.config
     assert (c.data, c.train_size, c.val_size, c.eval_size, c.precision, c.device) == ("full", 0, 5000, 10000, "fp32", "cpu")
     planned = fill.plan(st, ["01_headline", "02_k_ablation", "06_published_method"])
     assert not any(tmp_path.iterdir())
     seeds = lambda pick: {p.seed for p in planned if p.eval_split == "test" and pick(p)}
-    assert {p.seed for p in planned if p.eval_split == "val"} == {0}
+    # the grid (and its standard and UAT references) on seed 0; the attackers' comparison on seeds 0 and 1
+    val = [p for p in planned if p.eval_split == "val"]
+    assert {p.seed for p in val if p.method != "dt" or p.lambda_div != 1.0 or p.lambda_adv != 0.0} == {0}
+    assert {(p.uap_objective, p.perturbed_fraction, p.seed) for p in val if p.method == "dt" and p.lambda_div == 1.0
+            and p.lambda_adv == 0.0} == {(o, f, s) for o, f in (("loss", 0.5), ("ensemble_ce", 1.0)) for s in (0, 1)}
     for method in ("standard", "uat", "pgd_at"):
         assert seeds(lambda p: p.method == method) == {0, 1, 2}
     for k in st.ks:
@@ -403,17 +453,20 @@ def test_attack_check_of_a_targeted_evaluation_also_needs_its_targeted_success_t
     assert rows[9]["rise"] == pytest.approx(0.01)
 
 
-def test_the_fill_trains_the_grid_first_and_the_other_attackers_after_it(monkeypatch, tmp_path):
-    """The grid pass holds the validation runs that decide the selection; DT runs of the other
-    attackers (trained at the cell the grid picks) wait for the second pass, as the test runs do."""
-    st = S.setup("smoke", {"grid_attacker": ["ensemble_ce", "ensemble_ce/4"]}, root=str(tmp_path))
+def test_the_fill_trains_the_grid_then_the_attackers_comparison_then_the_rest(monkeypatch, tmp_path):
+    """The grid pass holds the validation runs that decide the cell (the first attacker, the grid's
+    seeds); the comparison at that cell (other attackers, and the first one's runs at the further
+    attacker seeds) waits for the second pass, as it decides the step of every DT run the third trains."""
+    st = S.setup("smoke", {"seeds": [0, 1], "attacker_seeds": 2, "grid_attacker": ["ensemble_ce", "ensemble_ce/4"]},
+                 root=str(tmp_path))
     val = dict(eval_split="val", eval_modes="ensemble")
     configs = [st.config.replace(method="dt", heads=5, **val), st.config.replace(method="dt", heads=5, uap_every=4, **val),
-               st.config.replace(method="standard", **val), st.config.replace(method="dt", heads=5)]
+               st.config.replace(method="standard", **val), st.config.replace(method="dt", heads=5, seed=1, **val),
+               st.config.replace(method="dt", heads=5)]
     passes = []
     monkeypatch.setattr(fill, "plan", lambda study, notebooks: configs)
     monkeypatch.setattr(fill, "ensure_trained", lambda cfg, **kw: None)
     monkeypatch.setattr(fill, "evaluate", lambda todo, runs, lanes, log: passes.append(todo))
     with pytest.raises(RuntimeError):  # nothing was really evaluated, so all is still missing after it
         fill.fill_runs(st, ["01_headline"], log=lambda s: None)
-    assert passes[0] == [configs[0], configs[2]] and passes[1] == configs
+    assert passes == [[configs[0], configs[2]], configs[:4], configs]

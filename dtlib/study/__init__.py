@@ -23,7 +23,7 @@ _NAMES = {
               "verdict"),
     "experiments": ("CROSS_ARMS", "METRICS", "attack_check", "cost", "cross_norm", "headline",
                     "k_ablation", "save", "transfer"),
-    "selection": ("arms", "compare_attackers", "select_dt"),
+    "selection": ("arms", "chosen_step", "compare_attackers", "select_dt"),
     "published": ("ARMS", "published_method", "uap_metrics"),
     "registry": ("EXPERIMENTS",),
     "fill": ("fill_runs", "plan"),

@@ -9,8 +9,9 @@ will ask for (``plan``: each experiment run against stand-ins that record what i
 them in this process one at a time at full threads (training wall times are results, C4-wall, so
 they are not measured on a shared machine), then evaluates them in ``lanes`` processes that share
 the cores and claim a (run, evaluation) each by creating a lock file. The papermill batch then reads
-every run from the cache. Only the selection grid's results (validation split) decide which other
-runs an experiment asks for, so the grid is filled first and the plan made again from its results.
+every run from the cache. Only the selection's results (validation split) decide which other runs an
+experiment asks for: the grid's decide the cell, the attackers' comparison at that cell the step of
+every other DT run; so the grid is filled first, then that comparison, the plan made again after each.
 On 2 cores one thread gives about 70% of two threads' throughput, so two lanes take about 70% of
 the time of one. A killed fill resumes: what finished is cached.
 """
@@ -107,13 +108,17 @@ def attacker_of(cfg: Config) -> dict[str, Any]:
 
 
 def fill_runs(study: Study, notebooks: list[str], lanes: int = 2, log: Callable[[str], None] = print) -> list[Config]:
-    """Train and evaluate every run of ``plan`` (the selection grid first); returns the configs."""
+    """Train and evaluate every run of ``plan`` in three stages, each planned again from the results
+    of the one before: the selection grid, then the training-time attackers' comparison at the cell
+    the grid picks (which decides the step of every other DT run), then the rest; returns the configs."""
     runs = study.dir / "runs"
     mine = attacker(study.grid_attacker[0])
-    # the grid: validation runs, less the other attackers' (trained at the cell the grid picks)
-    grid = lambda c: c.eval_split == "val" and (c.method != "dt" or attacker_of(c) == mine)
-    for grid_only in (True, False):
-        todo = [c for c in plan(study, notebooks) if grid(c) or not grid_only]
+    grid_seeds = set(study.seeds[:study.ablation_seeds])
+    stages = (lambda c: c.eval_split == "val" and (c.method != "dt" or (attacker_of(c) == mine and c.seed in grid_seeds)),
+              lambda c: c.eval_split == "val",
+              lambda c: True)
+    for stage in stages:
+        todo = [c for c in plan(study, notebooks) if stage(c)]
         trained = {run_dir_for(c, runs): c for c in todo if not cached(c, runs)}
         for cfg in trained.values():  # here, alone: the lanes only evaluate
             ensure_trained(cfg, runs_dir=runs, progress=False, log=log)

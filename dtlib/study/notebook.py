@@ -48,7 +48,9 @@ def selection(res: dict[str, Any]) -> pd.DataFrame:
     print(f"chosen: {sel['best']}; best with lambda_div > 0 (the controls', 02's and 04's): {sel['best_div']}"
           f" - {sel['criterion']}")
     display(pd.DataFrame(sel["references"]).T.rename_axis("reference"))
-    if len(sel.get("attackers", [])) > 1:  # DT's training-time attackers beside the one it trains with (the first)
+    if len(sel.get("attackers", [])) > 1:  # DT's training-time attackers beside the grid's (the first)
+        if "step" in sel:  # selections from before selection.chosen_step: the first
+            print(f"DT's training-time attacker after the selection (selection.chosen_step): {sel['step']}")
         display(pd.DataFrame(sel["attackers"]).set_index("attacker"))
     return pd.DataFrame(sel["grid"])
 
