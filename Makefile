@@ -13,7 +13,7 @@ PROFILE ?= cpu
 DATA := $(if $(filter imagenet,$(PROFILE)),,data)
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
-.PHONY: install test test-other-precision reproduce fill pack bench figures data mini readme lab clean
+.PHONY: install test test-other-precision reproduce fill status pack bench figures data mini readme lab clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -59,6 +59,11 @@ LANES ?= 2
 fill: install $(DATA)
 	$(UNPACK)
 	$(PY) -m dtlib.study.fill --lanes $(LANES) $(PROFILE) $(NB)
+
+# How much of the plan the run cache holds, runcache/$(PROFILE) unpacked into it first (as `make fill` does); runs nothing.
+status: install
+	$(UNPACK)
+	$(PY) -m dtlib.study.fill --status $(PROFILE) $(NB)
 
 # A fill outlives the machine it ran on: `make pack` copies what the run cache holds of the plan
 # (finished weights, evaluations, the fits of evaluations under way) into $(CARRY), a folder to commit;
