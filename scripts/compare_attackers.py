@@ -40,7 +40,7 @@ def main(profile: str, overrides: dict | None = None, tag: str = "") -> dict:
         row["train_img_s"] = [r.metrics["train"]["images_per_s"] for r in runs]  # per seed, as each run logged it
         row["runs"] = [r.run_dir.name for r in runs]
         row["trained"] = [r.metrics["train"].get("provenance", {}).get("git_commit") for r in runs]
-    record = {"profile": profile, "overrides": overrides or {}, "cell": cell, "seeds": list(study.seeds[:study.ablation_seeds]),
+    record = {"profile": profile, "overrides": overrides or {}, "cell": cell, "seeds": list(study.seeds[:rows[0]["seeds"]]),
               "eval": study.config.group("eval"), "precision": results[0].metrics["train"]["precision"], "rows": rows,
               "wall_s": time.perf_counter() - t0, "provenance": provenance(torch.device("cpu"))}
     name = f"attackers-{profile}" + (f"-{tag}" if tag else "")

@@ -126,7 +126,7 @@ def fill_runs(study: Study, notebooks: list[str], lanes: int = 2, log: Callable[
     left = [c for c in plan(study, notebooks) if not cached(c, runs)]
     if left:
         raise RuntimeError(f"{len(left)} planned evaluations are still missing after the fill, e.g. {left[0].method} "
-                           f"seed {left[0].seed}: an experiment asks for runs that depend on more than the selection grid.")
+                           f"seed {left[0].seed}: an experiment asks for runs that depend on more than the selection.")
     return todo
 
 
@@ -191,8 +191,9 @@ def _finished(run_dir: Path) -> bool:
 
 
 def status(study: Study, notebooks: list[str]) -> dict[str, dict[str, int]]:
-    """How far the run cache is from each notebook's ``plan``, as it stands (before the selection
-    grid is evaluated, its winners are placeholders' and the rest of the plan can still change):
+    """How far the run cache is from each notebook's ``plan``, as it stands (before the selection is
+    evaluated, its winners, the grid's cell and the training-time attacker, are placeholders' and
+    the rest of the plan can still change):
     evaluations planned, cached, and under way (fits of a killed or running one saved), runs
     planned and trained. Reads only; nothing is trained, evaluated, moved or written."""
     runs, out = study.dir / "runs", {}

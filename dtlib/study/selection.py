@@ -27,7 +27,7 @@ def select_dt(study: Study, log: Callable[[str], None] = print) -> dict[str, Any
 
     The grid trains with the first of ``study.grid_attacker``; the others (training-time attackers)
     are scored beside it at the chosen cell with the diversity term (``attackers``), and every other
-    DT run trains with the step ``chosen_step`` picks from them (``step``, ``attacker``)."""
+    DT run trains with the step ``chosen_step`` picks from them (``step``, read on ``step_seeds``)."""
     val = dict(eval_split="val", eval_modes="ensemble")
     mine = attacker(study.grid_attacker[0])
     rows, results = [], []
@@ -54,48 +54,54 @@ def select_dt(study: Study, log: Callable[[str], None] = print) -> dict[str, Any
     (ddiv, dadv), _ = max(with_div.items(), key=score) if with_div else ((div, adv), None)
     cell = {"lambda_div": ddiv, "lambda_adv": dadv}
     compared = compare_attackers(study, cell, val, results, log)
-    step = chosen_step(compared)
+    skip = study.ablation_seeds if study.attacker_seeds else 0  # the grid's seeds, where they are not all
+    step = chosen_step(compared, skip)
     if step != study.grid_attacker[0]:
         log(f"DT trains with {step}: {study.grid_attacker[0]} is worse than it on validation by more than the noise")
     return {"grid": rows, "references": refs, "best": {"lambda_div": div, "lambda_adv": adv}, "best_div": cell,
-            "attacker": attacker(step), "step": step, "attackers": compared,
+            "attacker": attacker(step), "step": step, "step_seeds": list(study.seeds[skip:compared[0]["seeds"]]),
+            "attackers": compared,
             "criterion": "validation accuracy under a white-box L-inf UAP fitted against the ensemble",
             "runs": _runs(results)}
 
 
-def chosen_step(compared: list[dict[str, Any]]) -> str:
+def chosen_step(compared: list[dict[str, Any]], skip: int = 0) -> str:
     """The training-time attacker every DT arm trains with: the first compared setting, unless the
     summary's own step (``SUMMARY_STEP``, the UAP fitted to the ensemble CE on the whole batch) was
     scored beside it and beats it by more than the noise of the two (``rules.noise``) in validation
-    accuracy under UAP. A cheaper step stands in for the summary's only where the study's own
-    validation split does not show it worse; the rule was written before any ``study`` number."""
+    accuracy under UAP over the seeds after the first ``skip`` (``val_uap_acc_by_seed``). A cheaper
+    step stands in for the summary's only where the study's own validation split does not show it
+    worse; the rule was written before any ``study`` number. ``skip`` leaves out the grid's seeds:
+    there the first setting's run is the best of the grid's cells, which favours it."""
+    def read(r: dict[str, Any]) -> dict[str, float]:
+        vals = r["val_uap_acc_by_seed"][skip:]
+        return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
     first = compared[0]
-    ref = next((r for r in compared if r["attacker"] == SUMMARY_STEP), first)
-    spread = lambda r: {"std": r["val_uap_acc_sd"]}
-    worse = first["val_uap_acc"] < ref["val_uap_acc"] - noise(spread(first), spread(ref))
-    return ref["attacker"] if worse else first["attacker"]
+    ref = next((r for r in compared if attacker(r["attacker"]) == attacker(SUMMARY_STEP)), first)
+    a, b = read(first), read(ref)
+    return ref["attacker"] if a["mean"] < b["mean"] - noise(a, b) else first["attacker"]
 
 
 def compare_attackers(study: Study, cell: dict[str, float], val: dict[str, str], results: list[RunResult],
                       log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """DT K = 5 at ``cell`` trained with each of ``study.grid_attacker``, scored on validation as the
-    grid is: per setting, the mean over the first ``max(ablation_seeds, attacker_seeds)`` seeds and
-    ``no_worse``: its validation accuracy
-    under UAP at least the first setting's less the noise of the two (``rules.noise``: twice their
-    combined standard deviation over the seeds, at least MIN_NOISE). The first setting's runs are
-    the grid's at the cell it picked, so its rate is the best of the grid and the comparison leans
-    against the others. The study trains with the first setting; a cheaper one that is no worse
-    (over at least two seeds) is the candidate for it, a choice for the profile stated in the README."""
+    grid is, on the first ``attacker_seeds`` seeds (0: the grid's, ``ablation_seeds``): per setting,
+    its rates per seed, their means and ``no_worse``: its validation accuracy under UAP at least the
+    first setting's less the noise of the two (``rules.noise``: twice their combined standard
+    deviation over the seeds, at least MIN_NOISE). On the grid's seeds the first setting's runs are
+    the grid's at the cell it picked, the best of its cells, so the comparison leans against the
+    others there. ``chosen_step`` reads these rows."""
     out = []
     for name in study.grid_attacker:
         vals = []
-        for seed in study.seeds[:max(study.ablation_seeds, study.attacker_seeds)]:
+        for seed in study.seeds[:study.attacker_seeds or study.ablation_seeds]:
             res = study.run(log, method="dt", heads=5, seed=seed, **cell, **attacker(name), **val)
             results.append(res)
             vals.append(_val_row(res, "ensemble"))
         out.append({"attacker": name, **attacker(name), "seeds": len(vals),
                     **{k: statistics.fmean(v[k] for v in vals) for k in vals[0]},
-                    "val_uap_acc_sd": statistics.stdev(v["val_uap_acc"] for v in vals) if len(vals) > 1 else 0.0})
+                    "val_uap_acc_sd": statistics.stdev(v["val_uap_acc"] for v in vals) if len(vals) > 1 else 0.0,
+                    "val_uap_acc_by_seed": [v["val_uap_acc"] for v in vals]})
     first = out[0]
     spread = lambda r: {"std": r["val_uap_acc_sd"]}
     return [{**r, "no_worse": r["val_uap_acc"] >= first["val_uap_acc"] - noise(spread(first), spread(r))} for r in out]

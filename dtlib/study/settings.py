@@ -30,12 +30,13 @@ class Study:
     seeds: tuple[int, ...] = (0, 1)            # headline arms: mean and spread over these
     ablation_seeds: int = 1                    # the first n seeds for the selection grid and cross-norm
     k_seeds: int = 1                           # the first n seeds for the K ablation (at the grid's choice)
-    attacker_seeds: int = 1                    # the first n (at least ablation_seeds) for the grid_attacker comparison
+    attacker_seeds: int = 0                    # grid_attacker's comparison: 0 = the grid's seeds, n = the first n
     ks: tuple[int, ...] = (1, 2, 3, 5, 10)     # K ablation
     grid_div: tuple[float, ...] = (0.0, 1.0, 3.0)   # sensitivity grid at K = 5: lambda_div ...
     grid_adv: tuple[float, ...] = (0.0, 1.0)        # ... x lambda_adv (0 = the seed's literal loss)
-    # DT's training-time attacker, uap_objective[/uap_every][@uap_fraction][+perturbed_fraction]: the first is
-    # every DT run's; the others are scored beside it on validation at the chosen cell with the diversity term
+    # DT's training-time attacker, uap_objective[/uap_every][@uap_fraction][+perturbed_fraction]: the first trains
+    # the grid; the others are scored beside it on validation at the chosen cell with the diversity term, and
+    # every other DT run trains with the first unless the summary's ensemble_ce beats it (selection.chosen_step)
     grid_attacker: tuple[str, ...] = ("ensemble_ce", "loss", "ensemble_ce/4", "ensemble_ce@0.25")
     backbone: str = "cnn"                      # the headline's, K ablation's, cross-norm's and cost's model
     eval_eps: float = 10 / 255                 # L-inf radius of every evaluation UAP outside 03_cross_norm
@@ -82,9 +83,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     "study": dict(seeds=(0, 1, 2), ablation_seeds=1, k_seeds=3, ks=(1, 2, 5, 10), linf_radii=(10 / 255,),
                   # DT at 1.5x a standard step, not 3x: half the batch perturbed, the UAP ascending the loss
                   # (no worse on validation over three seeds, results/attackers-cpu-perturbed3.json); the
-                  # selection scores the summary's ensemble_ce on the whole batch beside it over two seeds and
-                  # takes it instead where loss+0.5 is worse there (selection.chosen_step)
-                  grid_attacker=("loss+0.5", "ensemble_ce"), attacker_seeds=2,
+                  # selection scores the summary's ensemble_ce on the whole batch beside it and takes it instead
+                  # where loss+0.5 is worse on the two seeds the grid did not use (selection.chosen_step)
+                  grid_attacker=("loss+0.5", "ensemble_ce"), attacker_seeds=3,
                   # fp32 everywhere: a fill that spans sessions meets CPUs with and without bf16 instructions,
                   # and only fp32 runs at full speed on all of them (the run cache keys on the precision)
                   config=dict(val_size=5000, epochs=8, eval_size=10000, precision="fp32", device="cpu")),
@@ -119,12 +120,14 @@ PER_RUN: dict[str, str] = {
     "lambda_div": "grid_div (the headline uses the cell chosen on the validation split)",
     "lambda_adv": "grid_adv (the headline uses the cell chosen on the validation split)",
     "seed": "seeds, ablation_seeds (grid, cross-norm), attacker_seeds (grid_attacker) and k_seeds (K ablation)",
-    "uap_objective": "grid_attacker (its first entry is every DT run's, unless the selection's rule takes ensemble_ce)",
-    "uap_every": "grid_attacker (its first entry is every DT run's: grid_attacker: [ensemble_ce/4] trains with uap_every=4)",
-    "uap_fraction": "grid_attacker (its first entry is every DT run's: grid_attacker: [ensemble_ce@0.25] trains with "
-                    "uap_fraction=0.25)",
-    "perturbed_fraction": "grid_attacker (its first entry is every DT run's: grid_attacker: [loss+0.5] trains with "
-                          "uap_objective=loss, perturbed_fraction=0.5)",
+    # grid_attacker's first entry trains the grid, and every other DT run unless selection.chosen_step takes ensemble_ce
+    "uap_objective": "grid_attacker (its first entry, or ensemble_ce where the selection's rule takes it)",
+    "uap_every": "grid_attacker (its first entry, or ensemble_ce where the selection's rule takes it: "
+                 "grid_attacker: [ensemble_ce/4] trains with uap_every=4)",
+    "uap_fraction": "grid_attacker (its first entry, or ensemble_ce where the selection's rule takes it: "
+                    "grid_attacker: [ensemble_ce@0.25] trains with uap_fraction=0.25)",
+    "perturbed_fraction": "grid_attacker (its first entry, or ensemble_ce where the selection's rule takes it: "
+                          "grid_attacker: [loss+0.5] trains with uap_objective=loss, perturbed_fraction=0.5)",
     "eval_norm": "linf_radii and l2_radii in 03_cross_norm (every other attack is L-inf at eval_eps)",
     "eval_modes": "each experiment, which scores the inference modes it reports",
     "eval_split": "each experiment (the selection grid scores on the validation split, the rest on test)",
@@ -182,11 +185,18 @@ def setup(profile: str = "cpu", overrides: dict[str, Any] | None = None, root: s
     check_study(study)
     if not any(d > 0 for d in study.grid_div):
         raise ValueError(f"grid_div={list(study.grid_div)} needs a value above 0: the diversity term is what the study tests.")
-    for name in ("ablation_seeds", "k_seeds", "attacker_seeds"):
+    for name in ("ablation_seeds", "k_seeds"):
         n = getattr(study, name)
         if not 1 <= n <= len(study.seeds):
             raise ValueError(f"{name}={n} must be between 1 and the number of seeds, {len(study.seeds)} "
                              f"({list(study.seeds)}); with fewer seeds, set {name} too.")
+    n = study.attacker_seeds
+    if n and not study.ablation_seeds < n <= len(study.seeds):
+        raise ValueError(f"attacker_seeds={n} must be 0 (the grid's seeds) or above ablation_seeds={study.ablation_seeds} "
+                         f"and at most the number of seeds, {len(study.seeds)} ({list(study.seeds)}).")
+    if n and len(study.grid_attacker) < 2:
+        raise ValueError(f"attacker_seeds={n} compares grid_attacker's settings, but grid_attacker={list(study.grid_attacker)} "
+                         f"has one; set attacker_seeds=0 or add a setting.")
     return study
 
 
