@@ -7,7 +7,7 @@ import statistics
 from typing import Any, Callable
 
 from ..experiment import RunResult
-from .rules import noise
+from .rules import mean_spread, noise
 from .settings import Study, attacker
 
 SUMMARY_STEP = "ensemble_ce"  # the summary's training-time UAP: the ensemble CE, every batch, the whole batch
@@ -73,12 +73,9 @@ def chosen_step(compared: list[dict[str, Any]], skip: int = 0) -> str:
     step stands in for the summary's only where the study's own validation split does not show it
     worse; the rule was written before any ``study`` number. ``skip`` leaves out the grid's seeds:
     there the first setting's run is the best of the grid's cells, which favours it."""
-    def read(r: dict[str, Any]) -> dict[str, float]:
-        vals = r["val_uap_acc_by_seed"][skip:]
-        return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
     first = compared[0]
     ref = next((r for r in compared if attacker(r["attacker"]) == attacker(SUMMARY_STEP)), first)
-    a, b = read(first), read(ref)
+    a, b = (mean_spread(r["val_uap_acc_by_seed"][skip:]) for r in (first, ref))
     return ref["attacker"] if a["mean"] < b["mean"] - noise(a, b) else first["attacker"]
 
 
