@@ -23,11 +23,19 @@ from .phases import PHASES
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device ``name`` (auto | cpu | cuda[:N]) means here. On CUDA it also turns TF32 off for the
+    process: PyTorch lets cuDNN run fp32 convolutions in TF32 (a 10-bit mantissa) by default, and the
+    run cache keys on the precision, so ``precision=fp32`` must mean IEEE fp32 on every device (bf16
+    autocast is unaffected)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but no CUDA device is available; use device=auto or cpu.")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name!r} was asked for but no CUDA device is available; use device=auto or cpu.")
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return device
 
 
 def device_name(device: torch.device) -> str:

@@ -26,6 +26,21 @@ def test_device_auto_is_cpu_here_and_cuda_without_one_is_a_clear_error():
     assert amp_dtype("bf16", torch.device("cpu")) == torch.bfloat16
 
 
+def test_cuda_turns_tf32_off_so_fp32_means_fp32(monkeypatch):
+    """precision=fp32 keys the run cache as fp32 on every device, so CUDA must not round fp32
+    convolutions and matrix products to TF32 (cuDNN's default)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32  # process-wide flags
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        assert resolve_device("cuda") == torch.device("cuda")
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = True
+        assert resolve_device("cpu").type == "cpu" and torch.backends.cudnn.allow_tf32  # a CPU run leaves it alone
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def test_the_environment_pins_what_auto_precision_means_and_the_cache_key_follows(monkeypatch):
     cfg = Config(**MINI)
     keys = {}
