@@ -18,7 +18,7 @@ from .data import DataError
 from .io import cpu_flags, write_json
 from .measure import bench_split, device_slug, inference_latency, time_epoch, time_evaluation, training_steps
 from .roofline import against, ceilings
-from .runtime import precision_name, provenance, resolve_device
+from .runtime import device_of, precision_name, provenance, resolve_device
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def setup(overrides: dict[str, Any] | None = None) -> Bench:
     if unknown:
         raise ValueError(f"Unknown benchmark setting {unknown[0]!r}; use a Bench field "
                          f"({', '.join(BENCH_FIELDS)}) or a Config field (python -m dtlib fields).")
-    device = resolve_device(str(overrides.get("device", "auto")))
+    device = device_of(str(overrides.get("device", "auto")))
     merged = {**(CUDA_DEFAULTS if device.type == "cuda" else {}), **overrides}
     bench_kw, cfg_kw = {}, {}
     for name, value in merged.items():

@@ -44,10 +44,11 @@ def report(record: dict[str, Any]) -> str:
                      + (f" {1e3 * c['median_s']:.2f} |" if gpu else "") + (" | | |" if roof else ""))
     if roof:
         ce = record["ceilings"]
+        n = ce.get("gemm_n", 8192 if gpu else 1024)  # records written before gemm_n: roofline.gemm_side's sides
         nominal = (f"{ce['nominal_gflops']:.0f} GFLOP/s nominal ({ce['nominal_basis']})" if ce["nominal_gflops"]
                    else f"no nominal peak ({ce['nominal_basis']})")
         lines.append(f"\nRoofline ({ce['precision']}): a step's FLOPs (torch's FLOP counter: convolutions and matrix "
-                     f"products, forward and backward) per second of its median time, against a 1024 x 1024 matrix "
+                     f"products, forward and backward) per second of its median time, against a {n} x {n} matrix "
                      f"product measured here ({ce['gemm_gflops']:.0f} GFLOP/s) and {nominal}.")
     lines += ["", "| target | bound | measured | met |", "| --- | --- | --- | --- |"]
     for key, t in record["targets"].items():

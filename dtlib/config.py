@@ -121,7 +121,8 @@ class Config:
     nproc: int = _f(1, "train", "processes training the run together (torchrun, DDP; batch_size is per process)")
     sync_bn: bool = _f(False, "train", "nproc > 1 on CUDA: BatchNorm statistics over all processes' batches")
     precision: str = _f("auto", "train", "auto (bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16; the environment "
-                        "variable DTLIB_AUTO_PRECISION=bf16|fp32 pins what auto means) | bf16 | fp32")
+                        "variable DTLIB_AUTO_PRECISION=bf16|fp32 pins what auto means) | bf16 | fp32 (IEEE fp32 on "
+                        "CUDA too: no TF32)")
     # --- evaluation: SGD-UAP (Shafahi et al. 2020) fitted on training images, scored on test images
     eval_norm: str = _f("linf", "eval", "ball of the evaluation UAP: linf | l2")
     eval_eps: float = _f(10 / 255, "eval", "radius of the evaluation UAP, pixel units")

@@ -41,11 +41,16 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return counter.get_total_flops()
 
 
+def gemm_side(device: torch.device) -> int:
+    """The side of the reference matrix product: 1024 on a CPU, 8192 on a GPU (where a small product
+    would time the launch and the synchronisation, not the product)."""
+    return 8192 if device.type == "cuda" else 1024
+
+
 def gemm_flops_per_s(device: torch.device, precision: str, n: int | None = None, reps: int = 7) -> float:
     """FLOP/s of an n x n matrix product in ``precision`` (bf16 | fp32) on ``device``: the median
-    of ``reps`` timed products after two untimed ones. n: 1024 on a CPU, 8192 on a GPU (where a
-    small product would time the launch and the synchronisation, not the product)."""
-    n = n or (8192 if device.type == "cuda" else 1024)
+    of ``reps`` timed products after two untimed ones; n defaults to ``gemm_side``."""
+    n = n or gemm_side(device)
     g = torch.Generator().manual_seed(0)
     a, b = (torch.randn(n, n, generator=g).to(device) for _ in range(2))
     if precision == "bf16":
@@ -82,7 +87,7 @@ def nominal_flops_per_s(device: torch.device, precision: str, threads: int) -> t
 def ceilings(device: torch.device, precision: str, threads: int) -> dict[str, Any]:
     """The two ceilings of a step in ``precision`` here, in GFLOP/s."""
     nominal, how = nominal_flops_per_s(device, precision, threads)
-    return {"precision": precision, "gemm_gflops": gemm_flops_per_s(device, precision) / 1e9,
+    return {"precision": precision, "gemm_gflops": gemm_flops_per_s(device, precision) / 1e9, "gemm_n": gemm_side(device),
             "nominal_gflops": None if nominal is None else nominal / 1e9, "nominal_basis": how}
 
 

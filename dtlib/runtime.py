@@ -22,19 +22,25 @@ from .io import cpu_bf16_features, cpu_model, git_commit
 from .phases import PHASES
 
 
-def resolve_device(name: str) -> torch.device:
-    """The device ``name`` (auto | cpu | cuda[:N]) means here. On CUDA it also turns TF32 off for the
-    process: PyTorch lets cuDNN run fp32 convolutions in TF32 (a 10-bit mantissa) by default, and the
-    run cache keys on the precision, so ``precision=fp32`` must mean IEEE fp32 on every device (bf16
-    autocast is unaffected)."""
+def device_of(name: str) -> torch.device:
+    """The device ``name`` (auto | cpu | cuda) means here, changing nothing (for cache keys and settings)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} was asked for but no CUDA device is available; use device=auto or cpu.")
+    return device
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a run computes on (as ``device_of``). On CUDA it also makes fp32 convolutions and
+    matrix products IEEE fp32 for the process: PyTorch lets cuDNN round them to TF32 (a 10-bit
+    mantissa) by default, and the run cache keys on the precision, so ``precision=fp32`` must mean
+    the same on every device. Under bf16 autocast it touches only the operations autocast leaves in fp32."""
+    device = device_of(name)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={name!r} was asked for but no CUDA device is available; use device=auto or cpu.")
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
     return device
 
 
@@ -83,7 +89,7 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def precision_name(cfg: Config) -> str:
     """What ``cfg.precision`` means on this machine: "bf16" or "fp32"."""
-    return "bf16" if amp_dtype(cfg.precision, resolve_device(cfg.device)) else "fp32"
+    return "bf16" if amp_dtype(cfg.precision, device_of(cfg.device)) else "fp32"
 
 
 def prepare(model: nn.Module, cfg: Config) -> nn.Module:

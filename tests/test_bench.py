@@ -11,6 +11,7 @@ from dtlib import figures
 from dtlib.bench import main, run, setup
 from dtlib.bench_report import report
 from dtlib.measure import device_slug
+from dtlib.roofline import ceilings
 
 from conftest import MINI
 
@@ -102,3 +103,14 @@ def test_each_committed_benchmark_table_is_its_records_report(path):
     assert report(record) in path.with_suffix(".md").read_text()
     kind = f"bench-{record['device']}"
     assert path.stem == kind or path.stem.startswith(kind + "-") or record["device"] == "cpu"  # AMX's predates the kinds
+
+
+def test_the_roofline_names_the_matrix_product_it_was_measured_against():
+    """1024 x 1024 on a CPU, 8192 x 8192 on a GPU (a small product there times the launch): new records
+    store the side, and older ones (the committed GPU records among them) are read by their device."""
+    assert ceilings(torch.device("cpu"), "fp32", 1)["gemm_n"] == 1024
+    for path in sorted((Path(__file__).resolve().parent.parent / "results").glob("bench-*.json")):
+        record = json.loads(path.read_text())
+        if "ceilings" in record:
+            n = 1024 if record["device"].startswith("cpu") else 8192
+            assert f"against a {n} x {n} matrix product" in report(record), path.name

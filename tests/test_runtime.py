@@ -10,7 +10,8 @@ from dtlib.experiment import run_dir_for
 from dtlib.methods import STEPS
 from dtlib.models import build_model
 from dtlib.phases import PHASES, phase_split
-from dtlib.runtime import PRECISION_ENV, PhaseClock, amp_dtype, auto_precision, prepare, resolve_device, unwrap
+from dtlib.runtime import (PRECISION_ENV, PhaseClock, amp_dtype, auto_precision, device_of, precision_name, prepare,
+                           resolve_device, unwrap)
 from dtlib.train import make_optimizer, train_step
 
 from conftest import MINI
@@ -26,19 +27,25 @@ def test_device_auto_is_cpu_here_and_cuda_without_one_is_a_clear_error():
     assert amp_dtype("bf16", torch.device("cpu")) == torch.bfloat16
 
 
-def test_cuda_turns_tf32_off_so_fp32_means_fp32(monkeypatch):
-    """precision=fp32 keys the run cache as fp32 on every device, so CUDA must not round fp32
-    convolutions and matrix products to TF32 (cuDNN's default)."""
+def test_a_cuda_run_turns_tf32_off_so_fp32_means_fp32_and_a_cache_key_changes_nothing(monkeypatch):
+    """precision=fp32 keys the run cache as fp32 on every device, so a run on CUDA must not round fp32
+    convolutions and matrix products to TF32 (cuDNN's default); working out a key (``device_of``) or
+    a CPU run leaves the process's settings alone."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32  # process-wide flags
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision  # process-wide settings
     try:
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
-        assert resolve_device("cuda") == torch.device("cuda")
-        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cudnn.allow_tf32 = True
-        assert resolve_device("cpu").type == "cpu" and torch.backends.cudnn.allow_tf32  # a CPU run leaves it alone
+        for name in ("cuda", "auto"):
+            conv.fp32_precision = matmul.fp32_precision = "tf32"
+            assert device_of(name).type == "cuda" and conv.fp32_precision == "tf32"
+            assert precision_name(Config(**{**MINI, "device": name}, precision="fp32")) == "fp32"
+            assert conv.fp32_precision == "tf32"
+            assert resolve_device(name) == torch.device("cuda")
+            assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+        conv.fp32_precision = "tf32"
+        assert resolve_device("cpu").type == "cpu" and conv.fp32_precision == "tf32"
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        conv.fp32_precision, matmul.fp32_precision = saved
 
 
 def test_the_environment_pins_what_auto_precision_means_and_the_cache_key_follows(monkeypatch):

@@ -98,7 +98,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # torchvision's ResNet-50 trained from scratch by torchrun on 8 processes (64 images each, SyncBatchNorm),
     # 90 epochs at the linear-scaling rule's lr (0.1 per 256 images), K = 5, L-inf 10/255; UAPs fitted on
     # 10,000 training images drawn at random and scored on 10,000 of val/ (10 per class). Its L2 radii are 0.5 and 1 times
-    # the L2 norm of an L-inf 10/255 perturbation at 224 x 224 (15.2). Not run here (no GPU, no ImageNet).
+    # the L2 norm of an L-inf 10/255 perturbation at 224 x 224 (15.2). Not run here (no ImageNet, no 8 GPUs).
     "imagenet": dict(seeds=(0,), ks=(1, 2, 5, 10), grid_div=(1.0, 3.0), grid_adv=(0.0, 1.0), backbone="resnet50",
                      linf_radii=(4 / 255, 10 / 255, 16 / 255), l2_radii=(7.5, 15.0), transfer_backbones=("resnet50", "cnn"),
                      bench_steps=50, bench_warmup=10,
