@@ -39,8 +39,10 @@ def resolve_device(name: str) -> torch.device:
     the same on every device. Under bf16 autocast it touches only the operations autocast leaves in fp32."""
     device = device_of(name)
     if device.type == "cuda":
-        torch.backends.cudnn.conv.fp32_precision = "ieee"
-        torch.backends.cuda.matmul.fp32_precision = "ieee"
+        # the legacy flags, not the fp32_precision settings: once those are set, reading the legacy
+        # flags raises (torch 2.11-2.14), and other code, a user's attack too, may still read them
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     return device
 
 

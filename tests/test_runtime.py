@@ -32,20 +32,21 @@ def test_a_cuda_run_turns_tf32_off_so_fp32_means_fp32_and_a_cache_key_changes_no
     convolutions and matrix products to TF32 (cuDNN's default); working out a key (``device_of``) or
     a CPU run leaves the process's settings alone."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-    saved = conv.fp32_precision, matmul.fp32_precision  # process-wide settings
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32  # process-wide settings
     try:
         for name in ("cuda", "auto"):
-            conv.fp32_precision = matmul.fp32_precision = "tf32"
-            assert device_of(name).type == "cuda" and conv.fp32_precision == "tf32"
+            cudnn.allow_tf32 = matmul.allow_tf32 = True
+            assert device_of(name).type == "cuda" and cudnn.allow_tf32
             assert precision_name(Config(**{**MINI, "device": name}, precision="fp32")) == "fp32"
-            assert conv.fp32_precision == "tf32"
+            assert cudnn.allow_tf32
             assert resolve_device(name) == torch.device("cuda")
-            assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
-        conv.fp32_precision = "tf32"
-        assert resolve_device("cpu").type == "cpu" and conv.fp32_precision == "tf32"
+            assert not cudnn.allow_tf32 and not matmul.allow_tf32
+            assert torch.backends.cudnn.conv.fp32_precision != "tf32"  # what the newer settings read back
+        cudnn.allow_tf32 = True
+        assert resolve_device("cpu").type == "cpu" and cudnn.allow_tf32
     finally:
-        conv.fp32_precision, matmul.fp32_precision = saved
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 def test_the_environment_pins_what_auto_precision_means_and_the_cache_key_follows(monkeypatch):
