@@ -1,0 +1,94 @@
+"""scripts/independent_attack.py: the plain SGD-UAP that checks the suite, run on the exported files
+as on the run cache, with the evaluation settings of the results file."""
+import functools
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dtlib.study import export_models
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "independent_attack.py"
+spec = importlib.util.spec_from_file_location("independent_attack", SCRIPT)
+independent_attack = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(independent_attack)
+
+EPS = 10 / 255
+
+
+def write_results(where: Path, run, suite_fooling: float) -> None:
+    """A headline with the run as standard (head0) and a published-method file with the same model
+    (dropped: the headline has it), a second arm at the headline radius and rows the check skips."""
+    cfg = run.config.to_dict()
+    common = {"profile": "smoke", "runs": {run.run_dir.name: {"config": cfg}}, "provenance": {"git_commit": "abc"}}
+    row = {"seed": 0, "run": run.run_dir.name, "eval": "head0", "clean_acc": 0.5, "fooling_rate": suite_fooling, "uap_acc": 0.4}
+    (where / "01_headline-smoke.json").write_text(json.dumps({**common, "study": {"eval_eps": EPS},
+                                                              "rows": [{**row, "arm": "standard"}]}))
+    pub = [{**row, "arm": "standard", "eps": EPS, "target": -1, "attack": "white-box"},
+           {**row, "arm": "entropy_dt", "eps": 8 / 255, "target": -1, "attack": "white-box"},  # another radius
+           {**row, "arm": "entropy_dt", "eps": EPS, "target": 9, "attack": "white-box"},  # targeted
+           {**row, "arm": "entropy_dt", "eps": EPS, "target": -1, "attack": "standard's UAP"},  # transferred
+           {**row, "arm": "entropy_dt", "eval": "ensemble", "eps": EPS, "target": -1, "attack": "white-box"}]
+    (where / "06_published_method-smoke.json").write_text(json.dumps({**common, "rows": pub}))
+
+
+def test_the_rows_are_the_headline_and_the_published_models_it_lacks_at_its_radius(standard_run, tmp_path):
+    write_results(tmp_path, standard_run, 0.4)
+    rows = independent_attack.suite_rows("smoke", tmp_path)
+    assert [(r["arm"], r["eval"], r["results"]) for r in rows] == [
+        ("standard", "head0", "01_headline"), ("entropy_dt", "ensemble", "06_published_method")]
+    assert all(math.isclose(r["eps"], EPS) and r["config"] == standard_run.config.to_dict() for r in rows)
+
+
+def test_exported_files_are_checked_against_their_index_before_any_attack(standard_run, runs_dir, tmp_path):
+    write_results(tmp_path, standard_run, 0.4)
+    rows = independent_attack.suite_rows("smoke", tmp_path)
+    models = tmp_path / "models"
+    export_models([tmp_path / "01_headline-smoke.json"], models, runs_dir, log=lambda s: None)
+    assert independent_attack.model_files(rows, models) == {standard_run.run_dir.name: models / "standard-seed0.safetensors"}
+    assert independent_attack.model_files(rows, None)[standard_run.run_dir.name].parts[-2:] == ("runs", standard_run.run_dir.name)
+    with open(models / "standard-seed0.safetensors", "r+b") as f:  # one byte of the file changed
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    with pytest.raises(ValueError, match=r"standard-seed0.safetensors does not match the sha256 in its index\.$"):
+        independent_attack.model_files(rows, models)
+    index = json.loads((models / "index.json").read_text())
+    (models / "index.json").write_text(json.dumps({**index, "models": []}))
+    with pytest.raises(ValueError, match=f"lists no file for run {standard_run.run_dir.name}"):
+        independent_attack.model_files(rows, models)
+    with pytest.raises(ValueError, match=r"index.json: no such file; export the models first"):
+        independent_attack.model_files(rows, tmp_path / "nowhere")
+
+
+def test_plain_sgd_uap_stays_in_the_ball_and_raises_the_loss():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    y = model(x.float() / 255).argmax(-1)
+    delta = independent_attack.plain_sgd_uap(model, x, y, EPS, EPS / 4, None, passes=3, batch=16)
+    assert delta.shape == (1, 3, 8, 8) and delta.abs().max() <= EPS + 1e-7
+    loss = lambda d: F.cross_entropy(model((x.float() / 255 + d).clamp(0, 1)), y).item()
+    assert loss(delta) > loss(torch.zeros_like(delta))
+
+
+@pytest.mark.precision
+def test_a_zero_radius_fools_nothing_and_the_margin_is_five_points(standard_run, tmp_path, monkeypatch):
+    """At eps = 0 the baseline's UAPs are zero: no image changes its prediction, accuracy under the
+    UAP is the clean accuracy; the suite's 0.4 is within the margin of that, and of 0.43, not of 0.46."""
+    monkeypatch.setattr(independent_attack, "plain_sgd_uap", functools.partial(independent_attack.plain_sgd_uap, passes=1))
+    write_results(tmp_path, standard_run, 0.4)
+    row = {**independent_attack.suite_rows("smoke", tmp_path)[0], "eps": 0.0, "model": standard_run.run_dir}
+    out = independent_attack.attack_row(row)
+    assert out["independent_fooling_rate"] == 0.0 and out["suite_within_margin"] and out["suite_at_least_as_strong"]
+    clean = standard_run.metrics["eval"]["head0"]["clean_acc"]
+    assert out["independent_uap_acc"] == pytest.approx(clean, abs=1e-3)  # batches of 250, not the suite's: a near tie may flip
+    record = {"profile": "smoke", "headline_commit": "abc", "models": "x", "margin": 0.05,
+              "provenance": {"device": "cpu", "torch": "2", "git_commit": "abc"},
+              "rows": [{**out, "independent_fooling_rate": f, "suite_within_margin": 0.4 >= f - 0.05} for f in (0.43, 0.46)]}
+    assert [line.rsplit("|", 2)[-2].strip() for line in independent_attack.table(record).splitlines()[3:5]] == ["yes", "no"]
