@@ -4,7 +4,8 @@ figures are regenerated without training:
     python -m dtlib.figures [RESULTS_DIR] [FIGURES_DIR]     (also: make figures)
 
 writes ``figures/<notebook>-<profile>.{png,pdf}`` for every results file, and the combined claims
-table ``results/claims-<profile>.md`` (the README copies it). The seed summary's figures are drawn
+table ``results/claims-<profile>.md`` (the README copies it), and where two profiles of ``tables.COMPARED``
+both have results, each claim's verdict in one beside the other (``results/claims-study-vs-cpu.md``). The seed summary's figures are drawn
 as black crosses / dashed lines, labelled "seed".
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ import seaborn as sns  # noqa: E402
 from .bench_report import write_report  # noqa: E402
 from .io import atomic_path  # noqa: E402
 from .study.claims import SEED  # noqa: E402
-from .tables import ARM_LABELS, TABLES, claims_table, deployed  # noqa: E402
+from .tables import ARM_LABELS, COMPARED, TABLES, claims_table, deployed, verdict_changes  # noqa: E402
 
 SEED_STYLE = dict(marker="X", color="black", s=90, zorder=5, label="seed (ImageNet)")
 
@@ -222,6 +223,13 @@ def regenerate(results_dir: str | Path = "results", figures_dir: str | Path = "f
             tmp.write_text(f"<!-- written by `python -m dtlib.figures` from results/*-{profile}.json -->\n"
                            + claims_table(results))
         written.append(str(path))
+    for new, old in COMPARED:
+        if new in by_profile and old in by_profile:
+            path = results_dir / f"claims-{new}-vs-{old}.md"
+            with atomic_path(path) as tmp:
+                tmp.write_text(f"<!-- written by `python -m dtlib.figures` from results/*-{new}.json and "
+                               f"results/*-{old}.json -->\n" + verdict_changes(by_profile[new], by_profile[old]))
+            written.append(str(path))
     for path in sorted(results_dir.glob("bench-*.json")):
         written.append(str(write_report(json.loads(path.read_text()), path.with_suffix(".md"))))
     return written

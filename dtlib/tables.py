@@ -8,7 +8,7 @@ from typing import Any
 
 from .config import ATTACK_VERSION
 from .study.claims import SEED
-from .study.rules import MIN_NOISE
+from .study.rules import MIN_NOISE, ORDER
 
 ARM_LABELS = {"standard": "standard", "pgd_at": "PGD-AT", "uat": "UAT", "dt_k1": "DT K=1 (ctl)",
               "dt_nodiv": "DT λdiv=0 (ctl)", "dt_literal": "DT literal", "dt_div": "DT λdiv>0",
@@ -36,6 +36,28 @@ def claims_table(results: list[dict[str, Any]]) -> str:
     return ("\n".join(lines) + "\n\n" + " ".join(f"{', '.join(nbs)}: {where}." for where, nbs in made.items())
             + "".join(f" Rows marked \"{STALE[v][0].strip()}\": {STALE[v][1]}"
                       for v in sorted({attack_version(r) for r in results} & set(STALE))) + "\n")
+
+
+# Profiles whose claims are read against another's: the study proper against the quick look, the
+# GPU's ResNet-18 against the study proper (the same questions on a larger model).
+COMPARED = (("study", "cpu"), ("gpu", "study"))
+
+
+def verdict_changes(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> str:
+    """Each claim's verdict in profile ``new``'s results beside profile ``old``'s (both lists of one
+    profile's results dicts), in ``new``'s order, then claims only ``old`` has; "changed" compares
+    the verdicts themselves (holds, partly, does not hold, inconclusive), not their reasons and notes."""
+    name = lambda results: results[0]["profile"]
+    verdicts = lambda results: {c["claim"]: (c["what"], c["verdict"]) for r in results for c in r["claims"]}
+    a, b = verdicts(new), verdicts(old)
+    head = lambda v: next(w for w in ("inconclusive", *ORDER) if v.startswith(w))
+    lines = [f"| claim | what | verdict ({name(new)}) | verdict ({name(old)}) | changed |", "| --- " * 5 + "|"]
+    for claim in dict.fromkeys([*a, *b]):
+        what = (a.get(claim) or b[claim])[0]
+        va, vb = a.get(claim, (None, None))[1], b.get(claim, (None, None))[1]
+        changed = "n/a" if va is None or vb is None else ("**yes**" if head(va) != head(vb) else "no")
+        lines.append(f"| {claim} | {what} | {va or '(not measured)'} | {vb or '(not measured)'} | {changed} |")
+    return "\n".join(lines) + "\n"
 
 
 # The marks of results made by an earlier evaluation attack (config.ATTACK_VERSION), and why.

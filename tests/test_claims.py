@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from dtlib import study as S
 from dtlib.config import ATTACK_VERSION
-from dtlib.tables import EARLIER_SUITE, PRE_SUITE, attack_version, check_table, claims_table, headline_table, published_table
+from dtlib.tables import (EARLIER_SUITE, PRE_SUITE, attack_version, check_table, claims_table, headline_table, published_table,
+                          verdict_changes)
 from dtlib.study import claims as C
 
 VERDICTS = ("holds", "partly", "does not hold", "not measured")
@@ -385,6 +386,24 @@ def test_claims_table_says_which_notebooks_an_earlier_attack_made():
     assert PRE_SUITE.strip() in last and EARLIER_SUITE.strip() in last
     assert last.index(PRE_SUITE.strip()) < last.index(EARLIER_SUITE.strip())
     assert PRE_SUITE.strip() not in claims_table([new, cost]) and "Rows marked" not in claims_table([new, cost])
+
+
+def test_verdict_changes_compare_verdicts_not_their_reasons():
+    """Between two profiles a claim changed only where the verdict itself did; a note or a different
+    reason is no change, and a claim one profile lacks is shown, not compared."""
+    claim = lambda c, v: {"claim": c, "what": f"what {c}", "verdict": v}
+    study = [{"profile": "study", "claims": [claim("C1", "holds"), claim("C3", "does not hold (one seed)")]},
+             {"profile": "study", "claims": [claim("C6", "inconclusive: attack not converged on K=10"),
+                                             claim("C8", "partly")]}]
+    cpu = [{"profile": "cpu", "claims": [claim("C1", "does not hold; attack not converged on dt_best, which a "
+                                                      "stronger attack could only fool more"),
+                                         claim("C3", "does not hold"), claim("C6", "inconclusive: not checked"),
+                                         claim("C8", "does not hold"), claim("P1", "holds")]}]
+    rows = [line.split(" | ") for line in verdict_changes(study, cpu).splitlines()[2:]]
+    assert verdict_changes(study, cpu).splitlines()[0] == "| claim | what | verdict (study) | verdict (cpu) | changed |"
+    assert [(r[0], r[-1]) for r in rows] == [("| C1", "**yes** |"), ("| C3", "no |"), ("| C6", "no |"),
+                                             ("| C8", "**yes** |"), ("| P1", "n/a |")]
+    assert rows[-1][2] == "(not measured)" and rows[-1][3] == "holds"
 
 
 def test_headline_markdown_shows_the_attack_check_with_its_verdict_per_model():

@@ -135,9 +135,20 @@ def test_figures_and_claims_table_regenerate_from_results_alone(root):
     """`make figures`: every figure is redrawn from results/ without training (runs/ removed)."""
     shutil.rmtree(root / "runs", ignore_errors=True)
     shutil.rmtree(root / "figures", ignore_errors=True)
-    proc = subprocess.run([sys.executable, "-m", "dtlib.figures", str(root / "results"), str(root / "figures")],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = root / "results"
+    compared = results / "compared"  # the smoke results again as two profiles that are read side by side
+    compared.mkdir(exist_ok=True)
+    for path in results.glob("0*-smoke.json"):
+        res = json.loads(path.read_text())
+        for profile in ("study", "cpu"):
+            (compared / path.name.replace("smoke", profile)).write_text(json.dumps({**res, "profile": profile}))
+    for where in (results, compared):
+        proc = subprocess.run([sys.executable, "-m", "dtlib.figures", str(where), str(root / "figures")],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    changes = (compared / "claims-study-vs-cpu.md").read_text().splitlines()[3:]
+    assert len(changes) >= 11 and all(line.endswith("| no |") for line in changes)
+    assert not (results / "claims-study-vs-cpu.md").exists()
     for name in NOTEBOOKS:
         assert (root / "figures" / f"{name}-smoke.png").exists()
     published = (root / "results" / "06_published_method-smoke.md").read_text().splitlines()
