@@ -4,9 +4,10 @@ figures are regenerated without training:
     python -m dtlib.figures [RESULTS_DIR] [FIGURES_DIR]     (also: make figures)
 
 writes ``figures/<notebook>-<profile>.{png,pdf}`` for every results file, and the combined claims
-table ``results/claims-<profile>.md`` (the README copies it), and where two profiles of ``tables.COMPARED``
-both have results, each claim's verdict in one beside the other (``results/claims-study-vs-cpu.md``). The seed summary's figures are drawn
-as black crosses / dashed lines, labelled "seed".
+table ``results/claims-<profile>.md`` (the README copies it), and where two profiles of
+``tables.COMPARED`` both have results, each claim's verdict in one beside the other
+(``results/claims-study-vs-cpu.md``). The seed summary's figures are drawn as black crosses /
+dashed lines, labelled "seed".
 """
 from __future__ import annotations
 
@@ -203,8 +204,9 @@ PLOTS: dict[str, Callable[[dict[str, Any], Path], list[str]]] = {
 
 
 def regenerate(results_dir: str | Path = "results", figures_dir: str | Path = "figures") -> list[str]:
-    """Redraw every figure from the results files and rewrite the tables: each profile's claims table
-    and the notebooks' own (``tables.TABLES``)."""
+    """Redraw every figure from the results files and rewrite the tables: each profile's claims table,
+    the notebooks' own (``tables.TABLES``) and, for the profiles of ``tables.COMPARED`` that both have
+    results, their verdicts side by side (``claims-<new>-vs-<old>.md``)."""
     results_dir, figures_dir = Path(results_dir), Path(figures_dir)
     written, by_profile = [], {}
     for nb in PLOTS:  # in notebook order

@@ -46,11 +46,12 @@ COMPARED = (("study", "cpu"), ("gpu", "study"))
 def verdict_changes(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> str:
     """Each claim's verdict in profile ``new``'s results beside profile ``old``'s (both lists of one
     profile's results dicts), in ``new``'s order, then claims only ``old`` has; "changed" compares
-    the verdicts themselves (holds, partly, does not hold, inconclusive), not their reasons and notes."""
+    the verdicts themselves (holds, partly, does not hold, inconclusive, not measured), not their
+    reasons and notes."""
     name = lambda results: results[0]["profile"]
     verdicts = lambda results: {c["claim"]: (c["what"], c["verdict"]) for r in results for c in r["claims"]}
     a, b = verdicts(new), verdicts(old)
-    head = lambda v: next(w for w in ("inconclusive", *ORDER) if v.startswith(w))
+    head = lambda v: next((w for w in ("inconclusive", "not measured", *ORDER) if v.startswith(w)), v)
     lines = [f"| claim | what | verdict ({name(new)}) | verdict ({name(old)}) | changed |", "| --- " * 5 + "|"]
     for claim in dict.fromkeys([*a, *b]):
         what = (a.get(claim) or b[claim])[0]

@@ -1,6 +1,7 @@
 """Does the study's attack suite report at least what a plain, independent SGD-UAP finds?
 
-    python scripts/independent_attack.py [profile] [jobs] [--models]   (default: cpu 1; jobs = processes of one thread)
+    python scripts/independent_attack.py [profile] [jobs] [--models]
+    (default: cpu 1; jobs = processes of one thread)
 
 For every model of ``results/01_headline-<profile>.json`` (every arm and seed, every inference mode
 scored) and those of ``06_published_method-<profile>.json`` that the headline lacks (at the headline's
@@ -17,7 +18,8 @@ highest fooling rate and lowest accuracy are kept.
 The models are the run cache's (``runs/`` of the batch that wrote the results), or with ``--models``
 the exported files of ``models/<profile>/`` (``python -m dtlib export``), each file's sha256 checked
 against ``index.json`` before it is attacked: the checkpoints a user downloads. The evaluation
-settings (radius, scored images, head, seed) are the results file's, never the model file's.
+settings (radius, scored images, head, seed) are the results file's, never the model file's, and
+the precision is the one the suite scored the run in (its training precision).
 Writes ``results/independent-attack-<profile>.json``: per model and mode, the suite's numbers beside
 the baseline's, and whether the suite's fooling rate is at least the baseline's less 5 points.
 """
@@ -27,6 +29,7 @@ import math
 import time
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -42,9 +45,13 @@ from dtlib.runtime import amp_dtype, provenance
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 12345  # not a seed of the study
 MARGIN = 0.05  # the suite may report up to 5 points less fooling than the baseline (issue 16)
+EXPORT = "python -m dtlib export results/01_headline-<profile>.json results/06_published_method-<profile>.json"
 
 
-def labels_of(fn, x, dtype, delta=None):
+def labels_of(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dtype: torch.dtype | None,
+              delta: torch.Tensor | None = None) -> torch.Tensor:
+    """``fn``'s predicted class of each uint8 image of ``x`` (pixels 0-255), with ``delta`` (pixel units
+    of [0, 1]) added and clamped to [0, 1] when given; under bf16 autocast when ``dtype`` is bf16."""
     out = []
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         for b in range(0, len(x), 250):
@@ -53,7 +60,11 @@ def labels_of(fn, x, dtype, delta=None):
     return torch.cat(out)
 
 
-def plain_sgd_uap(fn, x, y, eps, step, dtype, passes=5, batch=128):
+def plain_sgd_uap(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, eps: float,
+                  step: float, dtype: torch.dtype | None, passes: int = 5, batch: int = 128) -> torch.Tensor:
+    """A UAP (1, C, H, W) in the L-inf ball of radius ``eps`` (pixel units of [0, 1]): ``passes`` passes
+    of signed-gradient ascent with constant ``step`` on the cross-entropy (clamped at 12) of ``fn`` on
+    the uint8 images ``x`` with labels ``y``, in shuffled batches of ``batch``."""
     g = torch.Generator().manual_seed(SEED)
     delta = torch.zeros(1, *x.shape[1:])
     for _ in range(passes):
@@ -67,12 +78,20 @@ def plain_sgd_uap(fn, x, y, eps, step, dtype, passes=5, batch=128):
     return delta.detach()
 
 
+def within_margin(suite: float, independent: float, n: int) -> bool:
+    """Is the suite's fooling rate at least the baseline's less MARGIN, both rates over the same ``n``
+    scored images? Counted in images, so a gap of exactly 5 points is within (float32 rates are not)."""
+    return round((independent - suite) * n) <= round(MARGIN * n)
+
+
 def suite_rows(profile: str, results: Path = ROOT / "results") -> list[dict]:
     """The (model, mode) rows to check, each with the suite's numbers, the radius (eps, pixel units) and
     the evaluation's config: the headline's, then the published method's models the headline lacks."""
     head = json.loads((results / f"01_headline-{profile}.json").read_text())
     eps = head["study"]["eval_eps"]
-    rows = [{**r, "eps": eps, "config": head["runs"][r["run"]]["config"], "results": "01_headline"} for r in head["rows"]]
+    # the precision the suite scored each run in: the one it was trained in (the run cache keys on it)
+    rows = [{**r, "eps": eps, "config": head["runs"][r["run"]]["config"], "results": "01_headline",
+             "precision": head["runs"][r["run"]]["train"]["precision"]} for r in head["rows"]]
     published = results / f"06_published_method-{profile}.json"
     if published.exists():
         pub = json.loads(published.read_text())
@@ -81,7 +100,8 @@ def suite_rows(profile: str, results: Path = ROOT / "results") -> list[dict]:
             if (r["target"] < 0 and r["attack"] == "white-box" and math.isclose(r["eps"], eps)
                     and (r["run"], r["eval"]) not in seen):
                 seen.add((r["run"], r["eval"]))
-                rows.append({**r, "config": pub["runs"][r["run"]]["config"], "results": "06_published_method"})
+                rows.append({**r, "config": pub["runs"][r["run"]]["config"], "results": "06_published_method",
+                             "precision": pub["runs"][r["run"]]["train"]["precision"]})
     return rows
 
 
@@ -91,14 +111,17 @@ def model_files(rows: list[dict], models: Path | None) -> dict[str, Path]:
     if models is None:
         return {r["run"]: ROOT / "runs" / r["run"] for r in rows}
     if not (models / "index.json").is_file():
-        raise ValueError(f"{models / 'index.json'}: no such file; export the models first (python -m dtlib export ...).")
+        raise ValueError(f"{models / 'index.json'}: no such file; export the models first ({EXPORT}).")
     index = json.loads((models / "index.json").read_text())
-    by_run = {m["run"]: m for m in index["models"]}
+    by_run = {m["run"]: m for m in index.get("models", [])} if isinstance(index, dict) else {}
     out = {}
     for run in dict.fromkeys(r["run"] for r in rows):
         if run not in by_run:
-            raise ValueError(f"{models / 'index.json'} lists no file for run {run}; export the same results again.")
+            raise ValueError(f"{models / 'index.json'} lists no file for run {run}; export the headline's and the "
+                             f"published method's results together ({EXPORT}).")
         m = by_run[run]
+        if not (models / m["file"]).is_file():
+            raise ValueError(f"{models / m['file']}, listed in {models / 'index.json'}, is missing.")
         if file_digest(models / m["file"]) != m["sha256"]:
             raise ValueError(f"{models / m['file']} does not match the sha256 in its index.")
         out[run] = models / m["file"]
@@ -108,7 +131,7 @@ def model_files(rows: list[dict], models: Path | None) -> dict[str, Path]:
 def attack_row(row: dict) -> dict:
     """The baseline against one (model, inference mode), beside the suite's numbers."""
     model, _ = load_model(row["model"])
-    cfg = Config.from_dict(row["config"]).replace(eval_eps=row["eps"])
+    cfg = Config.from_dict(row["config"]).replace(eval_eps=row["eps"], precision=row["precision"])
     dtype = amp_dtype(cfg.precision, torch.device("cpu"))
     _, _, test = load_data(cfg)
     train = fitting_pool(cfg)
@@ -138,7 +161,8 @@ def attack_row(row: dict) -> dict:
             "suite_fooling_rate": row["fooling_rate"], "independent_fooling_rate": best_fool,
             "suite_uap_acc": row["uap_acc"], "independent_uap_acc": best_acc,
             "suite_at_least_as_strong": row["fooling_rate"] >= best_fool and row["uap_acc"] <= best_acc,
-            "suite_within_margin": row["fooling_rate"] >= best_fool - MARGIN, "results": row["results"],
+            "suite_within_margin": within_margin(row["fooling_rate"], best_fool, len(test.y)),
+            "clean_acc": (clean_test == test.y).float().mean().item(), "results": row["results"],
             "model": row["model"].relative_to(ROOT).as_posix() if row["model"].is_relative_to(ROOT) else str(row["model"]),
             "independent": found, "n_fit": len(pick), "n_fit_overlap_with_suite": overlap}
 
@@ -156,8 +180,11 @@ def main(profile: str = "cpu", jobs: int = 1, models: Path | None = None) -> dic
         done = [attack_row(row) for row in unique]
     found = {(r["run"], r["eval"]): r for r in done}
     out = [{**found[(r["run"], r["eval"])], "arm": r["arm"], "seed": r["seed"]} for r in rows]
-    headline = json.loads((ROOT / "results" / f"01_headline-{profile}.json").read_text())
-    record = {"profile": profile, "headline_commit": headline["provenance"]["git_commit"],
+    commits = {nb: json.loads(path.read_text())["provenance"]["git_commit"] for nb in ("01_headline", "06_published_method")
+               if (path := ROOT / "results" / f"{nb}-{profile}.json").exists()}
+    index = None if models is None else json.loads((models / "index.json").read_text())
+    record = {"profile": profile, "headline_commit": commits["01_headline"], "results_commits": commits,
+              "index": None if index is None else {k: index.get(k) for k in ("git_commit", "results")},
               "models": "runs/ (the run cache)" if models is None else
                         f"{models.relative_to(ROOT) if models.is_relative_to(ROOT) else models} (exported files, sha256 checked)",
               "baseline": "plain SGD-UAP, 5 passes x 128-image batches over 5,000 training images (those the suite "
@@ -196,4 +223,7 @@ if __name__ == "__main__":
     args = ap.parse_args()
     if args.jobs < 1:
         ap.error(f"jobs {args.jobs} must be at least 1.")
-    main(args.profile, args.jobs, ROOT / "models" / args.profile if args.models else None)
+    try:
+        main(args.profile, args.jobs, ROOT / "models" / args.profile if args.models else None)
+    except ValueError as e:  # a missing or altered model file: one sentence, no traceback
+        ap.error(str(e))

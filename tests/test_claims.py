@@ -394,15 +394,16 @@ def test_verdict_changes_compare_verdicts_not_their_reasons():
     claim = lambda c, v: {"claim": c, "what": f"what {c}", "verdict": v}
     study = [{"profile": "study", "claims": [claim("C1", "holds"), claim("C3", "does not hold (one seed)")]},
              {"profile": "study", "claims": [claim("C6", "inconclusive: attack not converged on K=10"),
-                                             claim("C8", "partly")]}]
+                                             claim("C8", "partly"), claim("C7", "not measured")]}]
     cpu = [{"profile": "cpu", "claims": [claim("C1", "does not hold; attack not converged on dt_best, which a "
                                                       "stronger attack could only fool more"),
                                          claim("C3", "does not hold"), claim("C6", "inconclusive: not checked"),
-                                         claim("C8", "does not hold"), claim("P1", "holds")]}]
+                                         claim("C8", "does not hold"), claim("P1", "holds"),
+                                         claim("C7", "not measured")]}]
     rows = [line.split(" | ") for line in verdict_changes(study, cpu).splitlines()[2:]]
     assert verdict_changes(study, cpu).splitlines()[0] == "| claim | what | verdict (study) | verdict (cpu) | changed |"
     assert [(r[0], r[-1]) for r in rows] == [("| C1", "**yes** |"), ("| C3", "no |"), ("| C6", "no |"),
-                                             ("| C8", "**yes** |"), ("| P1", "n/a |")]
+                                             ("| C8", "**yes** |"), ("| C7", "no |"), ("| P1", "n/a |")]
     assert rows[-1][2] == "(not measured)" and rows[-1][3] == "holds"
 
 
