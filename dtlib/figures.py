@@ -203,6 +203,13 @@ PLOTS: dict[str, Callable[[dict[str, Any], Path], list[str]]] = {
     "04_transfer": transfer, "05_cost": cost, "06_published_method": published}
 
 
+def _write_table(path: Path, source: str, table: str) -> str:
+    """A Markdown table at ``path`` (atomically), headed by where it came from; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(f"<!-- written by `python -m dtlib.figures` from {source} -->\n" + table)
+    return str(path)
+
+
 def regenerate(results_dir: str | Path = "results", figures_dir: str | Path = "figures") -> list[str]:
     """Redraw every figure from the results files and rewrite the tables: each profile's claims table,
     the notebooks' own (``tables.TABLES``) and, for the profiles of ``tables.COMPARED`` that both have
@@ -214,24 +221,16 @@ def regenerate(results_dir: str | Path = "results", figures_dir: str | Path = "f
             res = json.loads(path.read_text())
             written += PLOTS[nb](res, figures_dir / path.stem)
             if nb in TABLES:
-                md = results_dir / f"{path.stem}.md"
-                with atomic_path(md) as tmp:
-                    tmp.write_text(f"<!-- written by `python -m dtlib.figures` from {path.name} -->\n" + TABLES[nb](res))
-                written.append(str(md))
+                written.append(_write_table(results_dir / f"{path.stem}.md", path.name, TABLES[nb](res)))
             by_profile.setdefault(res["profile"], []).append(res)
     for profile, results in by_profile.items():
-        path = results_dir / f"claims-{profile}.md"
-        with atomic_path(path) as tmp:
-            tmp.write_text(f"<!-- written by `python -m dtlib.figures` from results/*-{profile}.json -->\n"
-                           + claims_table(results))
-        written.append(str(path))
+        written.append(_write_table(results_dir / f"claims-{profile}.md", f"results/*-{profile}.json",
+                                    claims_table(results)))
     for new, old in COMPARED:
         if new in by_profile and old in by_profile:
-            path = results_dir / f"claims-{new}-vs-{old}.md"
-            with atomic_path(path) as tmp:
-                tmp.write_text(f"<!-- written by `python -m dtlib.figures` from results/*-{new}.json and "
-                               f"results/*-{old}.json -->\n" + verdict_changes(by_profile[new], by_profile[old]))
-            written.append(str(path))
+            written.append(_write_table(results_dir / f"claims-{new}-vs-{old}.md",
+                                        f"results/*-{new}.json and results/*-{old}.json",
+                                        verdict_changes(by_profile[new], by_profile[old])))
     for path in sorted(results_dir.glob("bench-*.json")):
         written.append(str(write_report(json.loads(path.read_text()), path.with_suffix(".md"))))
     return written
