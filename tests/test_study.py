@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dtlib import Config, study as S
+from dtlib import Config, study as S, tables
 from dtlib.config import FIELD_TYPES
 from dtlib.study import experiments, fill, published, settings
 from dtlib.data import Split
@@ -445,6 +445,38 @@ def test_fill_refuses_bad_arguments_in_one_sentence(argv, needle, capsys, tmp_pa
     assert not any(tmp_path.iterdir())
 
 
+def test_the_attack_check_also_takes_a_later_seeds_evaluation_whose_fits_reached_the_cap(monkeypatch, tmp_path):
+    """The check attacks every arm of the first seed again; of a later seed (or 06's other
+    settings) only the evaluations whose suite had a fit stopped by its cap rather than by its
+    stopping rule (UAT seed 1 here), and its rows carry the seed and both suites' fit status."""
+    _fake_runs(monkeypatch)
+    fake, asked = S.Study.run, []
+
+    def run(self, log=print, **o):
+        res = fake(self, log, **o)
+        asked.append(res.config)
+        for m in res.metrics["eval"].values():
+            m["converged"] = not (res.config.method == "uat" and res.config.seed == 1 and "uap_refine" not in o)
+        return res
+
+    monkeypatch.setattr(S.Study, "run", run)
+    study = S.setup("smoke", {"seeds": [0, 1]}, root=str(tmp_path))
+    refine = experiments.stronger(study.config)["uap_refine"]
+    quiet = lambda s: None
+    res = experiments.headline(study, log=quiet)
+    checked = {(c["arm"], c["seed"]) for c in res["attack_check"]}
+    assert {a for a, s in checked if s == 0} == set(S.arms(res["selection"])) and {a for a, s in checked if s == 1} == {"uat"}
+    uat1 = next(c for c in res["attack_check"] if c["seed"] == 1)
+    assert (uat1["fits_stopped"], uat1["stronger_fits_stopped"]) == (False, True)
+    assert {(c.method, c.seed) for c in asked if c.uap_refine == refine and c.method in ("uat", "standard")} == {
+        ("uat", 0), ("uat", 1), ("standard", 0)}
+    table = tables.check_table(res["attack_check"])
+    assert "| UAT | 1 | head0 |" in table and "| **no** / yes |" in table
+    pub = published.published_method(study, log=quiet)
+    assert {(c["arm"], c["seed"], c["target"]) for c in pub["attack_check"] if c["seed"] == 1} == {
+        ("uat", 1, -1), ("uat", 1, study.published_target)}
+
+
 def test_attack_check_of_a_targeted_evaluation_also_needs_its_targeted_success_to_hold(monkeypatch):
     """A stronger suite that sends 5 points more images to the target class marks a targeted
     evaluation not converged, even when its fooling rate and accuracy under UAP barely move."""
@@ -489,3 +521,21 @@ def test_the_fill_trains_the_grid_then_the_attackers_comparison_then_the_rest(mo
     fill.fill_runs(st, ["01_headline"], log=lambda s: None)
     assert passes == [grid, grid + comparison, grid + comparison + [dt(whole, 0), dt(whole, 1)]]
     assert not [c for c in trained if c.eval_split == "test" and c.perturbed_fraction < 1]
+
+
+def test_the_fill_ends_with_the_checks_that_scored_evaluations_ask_for(monkeypatch, tmp_path):
+    """An evaluation whose fits reached the cap asks for the stronger suite on its run only once it
+    is scored: the fill evaluates that check in a last pass (the run is trained already), and
+    trains nothing for it."""
+    st = S.setup("smoke", root=str(tmp_path))
+    base = st.config.replace(method="uat", heads=1)
+    check = base.replace(**experiments.stronger(st.config))
+    done, passes, trained = set(), [], []
+    key = lambda c: json.dumps(c.to_dict(), sort_keys=True)
+    monkeypatch.setattr(fill, "plan", lambda study, notebooks: [base] + ([check] if key(base) in done else []))
+    monkeypatch.setattr(fill, "cached", lambda c, runs: key(c) in done)
+    monkeypatch.setattr(fill, "_finished", lambda run_dir: True)
+    monkeypatch.setattr(fill, "ensure_trained", lambda cfg, **kw: trained.append(cfg))
+    monkeypatch.setattr(fill, "evaluate", lambda todo, runs, lanes, log: (passes.append(todo), done.update(map(key, todo))))
+    fill.fill_runs(st, ["01_headline"], log=lambda s: None)
+    assert passes[-1] == [check] and key(check) in done and trained == [base]

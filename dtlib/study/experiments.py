@@ -77,7 +77,8 @@ def headline(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]
                              "cost_ratio": machine_ratio(wall, base_wall, machine, base_machine),
                              "train_machine": machine, "run": res.run_dir.name})
     table = summarise(rows, ("arm", "eval"), (*METRICS, "cost_ratio"))
-    check = attack_check(study, [({"arm": arm}, {**o, "seed": study.seeds[0]}) for arm, o in arms(selection).items()], log)
+    check = attack_check(study, checked_seeds(study, [({"arm": arm}, o) for arm, o in arms(selection).items()],
+                                              study.seeds, log), log)
     payload = {"selection": selection, "rows": rows, "table": table, "attack_check": check,
                "claims": headline_claims(rows, study, selection, check), "runs": _runs(results)}
     return save(study, "01_headline", payload, t0)
@@ -109,7 +110,9 @@ def attack_check(study: Study, models: list[tuple[dict[str, Any], dict[str, Any]
             drop = b["uap_acc"] - s["uap_acc"]
             row = {**tags, "eval": key, "fooling_rate": b["fooling_rate"], "stronger_fooling_rate": s["fooling_rate"],
                    "rise": rise, "uap_acc": b["uap_acc"], "stronger_uap_acc": s["uap_acc"], "acc_drop": drop,
-                   "n_fit": b["n_fit"], "stronger_n_fit": s["n_fit"]}
+                   "n_fit": b["n_fit"], "stronger_n_fit": s["n_fit"],
+                   # whether every fit of each suite stopped by the stopping rule rather than at its cap
+                   "fits_stopped": b.get("converged"), "stronger_fits_stopped": s.get("converged")}
             ok = rise <= MIN_NOISE and drop <= MIN_NOISE
             if b.get("targeted_success") is not None:
                 row |= {"targeted_success": b["targeted_success"], "stronger_targeted_success": s["targeted_success"],
@@ -117,6 +120,25 @@ def attack_check(study: Study, models: list[tuple[dict[str, Any], dict[str, Any]
                 ok = ok and row["targeted_rise"] <= MIN_NOISE
             out.append({**row, "converged": ok, "stronger": more})
     return out
+
+
+def unsettled(study: Study, models: list[tuple[dict[str, Any], dict[str, Any]]],
+              log: Callable[[str], None] = print) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Those of ``models`` (``(tags, overrides)``, as ``attack_check`` takes them) whose evaluation
+    has a fit that reached the suite's cap before its stopping rule stopped it, in any inference
+    mode (``converged`` false): such an evaluation may not have found its best UAP, so the attack
+    check takes it too, whatever its seed or setting. Read from the run cache (a run not evaluated
+    yet counts as stopped: ``fill`` asks again once it is scored)."""
+    return [(t, o) for t, o in models
+            if not all(m.get("converged", True) for m in study.run(log, **o).metrics["eval"].values())]
+
+
+def checked_seeds(study: Study, models: list[tuple[dict[str, Any], dict[str, Any]]], seeds: tuple[int, ...],
+                  log: Callable[[str], None] = print) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """``attack_check``'s models for ``models`` (``(tags, overrides)`` without the seed) reported
+    over ``seeds``: each at the first seed, and at the others those ``unsettled`` finds."""
+    at = lambda s: [({**t, "seed": s}, {**o, "seed": s}) for t, o in models]
+    return at(seeds[0]) + unsettled(study, [m for s in seeds[1:] for m in at(s)], log)
 
 
 def k_ablation(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -143,8 +165,8 @@ def k_ablation(study: Study, log: Callable[[str], None] = print) -> dict[str, An
         row["step_ratio"] = b["median_s"] / bench["standard"]["median_s"]
         row["train_memory_mb"] = b["memory"].get("cuda_peak_mb", b["memory"]["peak_mb"])
     ens = {r["heads"]: r for r in table if r["eval"] == "ensemble" or r["heads"] == 1}
-    check = attack_check(study, [({"arm": f"K={k}", "heads": k}, dict(method="dt", heads=k, seed=study.seeds[0], **best))
-                                 for k in study.ks], log)
+    check = attack_check(study, checked_seeds(study, [({"arm": f"K={k}", "heads": k}, dict(method="dt", heads=k, **best))
+                                                      for k in study.ks], study.seeds[:study.k_seeds], log), log)
     payload = {"selection": selection, "rows": rows, "table": table, "bench": bench, "attack_check": check,
                "claims": k_claims(ens, rows, study, check), "runs": _runs(results)}
     return save(study, "02_k_ablation", payload, t0)
@@ -166,7 +188,7 @@ def cross_norm(study: Study, log: Callable[[str], None] = print) -> dict[str, An
     run cache rather than fitted again."""
     t0 = time.perf_counter()
     selection = select_dt(study, log)
-    rows, results, checked = [], [], []
+    rows, results, checked, later = [], [], [], []
     for seed in study.seeds[:study.ablation_seeds]:
         for arm in dict.fromkeys(CROSS_ARMS):
             for norm, radii in (("linf", study.linf_radii), ("l2", study.l2_radii)):
@@ -177,8 +199,7 @@ def cross_norm(study: Study, log: Callable[[str], None] = print) -> dict[str, An
                     else:
                         o["eval_modes"] = "ensemble"
                     res = study.run(log, **o)
-                    if seed == study.seeds[0]:
-                        checked.append(({"arm": arm, "norm": norm, "radius": r}, o))
+                    (checked if seed == study.seeds[0] else later).append(({"arm": arm, "norm": norm, "radius": r, "seed": seed}, o))
                     results.append(res)
                     key = "ensemble" if res.config.heads > 1 else f"head{res.config.eval_head}"
                     m = res.metrics["eval"][key]
@@ -186,7 +207,8 @@ def cross_norm(study: Study, log: Callable[[str], None] = print) -> dict[str, An
                                  **{x: m[x] for x in METRICS}, "run": res.run_dir.name})
     table = summarise(rows, ("arm", "norm", "radius"), METRICS)
     scored = {(r["arm"], r["norm"], r["radius"], r["eval"]) for r in rows}
-    check = [c for c in attack_check(study, checked, log) if (c["arm"], c["norm"], c["radius"], c["eval"]) in scored]
+    check = [c for c in attack_check(study, checked + unsettled(study, later, log), log)
+             if (c["arm"], c["norm"], c["radius"], c["eval"]) in scored]
     payload = {"selection": selection, "rows": rows, "table": table, "attack_check": check,
                "claims": cross_claims(rows, study, check), "runs": _runs(results)}
     return save(study, "03_cross_norm", payload, t0)
@@ -223,7 +245,7 @@ def transfer(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]
             adv = predict(fn, test.x, delta=delta, amp_dtype=dtype)
             rows.append({"source": s, "target": t, "fooling_rate": fooling_rate(clean[t], adv),
                          "uap_acc": accuracy(adv, test.y), "white_box": s == t})
-    check = beaten_by_transfer(attack_check(study, [({"arm": name}, {**o, "seed": seed}) for name, o in models.items()],
+    check = beaten_by_transfer(attack_check(study, [({"arm": name, "seed": seed}, {**o, "seed": seed}) for name, o in models.items()],
                                             log), rows, keys)
     payload = {"selection": selection, "models": models, "rows": rows, "table": rows, "reported": reported(rows, own),
                "attack_check": check, "claims": transfer_claims(rows, study, check), "runs": _runs(results)}

@@ -110,7 +110,8 @@ def attacker_of(cfg: Config) -> dict[str, Any]:
 def fill_runs(study: Study, notebooks: list[str], lanes: int = 2, log: Callable[[str], None] = print) -> list[Config]:
     """Train and evaluate every run of ``plan`` in three stages, each planned again from the results
     of the one before: the selection grid, then the training-time attackers' comparison at the cell
-    the grid picks (which decides the step of every other DT run), then the rest; returns the configs."""
+    the grid picks (which decides the step of every other DT run), then the rest, and last the
+    attack check's stronger suites that the rest's scores ask for; returns the configs."""
     runs = study.dir / "runs"
     mine = attacker(study.grid_attacker[0])
     grid_seeds = set(study.seeds[:study.ablation_seeds])
@@ -123,6 +124,11 @@ def fill_runs(study: Study, notebooks: list[str], lanes: int = 2, log: Callable[
         for cfg in trained.values():  # here, alone: the lanes only evaluate
             ensure_trained(cfg, runs_dir=runs, progress=False, log=log)
         evaluate(todo, runs, lanes, log)
+    # the attack check also takes each evaluation whose fits reached the cap (``experiments.unsettled``),
+    # known only once it is scored: the stronger suites on runs trained above
+    checks = [c for c in plan(study, notebooks) if not cached(c, runs) and _finished(run_dir_for(c, runs))]
+    if checks:
+        evaluate(checks, runs, lanes, log)
     left = [c for c in plan(study, notebooks) if not cached(c, runs)]
     if left:
         raise RuntimeError(f"{len(left)} planned evaluations are still missing after the fill, e.g. {left[0].method} "
