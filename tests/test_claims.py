@@ -362,6 +362,19 @@ def test_an_unconverged_defended_arm_cannot_rescue_a_claim_that_does_not_hold():
     assert S.gate(None, "holds", {"a": {}}, {"b": {}}) == "holds"  # no check run: the verdict as computed
 
 
+def test_a_later_seeds_check_row_gates_the_claim_like_the_first_seeds():
+    """The check also holds rows of later seeds (evaluations whose fits reached the cap): an arm's
+    attack counts as converged only if every one of its rows passed, whatever the seed."""
+    rows = _rows(0.6, 0.3)
+    check = [{"arm": a, "eval": e, "seed": 0, "converged": True} for a in ARMS for e in ("head0", "ensemble")]
+    held = C.headline_claims(rows, STUDY, check=check)[0]["verdict"]
+    assert not held.startswith("inconclusive")
+    later = [{"arm": "dt_best", "eval": e, "seed": 2, "converged": True} for e in ("head0", "ensemble")]
+    assert C.headline_claims(rows, STUDY, check=check + later)[0]["verdict"] == held
+    later[1]["converged"] = False
+    assert C.headline_claims(rows, STUDY, check=check + later)[0]["verdict"] == "inconclusive: attack not converged on dt_best"
+
+
 def test_claims_table_says_which_notebooks_an_earlier_attack_made():
     """The claims table names, per notebook, where and from which commit its results came, and marks
     every row of a notebook whose UAP numbers an earlier evaluation attack made (before the suite, or

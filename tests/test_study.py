@@ -473,8 +473,12 @@ def test_the_attack_check_also_takes_a_later_seeds_evaluation_whose_fits_reached
     table = tables.check_table(res["attack_check"])
     assert "| UAT | 1 | head0 |" in table and "| **no** / yes |" in table
     pub = published.published_method(study, log=quiet)
-    assert {(c["arm"], c["seed"], c["target"]) for c in pub["attack_check"] if c["seed"] == 1} == {
-        ("uat", 1, -1), ("uat", 1, study.published_target)}
+    targets = (-1, study.published_target)
+    assert {(c["arm"], c["seed"], c["target"]) for c in pub["attack_check"]} == {
+        *((arm, 0, t) for arm in [*published.ARMS, "dt_best"] for t in targets), *(("uat", 1, t) for t in targets)}
+    # one cell per column in every row, with the seed and the targeted columns
+    cells = {line.count(" | ") for line in tables.published_table(pub).split("Attack check")[1].splitlines() if line.startswith("| ")}
+    assert len(cells) == 1
 
 
 def test_attack_check_of_a_targeted_evaluation_also_needs_its_targeted_success_to_hold(monkeypatch):

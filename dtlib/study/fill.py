@@ -132,8 +132,9 @@ def fill_runs(study: Study, notebooks: list[str], lanes: int = 2, log: Callable[
     left = [c for c in plan(study, notebooks) if not cached(c, runs)]
     if left:
         raise RuntimeError(f"{len(left)} planned evaluations are still missing after the fill, e.g. {left[0].method} "
-                           f"seed {left[0].seed}: an experiment asks for runs that depend on more than the selection.")
-    return todo
+                           f"seed {left[0].seed}: an experiment asks for runs that depend on more than the selection "
+                           "and the scored evaluations.")
+    return todo + checks
 
 
 def evaluate(configs: list[Config], runs: Path, lanes: int, log: Callable[[str], None] = print) -> None:
@@ -201,7 +202,8 @@ def status(study: Study, notebooks: list[str]) -> dict[str, dict[str, int]]:
     evaluated, its winners, the grid's cell and the training-time attacker, are placeholders' and
     the rest of the plan can still change):
     evaluations planned, cached, and under way (fits of a killed or running one saved), runs
-    planned and trained. Reads only; nothing is trained, evaluated, moved or written."""
+    planned and trained. The attack check of an evaluation whose fits reached the cap joins the
+    plan only once that evaluation is scored. Reads only; nothing is trained, evaluated, moved or written."""
     runs, out = study.dir / "runs", {}
     for nb in notebooks:
         todo = plan(study, [nb])
