@@ -121,24 +121,33 @@ def check_table(check: list[dict[str, Any]]) -> str:
     seeds = all("seed" in c for c in check)
     yes = lambda v: "" if v is None else "yes" if v else "**no**"
     stopped = lambda c: f" | {yes(c.get('fits_stopped'))} / {yes(c.get('stronger_fits_stopped'))}" if seeds else ""
+    # rows whose stronger suite raised a figure climbed the ladder: they report a stronger suite's figures
+    climbed = any(c.get("level") for c in check)
+    ladder = lambda c: f"{c['level']} ({', '.join(pct(f) for f in c['ladder'])}) | " if climbed else ""
     extra = " to target (%) | stronger suite |" if targeted else ""
-    lines = ["| method |" + (" seed |" if seeds else "") + " eval | UAP fooling (%) | stronger suite | acc under UAP (%) | "
-             "stronger suite |" + extra + " fitting images |" + (" fits stopped by the rule |" if seeds else "") + " converged |",
-             "| --- " * (8 + 2 * targeted + 2 * seeds) + "|"]
+    lines = ["| method |" + (" seed |" if seeds else "") + " eval |" + (" level (fooling % per level) |" if climbed else "")
+             + " UAP fooling (%) | stronger suite | acc under UAP (%) | stronger suite |" + extra + " fitting images |"
+             + (" fits stopped by the rule |" if seeds else "") + " converged |",
+             "| --- " * (8 + 2 * targeted + 2 * seeds + climbed) + "|"]
     for c in check:
         lines.append(f"| {ARM_LABELS.get(c['arm'], c['arm'])} | " + (f"{c['seed']} | " if seeds else "") + f"{c['eval']} | "
-                     f"{pct(c['fooling_rate'])} | {pct(c['stronger_fooling_rate'])} | {pct(c['uap_acc'])} | "
+                     + ladder(c) + f"{pct(c['fooling_rate'])} | {pct(c['stronger_fooling_rate'])} | {pct(c['uap_acc'])} | "
                      f"{pct(c['stronger_uap_acc'])} | "
                      + (f"{pct(c.get('targeted_success'))} | {pct(c.get('stronger_targeted_success'))} | " if targeted else "")
                      + f"{c['n_fit']} / {c['stronger_n_fit']}{stopped(c)}"
                      + f" | {'yes' if c['converged'] else '**no**'} |")
-    more = check[0]["stronger"]
+    more = next((c["stronger"] for c in check if not c.get("level")), check[0]["stronger"])
     which = ("the first seed, and any evaluation whose fits reached the suite's cap before its stopping rule; "
              "fits stopped by the rule: every fit of the suite / of the stronger suite" if seeds else "first seed")
+    climb = (" Where the larger suite raised a figure, the evaluation climbs a level: it reports the larger suite's "
+             "figures (in its notebook's tables and claims too) and is checked by a suite larger again, the same "
+             "rule applied to the larger suite's settings; the level column gives the level reported and the "
+             "fooling rate at each level evaluated." if climbed else "")
     return (f"\nAttack check ({which}): each model attacked again by a larger suite (" +
             ", ".join(f"{k}={v:g}" for k, v in more.items()) + f"); converged = the fooling rate rises by at most "
             f"{100 * MIN_NOISE:g} points and the accuracy under UAP falls by at most as much"
-            + (", and a targeted UAP's success rate rises by at most as much" if targeted else "") + ".\n\n" + "\n".join(lines) + "\n")
+            + (", and a targeted UAP's success rate rises by at most as much" if targeted else "") + "." + climb
+            + "\n\n" + "\n".join(lines) + "\n")
 
 
 def deployed(table: list[dict[str, Any]]) -> list[dict[str, Any]]:

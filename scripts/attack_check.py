@@ -1,9 +1,9 @@
-"""The attack check (``dtlib.study.experiments.attack_check``) on chosen headline arms, with the
+"""The attack check (``dtlib.study.check.attack_check``) on chosen headline arms, with the
 suite as the code defines it now: each model's suite against the clearly larger one.
 
     python scripts/attack_check.py [profile] [seed] arm[:modes] ...    e.g. cpu 0 dt_k1 dt_nodiv:single
 
-Arms are the headline's (``experiments.arms``, with the loss weights chosen in the committed
+Arms are the headline's (``selection.arms``, with the loss weights chosen in the committed
 ``results/01_headline-<profile>.json``); ``:modes`` limits the inference modes scored (comma-
 separated, ``eval_modes``), to spend the time on the mode in question. Trains what the run cache
 lacks. Writes ``results/attack-check-<profile>.{json,md}``: the rows ``attack_check`` returns,
@@ -19,7 +19,8 @@ import torch
 from dtlib.io import write_record
 from dtlib.runtime import provenance
 from dtlib.study import setup
-from dtlib.study.experiments import arms, attack_check, stronger
+from dtlib.study.check import attack_check, stronger
+from dtlib.study.selection import arms
 from dtlib.tables import check_table
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ import torch
 
 from dtlib import Config, study as S, tables
 from dtlib.config import FIELD_TYPES
-from dtlib.study import experiments, fill, published, settings
+from dtlib.study import check, experiments, fill, published, settings
 from dtlib.data import Split
 from dtlib.experiment import RunResult
 
@@ -461,7 +461,7 @@ def test_the_attack_check_also_takes_a_later_seeds_evaluation_whose_fits_reached
 
     monkeypatch.setattr(S.Study, "run", run)
     study = S.setup("smoke", {"seeds": [0, 1]}, root=str(tmp_path))
-    refine = experiments.stronger(study.config)["uap_refine"]
+    refine = check.stronger(study.config)["uap_refine"]
     quiet = lambda s: None
     res = experiments.headline(study, log=quiet)
     checked = {(c["arm"], c["seed"]) for c in res["attack_check"]}
@@ -483,20 +483,95 @@ def test_the_attack_check_also_takes_a_later_seeds_evaluation_whose_fits_reached
 
 def test_attack_check_of_a_targeted_evaluation_also_needs_its_targeted_success_to_hold(monkeypatch):
     """A stronger suite that sends 5 points more images to the target class marks a targeted
-    evaluation not converged, even when its fooling rate and accuracy under UAP barely move."""
+    evaluation not converged, even when its fooling rate and accuracy under UAP barely move (at each
+    level of the check's ladder)."""
     def run(self, log=print, **o):
-        strong = "uap_refine" in o
-        m = {"fooling_rate": 0.50 + 0.01 * strong, "uap_acc": 0.40, "n_fit": 10 + 10 * strong,
-             "targeted_success": None if o["eval_target"] < 0 else 0.30 + 0.05 * strong}
+        level = 0 if "uap_refine" not in o else 1 + (o["uap_refine"] > check.stronger(self.config)["uap_refine"])
+        m = {"fooling_rate": 0.50 + 0.01 * level, "uap_acc": 0.40, "n_fit": 10 + 10 * level,
+             "targeted_success": None if o["eval_target"] < 0 else 0.30 + 0.05 * level}
         return RunResult(self.config.replace(**o), Path("runs/x"), {"eval": {"head0": m}})
 
     monkeypatch.setattr(S.Study, "run", run)
     study = S.setup("smoke", progress=False)
-    rows = {r["target"]: r for r in experiments.attack_check(
+    rows = {r["target"]: r for r in check.attack_check(
         study, [({"target": t}, {"eval_target": t}) for t in (-1, 9)], log=lambda s: None)}
     assert rows[-1]["converged"] and "targeted_rise" not in rows[-1]
     assert not rows[9]["converged"] and rows[9]["targeted_rise"] == pytest.approx(0.05)
     assert rows[9]["rise"] == pytest.approx(0.01)
+
+
+def test_suite_at_applies_the_stronger_rule_once_per_level():
+    c = S.setup("smoke", progress=False).config
+    one = check.stronger(c)
+    assert check.suite_at(c, 0) == {} and check.suite_at(c, 1) == one
+    two = check.suite_at(c, 2)
+    assert two["uap_refine"] == 2 * one["uap_refine"] + 2 and two["uap_fit_size"] == 4 * c.uap_fit_size
+    assert two["uap_epochs"] == 4 * c.uap_epochs and two["uap_tol"] == pytest.approx(c.uap_tol / 4)
+
+
+def _laddered(monkeypatch, fooling):
+    """``_fake_runs`` with UAT seed 0's fooling rate ``fooling[level]`` at each level of the check's
+    ladder (told apart by uap_refine); returns the configs asked for."""
+    _fake_runs(monkeypatch)
+    fake, asked = S.Study.run, []
+
+    def run(self, log=print, **o):
+        res = fake(self, log, **o)
+        asked.append(res.config)
+        if res.config.method == "uat" and res.config.seed == 0:
+            level = next(n for n in range(3) if check.suite_at(self.config, n).get("uap_refine", self.config.uap_refine)
+                         == res.config.uap_refine)
+            for m in res.metrics["eval"].values():
+                m["fooling_rate"] = fooling[level]
+        return res
+
+    monkeypatch.setattr(S.Study, "run", run)
+    return asked
+
+
+def test_an_evaluation_the_stronger_suite_raises_climbs_a_level_and_reports_that_suites_figures(monkeypatch, tmp_path):
+    """UAT's suite found 30% fooling, the check's 45% (+15 points: not converged), the next level
+    46%: the headline reports 45% for UAT seed 0, its check row says level 1 and converged, and only
+    UAT is attacked at level 2."""
+    asked = _laddered(monkeypatch, [0.30, 0.45, 0.46])
+    study = S.setup("smoke", root=str(tmp_path))
+    res = experiments.headline(study, log=lambda s: None)
+    uat = next(c for c in res["attack_check"] if c["arm"] == "uat")
+    assert (uat["level"], uat["converged"], uat["fooling_rate"], uat["stronger_fooling_rate"]) == (1, True, 0.45, 0.46)
+    assert uat["ladder"] == [0.30, 0.45, 0.46] and uat["stronger"] == check.suite_at(study.config, 2)
+    assert {c["level"] for c in res["attack_check"] if c["arm"] != "uat"} == {0}
+    assert [r["fooling_rate"] for r in res["rows"] if r["arm"] == "uat"] == [0.45]
+    level2 = check.suite_at(study.config, 2)["uap_refine"]
+    assert {c.method for c in asked if c.uap_refine == level2} == {"uat"}
+    assert "| UAT | 0 | head0 | 1 (30.0, 45.0, 46.0) | 45.0 | 46.0 |" in tables.check_table(res["attack_check"])
+
+
+def test_a_ladder_that_never_settles_leaves_the_claim_inconclusive(monkeypatch, tmp_path):
+    """30%, 45%, 60%: every level raises the one before by more than the noise; the row stays at
+    level 1, not converged, and every claim resting on UAT reads inconclusive."""
+    _laddered(monkeypatch, [0.30, 0.45, 0.60])
+    res = experiments.headline(S.setup("smoke", root=str(tmp_path)), log=lambda s: None)
+    uat = next(c for c in res["attack_check"] if c["arm"] == "uat")
+    assert (uat["level"], uat["converged"], uat["ladder"]) == (1, False, [0.30, 0.45, 0.60])
+    assert all(c["verdict"].startswith("inconclusive") for c in res["claims"] if "uat" in c.get("verdict", ""))
+    assert any("uat" in c["verdict"] for c in res["claims"])
+
+
+def test_the_check_climbs_only_between_scored_evaluations(monkeypatch):
+    """The fill's plan answers an evaluation not done yet with a stand-in: a real 30% against a
+    stand-in's 50% asks for no level-2 suite (the fill asks again once the check is scored)."""
+    asked = []
+
+    def run(self, log=print, **o):
+        cfg = self.config.replace(**o)
+        asked.append(cfg)
+        m = dict(fill.PLACEHOLDER, n_fit=1) if "uap_refine" in o else {"fooling_rate": 0.3, "uap_acc": 0.4, "n_fit": 1}
+        return RunResult(cfg, Path("runs/x"), {"eval": {"head0": m}})
+
+    monkeypatch.setattr(S.Study, "run", run)
+    study = S.setup("smoke", progress=False)
+    (row,) = check.attack_check(study, [({"arm": "uat"}, {"method": "uat"})], log=lambda s: None)
+    assert row["level"] == 0 and not row["converged"] and len(asked) == 2
 
 
 def test_the_fill_trains_the_grid_then_the_attackers_comparison_then_the_rest(monkeypatch, tmp_path):
@@ -533,13 +608,15 @@ def test_the_fill_ends_with_the_checks_that_scored_evaluations_ask_for(monkeypat
     trains nothing for it."""
     st = S.setup("smoke", root=str(tmp_path))
     base = st.config.replace(method="uat", heads=1)
-    check = base.replace(**experiments.stronger(st.config))
+    strong, stronger2 = (base.replace(**check.suite_at(st.config, n)) for n in (1, 2))
     done, passes, trained = set(), [], []
     key = lambda c: json.dumps(c.to_dict(), sort_keys=True)
-    monkeypatch.setattr(fill, "plan", lambda study, notebooks: [base] + ([check] if key(base) in done else []))
+    # the level-1 check once the evaluation is scored; the level-2 one once the check raised it (scored)
+    monkeypatch.setattr(fill, "plan", lambda study, notebooks: [base] + ([strong] if key(base) in done else [])
+                        + ([stronger2] if key(strong) in done else []))
     monkeypatch.setattr(fill, "cached", lambda c, runs: key(c) in done)
     monkeypatch.setattr(fill, "_finished", lambda run_dir: True)
     monkeypatch.setattr(fill, "ensure_trained", lambda cfg, **kw: trained.append(cfg))
     monkeypatch.setattr(fill, "evaluate", lambda todo, runs, lanes, log: (passes.append(todo), done.update(map(key, todo))))
     fill.fill_runs(st, ["01_headline"], log=lambda s: None)
-    assert passes[-1] == [check] and key(check) in done and trained == [base]
+    assert passes[-2:] == [[strong], [stronger2]] and key(stronger2) in done and trained == [base]

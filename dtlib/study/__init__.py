@@ -1,7 +1,8 @@
 """The study behind the notebooks: ``settings`` (the Study record, its profiles and ``setup``),
 ``claims`` (the summary's figures and the claims rows) and ``rules`` (the verdict rules), both
 torch-free, ``selection`` (DT's settings chosen on validation, and the arms), ``experiments`` and
-``published`` (the six experiments; ``registry`` names them) and ``fill`` (their run cache filled in
+``published`` (the six experiments; ``registry`` names them), ``check`` (the attack check they all
+take their figures through) and ``fill`` (their run cache filled in
 parallel lanes before the batch), ``carry`` (that cache packed into a folder to commit, and unpacked
 on another machine), ``export`` (the models as weights-only files). ``notebook`` holds the one-line
 calls of the notebooks' cells. Every name a notebook or script uses is offered by ``dtlib.study``
@@ -21,8 +22,8 @@ _NAMES = {
     "rules": ("INCONCLUSIVE", "MIN_NOISE", "ORDER", "accuracy_cost_verdict", "cost_verdict", "figure_verdict", "finite",
               "fmt", "gate", "inconclusive", "mean_spread", "missing", "noise", "overhead_verdict", "ratio", "unconverged",
               "verdict"),
-    "experiments": ("CROSS_ARMS", "METRICS", "attack_check", "cost", "cross_norm", "headline",
-                    "k_ablation", "save", "transfer"),
+    "check": ("MAX_LEVEL", "attack_check", "checked_seeds", "stronger", "suite_at", "suite_for", "unsettled"),
+    "experiments": ("CROSS_ARMS", "METRICS", "cost", "cross_norm", "headline", "k_ablation", "save", "transfer"),
     "selection": ("arms", "chosen_step", "compare_attackers", "select_dt"),
     "published": ("ARMS", "published_method", "uap_metrics"),
     "registry": ("EXPERIMENTS",),
@@ -35,6 +36,7 @@ EXPORTS = {name: module for module, names in _NAMES.items() for name in names}
 __all__ = sorted(EXPORTS)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
+    from .check import *  # noqa: F403
     from .claims import *  # noqa: F403
     from .experiments import *  # noqa: F403
     from .carry import *  # noqa: F403

@@ -23,6 +23,7 @@ from ..io import atomic_path, write_json
 from ..measure import bench_split, inference_latency, training_steps
 from ..metrics import accuracy, fooling_rate, predict
 from ..runtime import amp_dtype, provenance, resolve_device
+from .check import attack_check, checked_seeds, suite_for, unsettled
 from .claims import MIN_NOISE, cost_claims, cross_claims, headline_claims, k_claims, summarise, transfer_claims
 from .rules import machine_ratio
 from .selection import _runs, arms, select_dt
@@ -61,11 +62,14 @@ def headline(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]
     filled across sessions can mix them)."""
     t0 = time.perf_counter()
     selection = select_dt(study, log)
+    # the check first: each evaluation's figures are those of the suite it settles on
+    check = attack_check(study, checked_seeds(study, [({"arm": arm}, o) for arm, o in arms(selection).items()],
+                                              study.seeds, log), log)
     rows, results = [], []
     for seed in study.seeds:
         base_wall = base_machine = None
         for arm, o in arms(selection).items():
-            res = study.run(log, seed=seed, **o)
+            res = study.run(log, seed=seed, **o, **suite_for(study, check, {"arm": arm, "seed": seed}))
             results.append(res)
             wall, machine = res.metrics["train"]["wall_s"], res.metrics["train"].get("provenance", {}).get("device")
             if arm == "standard":
@@ -77,68 +81,9 @@ def headline(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]
                              "cost_ratio": machine_ratio(wall, base_wall, machine, base_machine),
                              "train_machine": machine, "run": res.run_dir.name})
     table = summarise(rows, ("arm", "eval"), (*METRICS, "cost_ratio"))
-    check = attack_check(study, checked_seeds(study, [({"arm": arm}, o) for arm, o in arms(selection).items()],
-                                              study.seeds, log), log)
     payload = {"selection": selection, "rows": rows, "table": table, "attack_check": check,
                "claims": headline_claims(rows, study, selection, check), "runs": _runs(results)}
     return save(study, "01_headline", payload, t0)
-
-
-def stronger(c: Config) -> dict[str, Any]:
-    """The clearly larger suite ``attack_check`` compares with: twice the fitting images and the cap,
-    more than twice the random starts of the best settings, twice the stopping rule's window and
-    half its tolerance."""
-    return dict(uap_fit_size=2 * c.uap_fit_size, uap_epochs=2 * c.uap_epochs, uap_refine=2 * c.uap_refine + 2,
-                uap_window=2 * c.uap_window, uap_tol=c.uap_tol / 2)
-
-
-def attack_check(study: Study, models: list[tuple[dict[str, Any], dict[str, Any]]],
-                 log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Has the evaluation attack converged? Each of ``models`` (``(tags, overrides)``: the row's
-    labels, e.g. ``{"arm": "dt_div"}``, and the run's Config overrides, seed included) is attacked
-    again by the ``stronger`` suite. Converged: its fooling rate rises by at most MIN_NOISE and its
-    accuracy under UAP falls by at most that, and for a targeted evaluation its targeted success
-    rises by at most that too (docs/protocol.md section 3); a claim resting on a model that fails
-    reads inconclusive (``claims.unconverged``)."""
-    out, more = [], stronger(study.config)
-    for tags, o in models:
-        base = study.run(log, **o).metrics["eval"]
-        strong = study.run(log, **o, **more).metrics["eval"]
-        for key in base:
-            b, s = base[key], strong[key]
-            rise = s["fooling_rate"] - b["fooling_rate"]
-            drop = b["uap_acc"] - s["uap_acc"]
-            row = {**tags, "eval": key, "fooling_rate": b["fooling_rate"], "stronger_fooling_rate": s["fooling_rate"],
-                   "rise": rise, "uap_acc": b["uap_acc"], "stronger_uap_acc": s["uap_acc"], "acc_drop": drop,
-                   "n_fit": b["n_fit"], "stronger_n_fit": s["n_fit"],
-                   # whether every fit of each suite stopped by the stopping rule rather than at its cap
-                   "fits_stopped": b.get("converged"), "stronger_fits_stopped": s.get("converged")}
-            ok = rise <= MIN_NOISE and drop <= MIN_NOISE
-            if b.get("targeted_success") is not None:
-                row |= {"targeted_success": b["targeted_success"], "stronger_targeted_success": s["targeted_success"],
-                        "targeted_rise": s["targeted_success"] - b["targeted_success"]}
-                ok = ok and row["targeted_rise"] <= MIN_NOISE
-            out.append({**row, "converged": ok, "stronger": more})
-    return out
-
-
-def unsettled(study: Study, models: list[tuple[dict[str, Any], dict[str, Any]]],
-              log: Callable[[str], None] = print) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Those of ``models`` (``(tags, overrides)``, as ``attack_check`` takes them) whose evaluation
-    has a fit that reached the suite's cap before its stopping rule stopped it, in any inference
-    mode (``converged`` false): such an evaluation may not have found its best UAP, so the attack
-    check takes it too, whatever its seed or setting. Read from the run cache (a run not evaluated
-    yet counts as stopped: ``fill`` asks again once it is scored)."""
-    return [(t, o) for t, o in models
-            if not all(m.get("converged", True) for m in study.run(log, **o).metrics["eval"].values())]
-
-
-def checked_seeds(study: Study, models: list[tuple[dict[str, Any], dict[str, Any]]], seeds: tuple[int, ...],
-                  log: Callable[[str], None] = print) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """``attack_check``'s models for ``models`` (``(tags, overrides)`` without the seed) reported
-    over ``seeds``: each at the first seed, and at the others those ``unsettled`` finds."""
-    at = lambda s: [({**t, "seed": s}, {**o, "seed": s}) for t, o in models]
-    return at(seeds[0]) + unsettled(study, [m for s in seeds[1:] for m in at(s)], log)
 
 
 def k_ablation(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -148,10 +93,13 @@ def k_ablation(study: Study, log: Callable[[str], None] = print) -> dict[str, An
     t0 = time.perf_counter()
     selection = select_dt(study, log)
     best = {**selection["best_div"], **selection["attacker"]}
+    check = attack_check(study, checked_seeds(study, [({"arm": f"K={k}", "heads": k}, dict(method="dt", heads=k, **best))
+                                                      for k in study.ks], study.seeds[:study.k_seeds], log), log)
     rows, results = [], []
     for seed in study.seeds[:study.k_seeds]:
         for k in study.ks:
-            res = study.run(log, method="dt", heads=k, seed=seed, **best)
+            res = study.run(log, method="dt", heads=k, seed=seed, **best,
+                            **suite_for(study, check, {"arm": f"K={k}", "seed": seed}))
             results.append(res)
             for key, m in res.metrics["eval"].items():
                 rows.append({"heads": k, "eval": "ensemble" if key == "ensemble" else "single", "seed": seed,
@@ -165,8 +113,6 @@ def k_ablation(study: Study, log: Callable[[str], None] = print) -> dict[str, An
         row["step_ratio"] = b["median_s"] / bench["standard"]["median_s"]
         row["train_memory_mb"] = b["memory"].get("cuda_peak_mb", b["memory"]["peak_mb"])
     ens = {r["heads"]: r for r in table if r["eval"] == "ensemble" or r["heads"] == 1}
-    check = attack_check(study, checked_seeds(study, [({"arm": f"K={k}", "heads": k}, dict(method="dt", heads=k, **best))
-                                                      for k in study.ks], study.seeds[:study.k_seeds], log), log)
     payload = {"selection": selection, "rows": rows, "table": table, "bench": bench, "attack_check": check,
                "claims": k_claims(ens, rows, study, check), "runs": _runs(results)}
     return save(study, "02_k_ablation", payload, t0)
@@ -188,7 +134,7 @@ def cross_norm(study: Study, log: Callable[[str], None] = print) -> dict[str, An
     run cache rather than fitted again."""
     t0 = time.perf_counter()
     selection = select_dt(study, log)
-    rows, results, checked, later = [], [], [], []
+    models = []
     for seed in study.seeds[:study.ablation_seeds]:
         for arm in dict.fromkeys(CROSS_ARMS):
             for norm, radii in (("linf", study.linf_radii), ("l2", study.l2_radii)):
@@ -198,17 +144,20 @@ def cross_norm(study: Study, log: Callable[[str], None] = print) -> dict[str, An
                         o["eval_eps"] = study.eval_eps  # the headline's evaluation, shared
                     else:
                         o["eval_modes"] = "ensemble"
-                    res = study.run(log, **o)
-                    (checked if seed == study.seeds[0] else later).append(({"arm": arm, "norm": norm, "radius": r, "seed": seed}, o))
-                    results.append(res)
-                    key = "ensemble" if res.config.heads > 1 else f"head{res.config.eval_head}"
-                    m = res.metrics["eval"][key]
-                    rows.append({"arm": arm, "norm": norm, "radius": r, "seed": seed, "eval": key,
-                                 **{x: m[x] for x in METRICS}, "run": res.run_dir.name})
+                    models.append(({"arm": arm, "norm": norm, "radius": r, "seed": seed}, o))
+    first = lambda tags: tags["seed"] == study.seeds[0]
+    check = attack_check(study, [m for m in models if first(m[0])] + unsettled(study, [m for m in models if not first(m[0])], log), log)
+    rows, results = [], []
+    for tags, o in models:
+        res = study.run(log, **o, **suite_for(study, check, tags))
+        results.append(res)
+        key = "ensemble" if res.config.heads > 1 else f"head{res.config.eval_head}"
+        m = res.metrics["eval"][key]
+        rows.append({**tags, "eval": key, **{x: m[x] for x in METRICS}, "run": res.run_dir.name})
     table = summarise(rows, ("arm", "norm", "radius"), METRICS)
+    # the headline's evaluation scores every mode; this experiment reports the default one
     scored = {(r["arm"], r["norm"], r["radius"], r["eval"]) for r in rows}
-    check = [c for c in attack_check(study, checked + unsettled(study, later, log), log)
-             if (c["arm"], c["norm"], c["radius"], c["eval"]) in scored]
+    check = [c for c in check if (c["arm"], c["norm"], c["radius"], c["eval"]) in scored]
     payload = {"selection": selection, "rows": rows, "table": table, "attack_check": check,
                "claims": cross_claims(rows, study, check), "runs": _runs(results)}
     return save(study, "03_cross_norm", payload, t0)
@@ -229,9 +178,11 @@ def transfer(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]
     dtype = amp_dtype(study.config.precision, device)
     _, _, test = load_data(study.config)
     test = scored_subset(test, study.config.eval_size).to(device)
+    check = attack_check(study, [({"arm": name, "seed": seed}, {**o, "seed": seed}) for name, o in models.items()], log)
     loaded, uaps, own, keys, results = {}, {}, {}, {}, []
     for name, o in models.items():
-        res = study.run(log, seed=seed, **o)
+        # each model's own UAPs and figures from the suite its check settled on
+        res = study.run(log, seed=seed, **o, **suite_for(study, check, {"arm": name, "seed": seed}))
         results.append(res)
         model, cfg = load_model(res.run_dir, device)
         mode = "ensemble" if cfg.heads > 1 else "single"
@@ -245,8 +196,7 @@ def transfer(study: Study, log: Callable[[str], None] = print) -> dict[str, Any]
             adv = predict(fn, test.x, delta=delta, amp_dtype=dtype)
             rows.append({"source": s, "target": t, "fooling_rate": fooling_rate(clean[t], adv),
                          "uap_acc": accuracy(adv, test.y), "white_box": s == t})
-    check = beaten_by_transfer(attack_check(study, [({"arm": name, "seed": seed}, {**o, "seed": seed}) for name, o in models.items()],
-                                            log), rows, keys)
+    check = beaten_by_transfer(check, rows, keys)
     payload = {"selection": selection, "models": models, "rows": rows, "table": rows, "reported": reported(rows, own),
                "attack_check": check, "claims": transfer_claims(rows, study, check), "runs": _runs(results)}
     return save(study, "04_transfer", payload, t0)

@@ -38,12 +38,15 @@ from ..data import Split
 from ..evaluate import journal_file
 from ..experiment import RunResult, cached, ensure_trained, evaluate_run, journal_path, metrics_path, run_dir_for
 from . import experiments, published
+from .check import MAX_LEVEL
 from .registry import EXPERIMENTS
 from .settings import NOTEBOOKS, Study, attacker, setup
 
 # what an experiment reads from a run's metrics, for runs not evaluated yet (the plan's stand-in)
 PLACEHOLDER = {"clean_acc": 0.5, "fooling_rate": 0.5, "uap_acc": 0.5, "random_fooling_rate": 0.1,
-               "fooling_by": "placeholder", "uap_acc_by": "placeholder"}
+               "fooling_by": "placeholder", "uap_acc_by": "placeholder",
+               # the attack check climbs to a stronger suite only between scored evaluations
+               "placeholder": True}
 
 
 def _placeholder_uaps(device: torch.device | str) -> dict[str, torch.Tensor]:
@@ -111,7 +114,8 @@ def fill_runs(study: Study, notebooks: list[str], lanes: int = 2, log: Callable[
     """Train and evaluate every run of ``plan`` in three stages, each planned again from the results
     of the one before: the selection grid, then the training-time attackers' comparison at the cell
     the grid picks (which decides the step of every other DT run), then the rest, and last the
-    attack check's stronger suites that the rest's scores ask for; returns the configs."""
+    attack check's stronger suites that the rest's scores ask for (a pass per level of its
+    ladder); returns the configs."""
     runs = study.dir / "runs"
     mine = attacker(study.grid_attacker[0])
     grid_seeds = set(study.seeds[:study.ablation_seeds])
@@ -124,11 +128,16 @@ def fill_runs(study: Study, notebooks: list[str], lanes: int = 2, log: Callable[
         for cfg in trained.values():  # here, alone: the lanes only evaluate
             ensure_trained(cfg, runs_dir=runs, progress=False, log=log)
         evaluate(todo, runs, lanes, log)
-    # the attack check also takes each evaluation whose fits reached the cap (``experiments.unsettled``),
-    # known only once it is scored: the stronger suites on runs trained above
-    checks = [c for c in plan(study, notebooks) if not cached(c, runs) and _finished(run_dir_for(c, runs))]
-    if checks:
-        evaluate(checks, runs, lanes, log)
+    # the attack check also takes each evaluation whose fits reached the cap (``check.unsettled``), and
+    # climbs to the next suite where the stronger one raised a figure (``check.attack_check``): both
+    # known only once the evaluations before them are scored, a pass each, on runs trained above
+    checks: list[Config] = []
+    for _ in range(MAX_LEVEL + 1):
+        more = [c for c in plan(study, notebooks) if not cached(c, runs) and _finished(run_dir_for(c, runs))]
+        if not more:
+            break
+        evaluate(more, runs, lanes, log)
+        checks += more
     left = [c for c in plan(study, notebooks) if not cached(c, runs)]
     if left:
         raise RuntimeError(f"{len(left)} planned evaluations are still missing after the fill, e.g. {left[0].method} "

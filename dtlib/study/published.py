@@ -25,7 +25,8 @@ from ..experiment import RunResult, load_model, load_uaps
 from ..metrics import accuracy, attack_success_rate, fooling_rate, predict, targeted_success
 from ..runtime import amp_dtype, resolve_device
 from .claims import published_claims, summarise
-from .experiments import attack_check, save, unsettled
+from .check import attack_check, suite_for, unsettled
+from .experiments import save
 from .selection import _runs, arms, select_dt
 from .settings import Study
 
@@ -88,18 +89,27 @@ def published_method(study: Study, log: Callable[[str], None] = print) -> dict[s
     selection = select_dt(study, log)
     models = {**ARMS, "dt_best": arms(selection)["dt_best"]}
     settings = [(eps, target) for eps in study.published_radii for target in (-1, study.published_target)]
+    # the check first (every arm at the largest radius on the first seed, and any other evaluation
+    # whose fits reached the cap): each evaluation's figures and UAPs are those of the suite it settles on
+    top, first = max(study.published_radii), study.seeds[0]
+    ask = [({"arm": arm, "target": t, "eps": eps, "seed": seed}, {**o, "seed": seed, "eval_eps": eps, "eval_target": t})
+           for seed in study.seeds for arm, o in models.items() for eps, t in settings]
+    at_top = lambda tags: tags["seed"] == first and tags["eps"] == top
+    check = attack_check(study, [m for m in ask if at_top(m[0])] + unsettled(study, [m for m in ask if not at_top(m[0])], log), log)
+    suite = lambda arm, ev: suite_for(study, check, {"arm": arm, "target": ev["eval_target"], "eps": ev["eval_eps"],
+                                                     "seed": ev["seed"]})
     rows, results = [], []
     for seed in study.seeds:
         for eps, target in settings:
             ev = dict(eval_eps=eps, eval_target=target, seed=seed)
-            base = study.run(log, **models["standard"], **ev)
+            base = study.run(log, **models["standard"], **ev, **suite("standard", ev))
             # the parts of a run's UAPs the paper's success rate reads: untargeted, the better of the
             # suite's fooling and accuracy winners; targeted, its targeted winner (the paper's UAP)
             parts = ("/targeted",) if target >= 0 else ("", "/uap_acc")
             std_uaps = load_uaps(base.run_dir, base.config)
             moved = [std_uaps[f"head0{part}"] for part in parts]
             for arm, o in models.items():
-                res = study.run(log, **o, **ev)
+                res = study.run(log, **o, **ev, **suite(arm, ev))
                 results.append(res)
                 won = load_uaps(res.run_dir, res.config)
                 tags = {"arm": arm, "seed": seed, "eps": eps, "target": target, "run": res.run_dir.name}
@@ -117,12 +127,6 @@ def published_method(study: Study, log: Callable[[str], None] = print) -> dict[s
                     for key in res.metrics["eval"]:
                         got = [s[key] for s in scored[len(parts):]]
                         rows.append({**tags, "eval": key, "attack": "standard's UAP", **best_of(got)})
-    # the check: every arm at the largest radius on the first seed, and any other evaluation whose fits reached the cap
-    top, first = max(study.published_radii), study.seeds[0]
-    ask = [({"arm": arm, "target": t, "eps": eps, "seed": seed}, {**o, "seed": seed, "eval_eps": eps, "eval_target": t})
-           for seed in study.seeds for arm, o in models.items() for eps, t in settings]
-    at_top = lambda tags: tags["seed"] == first and tags["eps"] == top
-    check = attack_check(study, [m for m in ask if at_top(m[0])] + unsettled(study, [m for m in ask if not at_top(m[0])], log), log)
     # n counts clean accuracy, which every row has; untargeted rows have no targeted success
     table = summarise(rows, ("arm", "eval", "eps", "target", "attack"), METRICS)
     for row in table:
