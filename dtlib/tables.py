@@ -123,7 +123,7 @@ def check_table(check: list[dict[str, Any]]) -> str:
     stopped = lambda c: f" | {yes(c.get('fits_stopped'))} / {yes(c.get('stronger_fits_stopped'))}" if seeds else ""
     # rows whose stronger suite raised a figure climbed the ladder: they report a stronger suite's figures
     climbed = any(c.get("level") for c in check)
-    ladder = lambda c: f"{c['level']} ({', '.join(pct(f) for f in c['ladder'])}) | " if climbed else ""
+    ladder = lambda c: f"{c.get('level', 0)} ({', '.join(pct(f) for f in c.get('ladder', []))}) | " if climbed else ""
     extra = " to target (%) | stronger suite |" if targeted else ""
     lines = ["| method |" + (" seed |" if seeds else "") + " eval |" + (" level (fooling % per level) |" if climbed else "")
              + " UAP fooling (%) | stronger suite | acc under UAP (%) | stronger suite |" + extra + " fitting images |"
@@ -136,14 +136,17 @@ def check_table(check: list[dict[str, Any]]) -> str:
                      + (f"{pct(c.get('targeted_success'))} | {pct(c.get('stronger_targeted_success'))} | " if targeted else "")
                      + f"{c['n_fit']} / {c['stronger_n_fit']}{stopped(c)}"
                      + f" | {'yes' if c['converged'] else '**no**'} |")
-    more = next((c["stronger"] for c in check if not c.get("level")), check[0]["stronger"])
+    # the check's suite (level 1) is the stronger one of a row that did not climb
+    base = [c for c in check if not c.get("level")]
+    more = (base or check)[0]["stronger"]
     which = ("the first seed, and any evaluation whose fits reached the suite's cap before its stopping rule; "
              "fits stopped by the rule: every fit of the suite / of the stronger suite" if seeds else "first seed")
     climb = (" Where the larger suite raised a figure, the evaluation climbs a level: it reports the larger suite's "
              "figures (in its notebook's tables and claims too) and is checked by a suite larger again, the same "
              "rule applied to the larger suite's settings; the level column gives the level reported and the "
-             "fooling rate at each level evaluated." if climbed else "")
-    return (f"\nAttack check ({which}): each model attacked again by a larger suite (" +
+             "fooling rate at each level evaluated. A row converges only where no level beats its figures by "
+             "more than the same 2 points." if climbed else "")
+    return (f"\nAttack check ({which}): each model attacked again by a larger suite (" + ("" if base else "next level: ") +
             ", ".join(f"{k}={v:g}" for k, v in more.items()) + f"); converged = the fooling rate rises by at most "
             f"{100 * MIN_NOISE:g} points and the accuracy under UAP falls by at most as much"
             + (", and a targeted UAP's success rate rises by at most as much" if targeted else "") + "." + climb

@@ -1,5 +1,6 @@
 """The attack check (``dtlib.study.check.attack_check``) on chosen headline arms, with the
-suite as the code defines it now: each model's suite against the clearly larger one.
+suite as the code defines it now: each model's suite against the clearly larger one, and where that
+raises a figure, the larger one against the level-2 suite (several times its cost).
 
     python scripts/attack_check.py [profile] [seed] arm[:modes] ...    e.g. cpu 0 dt_k1 dt_nodiv:single
 
@@ -19,11 +20,12 @@ import torch
 from dtlib.io import write_record
 from dtlib.runtime import provenance
 from dtlib.study import setup
-from dtlib.study.check import attack_check, stronger
+from dtlib.study.check import attack_check, stronger, suite_at
 from dtlib.study.selection import arms
 from dtlib.tables import check_table
 
 ROOT = Path(__file__).resolve().parent.parent
+LABELS = {0: "suite", 1: "stronger"}
 
 
 def main(profile: str, seed: int, specs: list[str]) -> dict:
@@ -39,9 +41,13 @@ def main(profile: str, seed: int, specs: list[str]) -> dict:
         models.append(({"arm": arm}, {**table[arm], "seed": seed, **({"eval_modes": modes} if modes else {})}))
     more, rows, entries, runs = stronger(study.config), [], {}, {}
     for tags, o in models:  # one at a time, the file rewritten after each: a killed run keeps what it did
-        rows += attack_check(study, [(tags, o)], log=lambda s: print(s, flush=True))
-        for label, extra in (("suite", {}), ("stronger", more)):
-            done = study.run(lambda s: None, **o, **extra)
+        mine = attack_check(study, [(tags, o)], log=lambda s: print(s, flush=True))
+        rows += mine
+        # every level of the check's ladder it evaluated: the suite, the stronger one, and level 2 where it climbed
+        top = max(r["level"] for r in mine) + 1
+        for level in range(top + 1):
+            label = LABELS.get(level, f"level{level}")
+            done = study.run(lambda s: None, **o, **suite_at(study.config, level))
             runs.setdefault(tags["arm"], {"run": done.run_dir.name, "trained": done.metrics["train"].get("provenance")})
             runs[tags["arm"]][f"{label}_eval_s"] = done.metrics["eval_wall_s"]
             for key, m in done.metrics["eval"].items():
@@ -64,7 +70,8 @@ def markdown(record: dict) -> str:
             + check_table(record["rows"]).replace("Attack check (first seed)", f"Attack check (seed {record['seed']})")
             + f"\nRun on {p['device']}, torch {p['torch']}, commit {short(p['git_commit'])}; models trained at "
             f"{', '.join(trained)}. Evaluations (2 threads, from the run cache where it had them): suite "
-            f"{minutes('suite'):.0f} min, stronger suite {minutes('stronger'):.0f} min.\n")
+            f"{minutes('suite'):.0f} min, stronger suite {minutes('stronger'):.0f} min"
+            + (f", level-2 suite {minutes('level2'):.0f} min" if minutes("level2") else "") + ".\n")
 
 
 if __name__ == "__main__":

@@ -509,20 +509,21 @@ def test_suite_at_applies_the_stronger_rule_once_per_level():
     assert two["uap_epochs"] == 4 * c.uap_epochs and two["uap_tol"] == pytest.approx(c.uap_tol / 4)
 
 
-def _laddered(monkeypatch, fooling):
-    """``_fake_runs`` with UAT seed 0's fooling rate ``fooling[level]`` at each level of the check's
-    ladder (told apart by uap_refine); returns the configs asked for."""
+def _laddered(monkeypatch, fooling, who=lambda c: c.method == "uat" and c.seed == 0):
+    """``_fake_runs`` with the fooling rate of the evaluations ``who`` picks ``fooling[level]`` at each
+    level of the check's ladder (told apart by uap_refine; a dict per level sets each mode's);
+    returns the configs asked for."""
     _fake_runs(monkeypatch)
     fake, asked = S.Study.run, []
 
     def run(self, log=print, **o):
         res = fake(self, log, **o)
         asked.append(res.config)
-        if res.config.method == "uat" and res.config.seed == 0:
+        if who(res.config):
             level = next(n for n in range(3) if check.suite_at(self.config, n).get("uap_refine", self.config.uap_refine)
                          == res.config.uap_refine)
-            for m in res.metrics["eval"].values():
-                m["fooling_rate"] = fooling[level]
+            for key, m in res.metrics["eval"].items():
+                m["fooling_rate"] = fooling[level][key] if isinstance(fooling[level], dict) else fooling[level]
         return res
 
     monkeypatch.setattr(S.Study, "run", run)
@@ -555,6 +556,56 @@ def test_a_ladder_that_never_settles_leaves_the_claim_inconclusive(monkeypatch, 
     assert (uat["level"], uat["converged"], uat["ladder"]) == (1, False, [0.30, 0.45, 0.60])
     assert all(c["verdict"].startswith("inconclusive") for c in res["claims"] if "uat" in c.get("verdict", ""))
     assert any("uat" in c["verdict"] for c in res["claims"])
+
+
+def test_every_experiment_reports_the_level_its_check_settled_on(monkeypatch, tmp_path):
+    """UAT seed 0 (the headline, cross-norm, transfer and 06 take it; 02 its K = 2 at seed 0) at
+    30% / 45% / 46% on the ladder: each experiment's rows, 04's own suite figure and 06's white-box
+    rows read the level-1 figure, at every norm, radius and target its check took."""
+    _laddered(monkeypatch, [0.30, 0.45, 0.46])
+    study = S.setup("smoke", root=str(tmp_path))
+    quiet = lambda s: None
+    cross = experiments.cross_norm(study, log=quiet)
+    assert {r["fooling_rate"] for r in cross["rows"] if r["arm"] == "uat"} == {0.45}
+    assert {c["level"] for c in cross["attack_check"] if c["arm"] == "uat"} == {1}
+    moved = experiments.transfer(study, log=quiet)
+    assert next(r for r in moved["reported"] if r["target"] == "cnn/uat")["suite_fooling_rate"] == 0.45
+    assert next(c for c in moved["attack_check"] if c["arm"] == "cnn/uat")["level"] == 1
+    pub = published.published_method(study, log=quiet)
+    assert {(r["target"], r["fooling_rate"]) for r in pub["rows"] if r["arm"] == "uat" and r["attack"] == "white-box"} == {
+        (-1, 0.45), (study.published_target, 0.45)}
+    assert {r["fooling_rate"] for r in pub["rows"] if r["arm"] == "standard"} == {0.5}
+    _laddered(monkeypatch, [0.30, 0.45, 0.46], who=lambda c: c.method == "dt" and c.heads == 2 and c.seed == 0
+              and c.eval_split == "test")
+    k = experiments.k_ablation(study, log=quiet)
+    assert {r["fooling_rate"] for r in k["rows"] if r["heads"] == 2} == {0.45}
+    assert {r["fooling_rate"] for r in k["rows"] if r["heads"] == 1} == {0.5}
+
+
+def test_a_mode_whose_figure_a_weaker_level_beats_is_not_converged(monkeypatch, tmp_path):
+    """The ensemble climbs (30% -> 45% -> 46%) and takes head 0 with it, whose level-1 UAP fools
+    less than its level-0 one (50% -> 40% -> 41%): head 0 reports 40%, which its own weaker suite
+    beat, so its row is not converged (``beaten_by_level``) though level 2 does not raise it."""
+    _laddered(monkeypatch, [{"ensemble": 0.30, "head0": 0.50}, {"ensemble": 0.45, "head0": 0.40},
+                            {"ensemble": 0.46, "head0": 0.41}], who=lambda c: c.method == "dt" and c.seed == 0
+              and c.heads == 5 and c.eval_split == "test")
+    res = experiments.headline(S.setup("smoke", root=str(tmp_path)), log=lambda s: None)
+    rows = {(c["arm"], c["eval"]): c for c in res["attack_check"] if c["level"] == 1}
+    assert rows and all(c["converged"] for (arm, mode), c in rows.items() if mode == "ensemble")
+    assert all(not c["converged"] and c["beaten_by_level"] == [0] for (arm, mode), c in rows.items() if mode == "head0")
+
+
+def test_the_check_table_of_climbed_rows_keeps_one_cell_per_column_and_old_rows_render_as_before():
+    row = {"arm": "uat", "eval": "head0", "fooling_rate": 0.3, "stronger_fooling_rate": 0.31, "uap_acc": 0.5,
+           "stronger_uap_acc": 0.5, "n_fit": 10, "stronger_n_fit": 20, "converged": True, "stronger": {"uap_refine": 4}}
+    old = tables.check_table([row])
+    assert "level" not in old and "| UAT | head0 | 30.0 | 31.0 |" in old
+    assert tables.check_table([{**row, "level": 0, "ladder": [0.3, 0.31]}]) == old
+    climbed = tables.check_table([{**row, "level": 0, "ladder": [0.3, 0.31]},
+                                  {**row, "arm": "dt_best", "level": 1, "ladder": [0.2, 0.3, 0.31], "stronger": {"uap_refine": 10}}])
+    lines = [line for line in climbed.splitlines() if line.startswith("| ")]
+    assert len({line.count("|") for line in lines}) == 1 and "| DT (chosen) | head0 | 1 (20.0, 30.0, 31.0) |" in climbed
+    assert "uap_refine=4" in climbed and "climbs a level" in climbed
 
 
 def test_the_check_climbs_only_between_scored_evaluations(monkeypatch):

@@ -4,10 +4,13 @@ Each model a notebook reports is attacked again by a clearly larger suite (``str
 raises its fooling rate (or lowers its accuracy under UAP, or raises a targeted success rate) by
 more than MIN_NOISE, the weaker suite's figure is not a result: the evaluation climbs the ladder of
 suites (``suite_at``: level n is ``stronger`` applied n times), reports the stronger suite's figures
-and is checked again by the next level, up to level ``MAX_LEVEL``. Only a level that the next one
-does not raise stands; where even the last pair differs, the row stays unconverged and every claim
-resting on it inconclusive. The notebooks take their figures at the level the check settles on
-(``suite_for``), so no reported figure is one a stronger suite of ours has beaten.
+and is checked again by the next level, up to level ``MAX_LEVEL``. Only a figure that no level
+evaluated beats by more than MIN_NOISE stands; where one does (the last pair still differs, or the
+evaluation climbed for another inference mode and a weaker level found more in this one), the row
+stays unconverged and every claim resting on it inconclusive. The notebooks take their figures at
+the level the check settles on (``suite_for``). A level-2 evaluation costs several times a level-1
+one (4x the fitting images and the cap, more random starts): it is asked for only where both
+levels below it were scored and differ.
 """
 from __future__ import annotations
 
@@ -67,8 +70,11 @@ def attack_check(study: Study, models: list[tuple[dict[str, Any], dict[str, Any]
     under UAP falls by more, or a targeted evaluation's targeted success rises by more) and both
     suites were scored, the stronger suite's evaluation is checked in turn by the next level, up to
     MAX_LEVEL. One row per mode, at the level where the ladder stopped (``level``: that of the
-    figures reported; ``ladder``: the fooling rate at each level evaluated); a claim resting on a
-    row not ``converged`` reads inconclusive (``rules.gate``)."""
+    figures reported; ``ladder``: the fooling rate at each level evaluated). The ladder climbs per
+    evaluation, so a mode that passed may report a level whose figure is lower than a weaker
+    level's (UAP fits land in different optima): a row converges only where no level evaluated,
+    weaker or stronger, beats its figures by more than MIN_NOISE (``beaten_by_level`` names the
+    weaker ones that do). A claim resting on a row not ``converged`` reads inconclusive (``rules.gate``)."""
     out = []
     for tags, o in models:
         level, base = 0, study.run(log, **o).metrics["eval"]
@@ -78,12 +84,14 @@ def attack_check(study: Study, models: list[tuple[dict[str, Any], dict[str, Any]
             strong = study.run(log, **o, **more).metrics["eval"]
             ladder.append(strong)
             rows = {key: _compare(base[key], strong[key]) for key in base}
-            if all(r["converged"] for r in rows.values()) or level + 1 == MAX_LEVEL or not (_scored(base) and _scored(strong)):
+            if all(r["converged"] for r in rows.values()) or level + 1 >= MAX_LEVEL or not (_scored(base) and _scored(strong)):
                 break
             level, base = level + 1, strong
         for key, row in rows.items():
-            out.append({**tags, "eval": key, **row, "level": level, "stronger": more,
-                        "ladder": [m[key]["fooling_rate"] for m in ladder]})
+            # a weaker level that beats the reported figures is a suite of ours that found more
+            beaten = [n for n in range(level) if not _compare(base[key], ladder[n][key])["converged"]]
+            out.append({**tags, "eval": key, **row, "converged": row["converged"] and not beaten, "level": level,
+                        "beaten_by_level": beaten, "stronger": more, "ladder": [m[key]["fooling_rate"] for m in ladder]})
     return out
 
 

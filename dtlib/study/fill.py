@@ -9,9 +9,11 @@ will ask for (``plan``: each experiment run against stand-ins that record what i
 them in this process one at a time at full threads (training wall times are results, C4-wall, so
 they are not measured on a shared machine), then evaluates them in ``lanes`` processes that share
 the cores and claim a (run, evaluation) each by creating a lock file. The papermill batch then reads
-every run from the cache. Only the selection's results (validation split) decide which other runs an
+every run from the cache. The selection's results (validation split) decide which other runs an
 experiment asks for: the grid's decide the cell, the attackers' comparison at that cell the step of
 every other DT run; so the grid is filled first, then that comparison, the plan made again after each.
+Scored test evaluations decide only which stronger suites the attack check asks for on runs already
+trained (``check``): a pass each at the end.
 On 2 cores one thread gives about 70% of two threads' throughput, so two lanes take about 70% of
 the time of one. A killed fill resumes: what finished is cached.
 """
@@ -212,7 +214,8 @@ def status(study: Study, notebooks: list[str]) -> dict[str, dict[str, int]]:
     the rest of the plan can still change):
     evaluations planned, cached, and under way (fits of a killed or running one saved), runs
     planned and trained. The attack check of an evaluation whose fits reached the cap joins the
-    plan only once that evaluation is scored. Reads only; nothing is trained, evaluated, moved or written."""
+    plan only once that evaluation is scored, a level-2 suite once the two levels below it are
+    scored and differ. Reads only; nothing is trained, evaluated, moved or written."""
     runs, out = study.dir / "runs", {}
     for nb in notebooks:
         todo = plan(study, [nb])
