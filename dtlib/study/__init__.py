@@ -22,7 +22,7 @@ _NAMES = {
     "rules": ("INCONCLUSIVE", "MIN_NOISE", "ORDER", "accuracy_cost_verdict", "cost_verdict", "figure_verdict", "finite",
               "fmt", "gate", "inconclusive", "mean_spread", "missing", "noise", "overhead_verdict", "ratio", "unconverged",
               "verdict"),
-    "check": ("MAX_LEVEL", "attack_check", "checked_seeds", "stronger", "suite_at", "suite_for", "unsettled"),
+    "check": ("MAX_LEVEL", "attack_check", "checked", "checked_seeds", "stronger", "suite_at", "suite_for", "unsettled"),
     "experiments": ("CROSS_ARMS", "METRICS", "cost", "cross_norm", "headline", "k_ablation", "save", "transfer"),
     "selection": ("arms", "chosen_step", "compare_attackers", "select_dt"),
     "published": ("ARMS", "published_method", "uap_metrics"),

@@ -118,5 +118,12 @@ def checked_seeds(study: Study, models: list[tuple[dict[str, Any], dict[str, Any
                   log: Callable[[str], None] = print) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """``attack_check``'s models for ``models`` (``(tags, overrides)`` without the seed) reported
     over ``seeds``: each at the first seed, and at the others those ``unsettled`` finds."""
-    at = lambda s: [({**t, "seed": s}, {**o, "seed": s}) for t, o in models]
-    return at(seeds[0]) + unsettled(study, [m for s in seeds[1:] for m in at(s)], log)
+    return checked(study, [({**t, "seed": s}, {**o, "seed": s}) for s in seeds for t, o in models],
+                   lambda tags: tags["seed"] == seeds[0], log)
+
+
+def checked(study: Study, models: list[tuple[dict[str, Any], dict[str, Any]]], always: Callable[[dict[str, Any]], bool],
+            log: Callable[[str], None] = print) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """``attack_check``'s models of ``models`` (``(tags, overrides)``): those whose tags ``always``
+    picks (the first seed, 06's largest radius), then those of the others ``unsettled`` finds."""
+    return [m for m in models if always(m[0])] + unsettled(study, [m for m in models if not always(m[0])], log)

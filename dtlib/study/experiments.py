@@ -23,7 +23,7 @@ from ..io import atomic_path, write_json
 from ..measure import bench_split, inference_latency, training_steps
 from ..metrics import accuracy, fooling_rate, predict
 from ..runtime import amp_dtype, provenance, resolve_device
-from .check import attack_check, checked_seeds, suite_for, unsettled
+from .check import attack_check, checked, checked_seeds, suite_for
 from .claims import MIN_NOISE, cost_claims, cross_claims, headline_claims, k_claims, summarise, transfer_claims
 from .rules import machine_ratio
 from .selection import _runs, arms, select_dt
@@ -145,8 +145,7 @@ def cross_norm(study: Study, log: Callable[[str], None] = print) -> dict[str, An
                     else:
                         o["eval_modes"] = "ensemble"
                     models.append(({"arm": arm, "norm": norm, "radius": r, "seed": seed}, o))
-    first = lambda tags: tags["seed"] == study.seeds[0]
-    check = attack_check(study, [m for m in models if first(m[0])] + unsettled(study, [m for m in models if not first(m[0])], log), log)
+    check = attack_check(study, checked(study, models, lambda tags: tags["seed"] == study.seeds[0], log), log)
     rows, results = [], []
     for tags, o in models:
         res = study.run(log, **o, **suite_for(study, check, tags))

@@ -25,7 +25,7 @@ from ..experiment import RunResult, load_model, load_uaps
 from ..metrics import accuracy, attack_success_rate, fooling_rate, predict, targeted_success
 from ..runtime import amp_dtype, resolve_device
 from .claims import published_claims, summarise
-from .check import attack_check, suite_for, unsettled
+from .check import attack_check, checked, suite_for
 from .experiments import save
 from .selection import _runs, arms, select_dt
 from .settings import Study
@@ -94,8 +94,7 @@ def published_method(study: Study, log: Callable[[str], None] = print) -> dict[s
     top, first = max(study.published_radii), study.seeds[0]
     ask = [({"arm": arm, "target": t, "eps": eps, "seed": seed}, {**o, "seed": seed, "eval_eps": eps, "eval_target": t})
            for seed in study.seeds for arm, o in models.items() for eps, t in settings]
-    at_top = lambda tags: tags["seed"] == first and tags["eps"] == top
-    check = attack_check(study, [m for m in ask if at_top(m[0])] + unsettled(study, [m for m in ask if not at_top(m[0])], log), log)
+    check = attack_check(study, checked(study, ask, lambda tags: tags["seed"] == first and tags["eps"] == top, log), log)
     suite = lambda arm, ev: suite_for(study, check, {"arm": arm, "target": ev["eval_target"], "eps": ev["eval_eps"],
                                                      "seed": ev["seed"]})
     rows, results = [], []
