@@ -22,10 +22,14 @@ settings (radius, scored images, head, seed) are the results file's, never the m
 the precision is the one the suite scored the run in (its training precision).
 Writes ``results/independent-attack-<profile>.json``: per model and mode, the suite's numbers beside
 the baseline's, and whether the suite's fooling rate is at least the baseline's less 5 points.
+A killed invocation resumes: each finished row is kept in ``runs/independent-attack-<profile>.jsonl``
+(``-models.jsonl`` with ``--models``) until the record is written, and the same command attacks only
+the rows it lacks.
 """
 import argparse
 import json
 import math
+import os
 import time
 from multiprocessing import get_context
 from pathlib import Path
@@ -128,8 +132,14 @@ def model_files(rows: list[dict], models: Path | None) -> dict[str, Path]:
     return out
 
 
+def attack_indexed(item: tuple[int, dict]) -> tuple[int, dict]:
+    """attack_row for a pool that returns rows as they finish: the row's index beside its result."""
+    return item[0], attack_row(item[1])
+
+
 def attack_row(row: dict) -> dict:
     """The baseline against one (model, inference mode), beside the suite's numbers."""
+    t0 = time.perf_counter()
     model, _ = load_model(row["model"])
     cfg = Config.from_dict(row["config"]).replace(eval_eps=row["eps"], precision=row["precision"])
     dtype = amp_dtype(cfg.precision, torch.device("cpu"))
@@ -164,24 +174,63 @@ def attack_row(row: dict) -> dict:
             "suite_within_margin": within_margin(row["fooling_rate"], best_fool, len(test.y)),
             "clean_acc": (clean_test == test.y).float().mean().item(), "results": row["results"],
             "model": row["model"].relative_to(ROOT).as_posix() if row["model"].is_relative_to(ROOT) else str(row["model"]),
-            "independent": found, "n_fit": len(pick), "n_fit_overlap_with_suite": overlap}
+            "independent": found, "n_fit": len(pick), "n_fit_overlap_with_suite": overlap,
+            "wall_s": time.perf_counter() - t0}
 
 
-def main(profile: str = "cpu", jobs: int = 1, models: Path | None = None) -> dict:
-    rows = suite_rows(profile)
+def resume_key(row: dict) -> str:
+    """What a saved row must match to be reused: the model, the mode, the suite's numbers and settings."""
+    return json.dumps([row["run"], row["eval"], str(row["model"]), row["eps"], row["precision"],
+                       row["fooling_rate"], row["uap_acc"], SEED], sort_keys=True)
+
+
+def saved_rows(path: Path) -> dict[str, dict]:
+    """The rows a killed invocation finished, by resume_key; a line cut short by the kill is skipped."""
+    done = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+                done[entry["key"]] = entry["row"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return done
+
+
+def main(profile: str = "cpu", jobs: int = 1, models: Path | None = None, results: Path = ROOT / "results",
+         cache: Path = ROOT / "runs") -> dict:
+    """Attack every row, write ``results/independent-attack-<profile>.{json,md}``. Each finished row is
+    appended to ``<cache>/independent-attack-<profile>[-models].jsonl`` first, so a killed invocation
+    resumes with the rows it lacks; the file goes once the record is written."""
+    rows = suite_rows(profile, results)
     files = model_files(rows, models)  # every file checked before the first attack
     t0 = time.perf_counter()
     # an arm that is another arm's model (DT chosen = one of the grid's cells) is attacked once
     unique = list({(r["run"], r["eval"]): {**r, "model": files[r["run"]]} for r in rows}.values())
-    if jobs > 1:  # processes of one thread each (spawned: a forked OpenMP runtime can hang)
-        with get_context("spawn").Pool(jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            done = pool.map(attack_row, unique, chunksize=1)
-    else:
-        done = [attack_row(row) for row in unique]
+    resume = cache / f"independent-attack-{profile}{'-models' if models is not None else ''}.jsonl"
+    saved = saved_rows(resume)
+    todo = [r for r in unique if resume_key(r) not in saved]
+    done = [saved[resume_key(r)] for r in unique if resume_key(r) in saved]
+    if done:
+        print(f"resuming: {len(done)} of {len(unique)} rows saved in {resume}", flush=True)
+    resume.parent.mkdir(parents=True, exist_ok=True)
+    with open(resume, "a") as log:
+        def keep(row: dict, out: dict) -> None:
+            log.write(json.dumps({"key": resume_key(row), "row": out}) + "\n")
+            log.flush()
+            os.fsync(log.fileno())
+            done.append(out)
+        if jobs > 1 and todo:  # processes of one thread each (spawned: a forked OpenMP runtime can hang)
+            with get_context("spawn").Pool(jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                for i, out in pool.imap_unordered(attack_indexed, list(enumerate(todo)), chunksize=1):
+                    keep(todo[i], out)
+        else:
+            for row in todo:
+                keep(row, attack_row(row))
     found = {(r["run"], r["eval"]): r for r in done}
     out = [{**found[(r["run"], r["eval"])], "arm": r["arm"], "seed": r["seed"]} for r in rows]
     commits = {nb: json.loads(path.read_text())["provenance"]["git_commit"] for nb in ("01_headline", "06_published_method")
-               if (path := ROOT / "results" / f"{nb}-{profile}.json").exists()}
+               if (path := results / f"{nb}-{profile}.json").exists()}
     index = None if models is None else json.loads((models / "index.json").read_text())
     record = {"profile": profile, "headline_commit": commits["01_headline"], "results_commits": commits,
               "index": None if index is None else {k: index.get(k) for k in ("git_commit", "results")},
@@ -189,9 +238,12 @@ def main(profile: str = "cpu", jobs: int = 1, models: Path | None = None) -> dic
                         f"{models.relative_to(ROOT) if models.is_relative_to(ROOT) else models} (exported files, sha256 checked)",
               "baseline": "plain SGD-UAP, 5 passes x 128-image batches over 5,000 training images (those the suite "
                           "did not fit on first), constant step eps/10 or eps/4, clamped CE on clean-prediction or true labels",
-              "margin": MARGIN, "rows": out, "jobs": jobs, "wall_s": time.perf_counter() - t0,
+              "margin": MARGIN, "rows": out, "jobs": jobs, "resumed_rows": len(unique) - len(todo),
+              "wall_s": time.perf_counter() - t0,  # this invocation's; a resumed one also ran before
+              "row_wall_s": sum(r.get("wall_s", 0.0) for r in found.values()),
               "provenance": provenance(torch.device("cpu"))}
-    write_record(ROOT / "results" / f"independent-attack-{profile}.json", record, table(record))
+    write_record(results / f"independent-attack-{profile}.json", record, table(record))
+    resume.unlink()
     return record
 
 

@@ -112,3 +112,35 @@ def test_a_zero_radius_fools_nothing_and_the_table_marks_the_margin(standard_run
               "rows": [{**out, "independent_fooling_rate": f, "suite_within_margin": independent_attack.within_margin(0.4, f, 1000)}
                        for f in (0.43, 0.46)]}
     assert [line.rsplit("|", 2)[-2].strip() for line in independent_attack.table(record).splitlines()[3:5]] == ["yes", "no"]
+
+
+def test_a_killed_invocation_resumes_with_the_rows_it_lacks(tmp_path, monkeypatch):
+    """Rows finished before a kill are kept and not attacked again; a line the kill cut short is
+    skipped; the record holds every row and the resume file is gone once it is written."""
+    cfg = Config(data="mini", precision="auto").to_dict()
+    write_results(tmp_path, "abc123", cfg, 0.4)
+    attacked = []
+
+    def fake(row: dict, kill_at: int | None = None) -> dict:
+        if len(attacked) == kill_at:
+            raise KeyboardInterrupt
+        attacked.append((row["arm"], row["eval"]))
+        return {"arm": row["arm"], "seed": row["seed"], "eval": row["eval"], "run": row["run"],
+                "suite_fooling_rate": row["fooling_rate"], "independent_fooling_rate": 0.3,
+                "suite_uap_acc": 0.0, "independent_uap_acc": 0.1, "suite_at_least_as_strong": True,
+                "suite_within_margin": True, "wall_s": 2.0}
+
+    monkeypatch.setattr(independent_attack, "provenance", lambda device: {"device": "cpu", "torch": "2", "git_commit": "abc"})
+    monkeypatch.setattr(independent_attack, "attack_row", functools.partial(fake, kill_at=1))
+    with pytest.raises(KeyboardInterrupt):
+        independent_attack.main("smoke", 1, None, tmp_path, tmp_path / "runs")
+    resume = tmp_path / "runs" / "independent-attack-smoke.jsonl"
+    assert len(resume.read_text().splitlines()) == 1 and not (tmp_path / "independent-attack-smoke.json").exists()
+    with open(resume, "a") as f:
+        f.write('{"key": "cut sh')  # the kill came mid-line
+    monkeypatch.setattr(independent_attack, "attack_row", fake)
+    record = independent_attack.main("smoke", 1, None, tmp_path, tmp_path / "runs")
+    assert attacked == [("standard", "head0"), ("entropy_dt", "ensemble")]  # each attacked once
+    assert [(r["arm"], r["eval"]) for r in record["rows"]] == attacked
+    assert record["resumed_rows"] == 1 and record["row_wall_s"] == 4.0 and not resume.exists()
+    assert json.loads((tmp_path / "independent-attack-smoke.json").read_text())["rows"] == record["rows"]
