@@ -22,9 +22,10 @@ settings (radius, scored images, head, seed) are the results file's, never the m
 the precision is the one the suite scored the run in (its training precision).
 Writes ``results/independent-attack-<profile>.json``: per model and mode, the suite's numbers beside
 the baseline's, and whether the suite's fooling rate is at least the baseline's less 5 points.
-A killed invocation resumes: each finished row is kept in ``runs/independent-attack-<profile>.jsonl``
-(``-models.jsonl`` with ``--models``) until the record is written, and the same command attacks only
-the rows it lacks.
+A killed invocation resumes: each finished row is kept in ``runcache/<profile>/independent-attack.jsonl``
+(``-models.jsonl`` with ``--models``; beside the fill's pack, so a commit carries it to another machine
+as it carries the fill) until the record is written, and the same command attacks only the rows it
+lacks; each row names the machine that attacked it.
 """
 import argparse
 import json
@@ -173,14 +174,20 @@ def attack_row(row: dict) -> dict:
             "suite_at_least_as_strong": row["fooling_rate"] >= best_fool and row["uap_acc"] <= best_acc,
             "suite_within_margin": within_margin(row["fooling_rate"], best_fool, len(test.y)),
             "clean_acc": (clean_test == test.y).float().mean().item(), "results": row["results"],
-            "model": row["model"].relative_to(ROOT).as_posix() if row["model"].is_relative_to(ROOT) else str(row["model"]),
+            "model": _shown(row["model"]),
             "independent": found, "n_fit": len(pick), "n_fit_overlap_with_suite": overlap,
-            "wall_s": time.perf_counter() - t0}
+            "wall_s": time.perf_counter() - t0, "device": provenance(torch.device("cpu"))["device"]}
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the project where it lies in it (as a record and a resume key name it), else as given."""
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
 
 
 def resume_key(row: dict) -> str:
-    """What a saved row must match to be reused: the model, the mode, the suite's numbers and settings."""
-    return json.dumps([row["run"], row["eval"], str(row["model"]), row["eps"], row["precision"],
+    """What a saved row must match to be reused: the model (its path in the project, so another checkout
+    matches), the mode, the suite's numbers and settings."""
+    return json.dumps([row["run"], row["eval"], _shown(Path(row["model"])), row["eps"], row["precision"],
                        row["fooling_rate"], row["uap_acc"], SEED], sort_keys=True)
 
 
@@ -198,16 +205,17 @@ def saved_rows(path: Path) -> dict[str, dict]:
 
 
 def main(profile: str = "cpu", jobs: int = 1, models: Path | None = None, results: Path = ROOT / "results",
-         cache: Path = ROOT / "runs") -> dict:
+         cache: Path | None = None) -> dict:
     """Attack every row, write ``results/independent-attack-<profile>.{json,md}``. Each finished row is
-    appended to ``<cache>/independent-attack-<profile>[-models].jsonl`` first, so a killed invocation
-    resumes with the rows it lacks; the file goes once the record is written."""
+    appended to ``<cache>/independent-attack[-models].jsonl`` first (default ``runcache/<profile>``), so a
+    killed invocation resumes with the rows it lacks; the file goes once the record is written."""
+    cache = ROOT / "runcache" / profile if cache is None else cache
     rows = suite_rows(profile, results)
     files = model_files(rows, models)  # every file checked before the first attack
     t0 = time.perf_counter()
     # an arm that is another arm's model (DT chosen = one of the grid's cells) is attacked once
     unique = list({(r["run"], r["eval"]): {**r, "model": files[r["run"]]} for r in rows}.values())
-    resume = cache / f"independent-attack-{profile}{'-models' if models is not None else ''}.jsonl"
+    resume = cache / f"independent-attack{'-models' if models is not None else ''}.jsonl"
     saved = saved_rows(resume)
     todo = [r for r in unique if resume_key(r) not in saved]
     done = [saved[resume_key(r)] for r in unique if resume_key(r) in saved]
@@ -234,13 +242,14 @@ def main(profile: str = "cpu", jobs: int = 1, models: Path | None = None, result
     index = None if models is None else json.loads((models / "index.json").read_text())
     record = {"profile": profile, "headline_commit": commits["01_headline"], "results_commits": commits,
               "index": None if index is None else {k: index.get(k) for k in ("git_commit", "results")},
-              "models": "runs/ (the run cache)" if models is None else
-                        f"{models.relative_to(ROOT) if models.is_relative_to(ROOT) else models} (exported files, sha256 checked)",
+              "models": "runs/ (the run cache)" if models is None else f"{_shown(models)} (exported files, sha256 checked)",
               "baseline": "plain SGD-UAP, 5 passes x 128-image batches over 5,000 training images (those the suite "
                           "did not fit on first), constant step eps/10 or eps/4, clamped CE on clean-prediction or true labels",
               "margin": MARGIN, "rows": out, "jobs": jobs, "resumed_rows": len(unique) - len(todo),
               "wall_s": time.perf_counter() - t0,  # this invocation's; a resumed one also ran before
               "row_wall_s": sum(r.get("wall_s", 0.0) for r in found.values()),
+              # a resumed record's rows may come from several machines (each row names its own)
+              "row_devices": sorted({r["device"] for r in found.values() if "device" in r}),
               "provenance": provenance(torch.device("cpu"))}
     write_record(results / f"independent-attack-{profile}.json", record, table(record))
     resume.unlink()
@@ -262,8 +271,10 @@ def table(record: dict) -> str:
                      f"{'yes' if r['suite_at_least_as_strong'] else 'no'} |"
                      + (f" {'yes' if r['suite_within_margin'] else 'no'} |" if margin is not None else ""))
     prov = record["provenance"]
+    devices = record.get("row_devices") or [prov["device"]]
+    where = f"Run on {devices[0]}" if len(devices) == 1 else f"Rows attacked on {'; '.join(devices)}"
     return "\n".join(lines) + (f"\n\nModels: {record.get('models', 'runs/ (the run cache)')}. "
-                               f"Run on {prov['device']}, torch {prov['torch']}, commit {prov['git_commit'][:12]}, "
+                               f"{where}, torch {prov['torch']}, commit {prov['git_commit'][:12]}, "
                                f"against the headline of commit {record['headline_commit'][:12]}.\n")
 
 

@@ -128,14 +128,17 @@ def test_a_killed_invocation_resumes_with_the_rows_it_lacks(tmp_path, monkeypatc
         return {"arm": row["arm"], "seed": row["seed"], "eval": row["eval"], "run": row["run"],
                 "suite_fooling_rate": row["fooling_rate"], "independent_fooling_rate": 0.3,
                 "suite_uap_acc": 0.0, "independent_uap_acc": 0.1, "suite_at_least_as_strong": True,
-                "suite_within_margin": True, "wall_s": 2.0}
+                "suite_within_margin": True, "wall_s": 2.0, "device": f"machine {len(attacked)}"}
 
     monkeypatch.setattr(independent_attack, "provenance", lambda device: {"device": "cpu", "torch": "2", "git_commit": "abc"})
     monkeypatch.setattr(independent_attack, "attack_row", functools.partial(fake, kill_at=1))
     with pytest.raises(KeyboardInterrupt):
         independent_attack.main("smoke", 1, None, tmp_path, tmp_path / "runs")
-    resume = tmp_path / "runs" / "independent-attack-smoke.jsonl"
+    resume = tmp_path / "runs" / "independent-attack.jsonl"
     assert len(resume.read_text().splitlines()) == 1 and not (tmp_path / "independent-attack-smoke.json").exists()
+    # keyed by the model's path in the project, so a commit of the file resumes in another checkout
+    key = json.loads(json.loads(resume.read_text())["key"])
+    assert "runs/abc123" in key and str(independent_attack.ROOT) not in resume.read_text()
     with open(resume, "a") as f:
         f.write('{"key": "cut sh')  # the kill came mid-line
     monkeypatch.setattr(independent_attack, "attack_row", fake)
@@ -143,4 +146,6 @@ def test_a_killed_invocation_resumes_with_the_rows_it_lacks(tmp_path, monkeypatc
     assert attacked == [("standard", "head0"), ("entropy_dt", "ensemble")]  # each attacked once
     assert [(r["arm"], r["eval"]) for r in record["rows"]] == attacked
     assert record["resumed_rows"] == 1 and record["row_wall_s"] == 4.0 and not resume.exists()
+    assert record["row_devices"] == ["machine 1", "machine 2"]  # each row names the machine it ran on
+    assert "Rows attacked on machine 1; machine 2" in (tmp_path / "independent-attack-smoke.md").read_text()
     assert json.loads((tmp_path / "independent-attack-smoke.json").read_text())["rows"] == record["rows"]
